@@ -1,0 +1,65 @@
+//! `tripcd`: parse arguments, set up logging, run the daemon.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use tripcd::daemon::{self, Config};
+
+/// A daemon speaking the Transmission IPC protocol (versions 1 and 2) on a
+/// Unix socket. Runs in the foreground; logs to stderr (set RUST_LOG).
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Socket to listen on [default: ~/.transmission/daemon/socket]
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// State directory: settings, torrents, lock [default: ~/.transmission/daemon]
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Default download directory of a fresh state directory [default: ~/Downloads]
+    #[arg(long, value_name = "DIR")]
+    download_dir: Option<PathBuf>,
+    /// Largest message payload accepted, in bytes
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20,
+          value_parser = clap::value_parser!(u64).range(1..=0x7FFF_FFF8))]
+    max_message: u64,
+    /// Close clients silent for this many seconds (0 = never)
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    idle_timeout: u64,
+    /// Longest time one slice of hash checking may hold the event loop, in milliseconds
+    #[arg(long, value_name = "MS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=1000))]
+    check_slice_ms: u64,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let args = Args::parse();
+    let Some(home) = std::env::var_os("HOME").map(PathBuf::from) else {
+        eprintln!("tripcd: HOME is not set; give --socket, --state-dir and --download-dir");
+        return ExitCode::from(2);
+    };
+    let mut config = Config::defaults(&home);
+    if let Some(dir) = args.state_dir {
+        config.socket = dir.join("socket");
+        config.state_dir = dir;
+    }
+    if let Some(socket) = args.socket {
+        config.socket = socket;
+    }
+    if let Some(dir) = args.download_dir {
+        config.download_dir = dir;
+    }
+    config.max_message = args.max_message as usize;
+    config.idle_timeout = (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout));
+    config.check_slice = Duration::from_millis(args.check_slice_ms);
+    match daemon::run(&config) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tripcd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

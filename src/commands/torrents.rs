@@ -1,0 +1,363 @@
+//! Built-in torrent keys: adding, listing, looking up, starting, stopping,
+//! removing, and the info and status dictionaries (PROTOCOL.md 4 and 5).
+
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+use log::info;
+
+use super::{Builtin, Ctx, Reply};
+use crate::codec::Value;
+use crate::registry::metainfo::{parse_hash, Tracker};
+use crate::registry::{Phase, Registry, Torrent};
+
+/// Key, lowest protocol version, handler.
+pub(super) const BUILTINS: &[(&str, u8, Builtin)] = &[
+    ("addfiles", 1, addfiles),
+    ("addfile-detailed", 2, addfile_detailed),
+    ("get-info", 2, get_info),
+    ("get-info-all", 2, get_info_all),
+    ("get-status", 2, get_status),
+    ("get-status-all", 2, get_status_all),
+    ("lookup", 2, lookup),
+    ("start", 2, start),
+    ("start-all", 2, start_all),
+    ("stop", 2, stop),
+    ("stop-all", 2, stop_all),
+    ("remove", 2, remove),
+    ("remove-all", 2, remove_all),
+];
+
+fn path_of(bytes: &[u8]) -> PathBuf {
+    PathBuf::from(std::ffi::OsString::from_vec(bytes.to_vec()))
+}
+
+fn id_list(ids: &[u64]) -> Value {
+    Value::List(
+        ids.iter()
+            .map(|id| Value::dict([("id", Value::Int(*id as i64))]))
+            .collect(),
+    )
+}
+
+fn addfiles(ctx: &mut Ctx<'_>, value: &Value) -> Reply {
+    let Some(paths) = value.as_list() else {
+        return Reply::BadFormat;
+    };
+    if paths.iter().any(|p| p.as_bytes().is_none()) {
+        return Reply::BadFormat;
+    }
+    let mut ids = Vec::new();
+    let mut failures = Vec::new();
+    for p in paths.iter().filter_map(Value::as_bytes) {
+        let path = path_of(p);
+        if !path.is_absolute() {
+            failures.push(format!("not an absolute path: {}", path.display()));
+            continue;
+        }
+        match ctx.registry.add_file(&path, None, None) {
+            Ok(id) => {
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    for f in &failures {
+        info!("addfiles: {f}");
+    }
+    if ids.is_empty() && !failures.is_empty() && ctx.tagged {
+        return Reply::Failed(failures.join("; "));
+    }
+    Reply::Durable(Box::new(Reply::data("info", id_list(&ids))))
+}
+
+fn addfile_detailed(ctx: &mut Ctx<'_>, value: &Value) -> Reply {
+    if value.as_dict().is_none() {
+        return Reply::BadFormat;
+    }
+    let file = value.get("file");
+    let data = value.get("data");
+    let directory = match value.get("directory") {
+        None => None,
+        Some(Value::Bytes(d)) => {
+            let d = path_of(d);
+            if !d.is_absolute() {
+                return Reply::Failed(format!("directory is not absolute: {}", d.display()));
+            }
+            Some(d)
+        }
+        Some(_) => return Reply::BadFormat,
+    };
+    let autostart = match value.get("autostart") {
+        None => None,
+        Some(Value::Int(i)) => Some(*i != 0),
+        Some(_) => return Reply::BadFormat,
+    };
+    let added = match (file, data) {
+        (Some(Value::Bytes(f)), None) => {
+            let path = path_of(f);
+            if !path.is_absolute() {
+                return Reply::Failed(format!("not an absolute path: {}", path.display()));
+            }
+            ctx.registry.add_file(&path, directory, autostart)
+        }
+        (None, Some(Value::Bytes(d))) => ctx.registry.add(d.clone(), directory, autostart),
+        _ => return Reply::BadFormat,
+    };
+    match added {
+        Ok(id) => Reply::Durable(Box::new(Reply::data("info", id_list(&[id])))),
+        Err(e) => Reply::Failed(e.to_string()),
+    }
+}
+
+/// Ids and types of a `get-info`/`get-status` request, or `None` for
+/// bad-format. Non-integer ids are skipped (PROTOCOL.md 4).
+fn ids_and_types(value: &Value) -> Option<(Vec<u64>, &[Value])> {
+    value.as_dict()?;
+    let ids = value.get("id")?.as_list()?;
+    let types = match value.get("type") {
+        None => &[][..],
+        Some(t) => t.as_list()?,
+    };
+    let ids = ids
+        .iter()
+        .filter_map(Value::as_int)
+        .filter_map(|i| u64::try_from(i).ok())
+        .collect();
+    Some((ids, types))
+}
+
+type Describe = fn(&Torrent, &str) -> Option<Value>;
+
+/// One dict per known torrent, with `id` and each known requested type.
+fn describe(reg: &Registry, ids: impl Iterator<Item = u64>, types: &[Value], f: Describe) -> Value {
+    let types: Vec<&str> = types.iter().filter_map(Value::as_str).collect();
+    let list = ids
+        .filter_map(|id| reg.torrents().get(id))
+        .map(|t| {
+            let mut pairs: Vec<(Vec<u8>, Value)> = vec![(b"id".to_vec(), Value::Int(t.id as i64))];
+            for ty in &types {
+                // A type asked twice (or "id" asked for) is answered once.
+                if pairs.iter().any(|(k, _)| k.as_slice() == ty.as_bytes()) {
+                    continue;
+                }
+                if let Some(v) = f(t, ty) {
+                    pairs.push((ty.as_bytes().to_vec(), v));
+                }
+            }
+            Value::Dict(pairs)
+        })
+        .collect();
+    Value::List(list)
+}
+
+fn get_info(ctx: &mut Ctx<'_>, value: &Value) -> Reply {
+    match ids_and_types(value) {
+        Some((ids, types)) => Reply::data(
+            "info",
+            describe(ctx.registry, ids.into_iter(), types, info_field),
+        ),
+        None => Reply::BadFormat,
+    }
+}
+
+fn get_info_all(ctx: &mut Ctx<'_>, value: &Value) -> Reply {
+    match value.as_list() {
+        Some(types) => {
+            let ids = ctx.registry.ids();
+            Reply::data(
+                "info",
+                describe(ctx.registry, ids.into_iter(), types, info_field),
+            )
+        }
+        None => Reply::BadFormat,
+    }
+}
+
+fn get_status(ctx: &mut Ctx<'_>, value: &Value) -> Reply {
+    match ids_and_types(value) {
+        Some((ids, types)) => Reply::data(
+            "status",
+            describe(ctx.registry, ids.into_iter(), types, status_field),
+        ),
+        None => Reply::BadFormat,
+    }
+}
+
+fn get_status_all(ctx: &mut Ctx<'_>, value: &Value) -> Reply {
+    match value.as_list() {
+        Some(types) => {
+            let ids = ctx.registry.ids();
+            Reply::data(
+                "status",
+                describe(ctx.registry, ids.into_iter(), types, status_field),
+            )
+        }
+        None => Reply::BadFormat,
+    }
+}
+
+fn lookup(ctx: &mut Ctx<'_>, value: &Value) -> Reply {
+    let Some(hashes) = value.as_list() else {
+        return Reply::BadFormat;
+    };
+    let mut parsed = Vec::with_capacity(hashes.len());
+    for h in hashes {
+        match h.as_bytes().and_then(parse_hash) {
+            Some(h) => parsed.push(h),
+            None => return Reply::BadFormat,
+        }
+    }
+    let found = parsed
+        .iter()
+        .filter_map(|h| ctx.registry.torrents().lookup(h))
+        .map(|id| {
+            let hash = ctx
+                .registry
+                .torrents()
+                .get(id)
+                .map(|t| t.meta.hash_hex())
+                .unwrap_or_default();
+            Value::dict([("hash", Value::from(hash)), ("id", Value::Int(id as i64))])
+        })
+        .collect();
+    Reply::data("info", Value::List(found))
+}
+
+/// The ids of a `start`/`stop`/`remove` list; a non-integer is
+/// bad-format, and then nothing is done.
+fn act_on_ids(ctx: &mut Ctx<'_>, value: &Value, act: fn(&mut Registry, u64)) -> Reply {
+    let Some(list) = value.as_list() else {
+        return Reply::BadFormat;
+    };
+    if list.iter().any(|v| v.as_int().is_none()) {
+        return Reply::BadFormat;
+    }
+    for id in list.iter().filter_map(Value::as_int) {
+        if let Ok(id) = u64::try_from(id) {
+            act(ctx.registry, id);
+        }
+    }
+    Reply::durable_done()
+}
+
+fn act_on_all(ctx: &mut Ctx<'_>, act: fn(&mut Registry, u64)) -> Reply {
+    for id in ctx.registry.ids() {
+        act(ctx.registry, id);
+    }
+    Reply::durable_done()
+}
+
+fn start(ctx: &mut Ctx<'_>, v: &Value) -> Reply {
+    act_on_ids(ctx, v, Registry::start)
+}
+
+fn stop(ctx: &mut Ctx<'_>, v: &Value) -> Reply {
+    act_on_ids(ctx, v, Registry::stop)
+}
+
+fn remove(ctx: &mut Ctx<'_>, v: &Value) -> Reply {
+    act_on_ids(ctx, v, Registry::remove)
+}
+
+fn start_all(ctx: &mut Ctx<'_>, _: &Value) -> Reply {
+    act_on_all(ctx, Registry::start)
+}
+
+fn stop_all(ctx: &mut Ctx<'_>, _: &Value) -> Reply {
+    act_on_all(ctx, Registry::stop)
+}
+
+fn remove_all(ctx: &mut Ctx<'_>, _: &Value) -> Reply {
+    act_on_all(ctx, Registry::remove)
+}
+
+fn bytes(b: &[u8]) -> Value {
+    Value::Bytes(b.to_vec())
+}
+
+fn path_value(p: &Path) -> Value {
+    bytes(p.as_os_str().as_bytes())
+}
+
+fn tracker_value(t: &Tracker) -> Value {
+    let mut pairs = vec![
+        ("address", Value::str(&t.address)),
+        ("announce", Value::str(&t.announce)),
+        ("port", Value::Int(t.port.into())),
+    ];
+    if let Some(s) = &t.scrape {
+        pairs.push(("scrape", Value::str(s)));
+    }
+    Value::dict(pairs)
+}
+
+/// The value of one info type, or `None` for an unknown type (skipped).
+pub(crate) fn info_field(t: &Torrent, ty: &str) -> Option<Value> {
+    let m = &t.meta;
+    Some(match ty {
+        "hash" => Value::from(m.hash_hex()),
+        "name" => bytes(&m.name),
+        "path" => path_value(&t.saved_path),
+        "saved" => Value::Int(1),
+        "private" => Value::Int(m.private.into()),
+        "trackers" => Value::List(
+            m.tiers
+                .iter()
+                .map(|tier| Value::List(tier.iter().map(tracker_value).collect()))
+                .collect(),
+        ),
+        "comment" => bytes(&m.comment),
+        "creator" => bytes(&m.creator),
+        "date" => Value::Int(m.creation_date?),
+        "size" => Value::Int(m.total_size() as i64),
+        "files" => Value::List(
+            m.files
+                .iter()
+                .map(|f| {
+                    Value::dict([
+                        ("name", Value::Bytes(f.display_path())),
+                        ("size", Value::Int(f.length as i64)),
+                    ])
+                })
+                .collect(),
+        ),
+        _ => return None,
+    })
+}
+
+/// The protocol's name for a phase.
+pub(crate) fn state_name(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Paused => "paused",
+        Phase::WaitingCheck => "waiting to checking",
+        Phase::Checking => "checking",
+        Phase::Downloading => "downloading",
+        Phase::Seeding => "seeding",
+    }
+}
+
+/// The value of one status type, or `None` for an unknown type. What only
+/// a peer engine could know is 0 (or -1 where the protocol says unknown).
+pub(crate) fn status_field(t: &Torrent, ty: &str) -> Option<Value> {
+    Some(match ty {
+        "completed" | "download-valid" => Value::Int(t.completed as i64),
+        "download-speed" | "download-total" | "upload-speed" | "upload-total" | "swarm-speed"
+        | "peers-downloading" | "peers-uploading" | "peers-total" => Value::Int(0),
+        "peers-from" => Value::dict([
+            ("cache", Value::Int(0)),
+            ("incoming", Value::Int(0)),
+            ("pex", Value::Int(0)),
+            ("tracker", Value::Int(0)),
+        ]),
+        "eta" | "scrape-completed" | "scrape-leechers" | "scrape-seeders" => Value::Int(-1),
+        "error" => Value::str(t.error.as_ref().map_or("", |e| e.code)),
+        "error-message" => Value::str(t.error.as_ref().map_or("", |e| e.message.as_str())),
+        "running" => Value::Int(t.running.into()),
+        "state" => Value::str(state_name(t.phase)),
+        "tracker" => tracker_value(t.meta.tiers.first()?.first()?),
+        _ => return None,
+    })
+}

@@ -1,0 +1,194 @@
+//! Start-up and shutdown around the reactor: the state directory and its
+//! lock, the socket file, the open-file limit.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use log::{info, warn};
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::commands::Service;
+use crate::reactor::{Exit, Reactor, ReactorConfig};
+use crate::registry::{Registry, Settings};
+
+/// Everything the daemon needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The Unix socket clients connect to.
+    pub socket: PathBuf,
+    /// Where settings, torrents and the lock file live.
+    pub state_dir: PathBuf,
+    /// Default `directory` setting for a fresh state directory.
+    pub download_dir: PathBuf,
+    /// Largest payload accepted from a client.
+    pub max_message: usize,
+    /// Close clients silent for this long (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// Longest time one slice of verification may hold the loop.
+    pub check_slice: Duration,
+}
+
+impl Config {
+    /// The original daemon's paths under `home`, and the other defaults.
+    pub fn defaults(home: &Path) -> Config {
+        let state_dir = home.join(".transmission").join("daemon");
+        Config {
+            socket: state_dir.join("socket"),
+            state_dir,
+            download_dir: home.join("Downloads"),
+            max_message: 16 << 20,
+            idle_timeout: Some(Duration::from_secs(60)),
+            check_slice: Duration::from_millis(5),
+        }
+    }
+}
+
+/// Why the daemon could not start or run.
+#[derive(Debug)]
+pub struct DaemonError(pub String);
+
+impl fmt::Display for DaemonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DaemonError {}
+
+fn err(context: impl fmt::Display, e: impl fmt::Display) -> DaemonError {
+    DaemonError(format!("{context}: {e}"))
+}
+
+/// Runs the daemon until `quit` or SIGINT/SIGTERM.
+pub fn run(config: &Config) -> Result<Exit, DaemonError> {
+    create_private_dir(&config.state_dir)?;
+    let _lock = lock_state_dir(&config.state_dir)?;
+    let registry = Registry::open(
+        &config.state_dir,
+        Settings::defaults(config.download_dir.clone()),
+    )
+    .map_err(|e| DaemonError(e.to_string()))?;
+    let capacity = raise_fd_limit();
+    let listener = bind(&config.socket)?;
+    info!(
+        "tripcd {} listening on {} (state in {}, up to about {capacity} clients)",
+        env!("CARGO_PKG_VERSION"),
+        config.socket.display(),
+        config.state_dir.display(),
+    );
+    let reactor_config = ReactorConfig {
+        max_message: config.max_message,
+        idle_timeout: config.idle_timeout,
+        check_slice: config.check_slice,
+    };
+    let result = Reactor::new(listener, Service::new(registry), reactor_config)
+        .and_then(|mut reactor| reactor.run());
+    // The socket goes whatever happened, so the next start finds no stale file.
+    if let Err(e) = fs::remove_file(&config.socket) {
+        warn!("cannot remove {}: {e}", config.socket.display());
+    }
+    let exit = result.map_err(|e| err("event loop failed", e))?;
+    info!("tripcd stopped ({exit:?})");
+    Ok(exit)
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), DaemonError> {
+    if !dir.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| err(format_args!("cannot create {}", dir.display()), e))?;
+    }
+    Ok(())
+}
+
+/// Takes the state directory's lock, or says which process holds it.
+fn lock_state_dir(dir: &Path) -> Result<Flock<File>, DaemonError> {
+    let path = dir.join("lock");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| err(format_args!("cannot open {}", path.display()), e))?;
+    let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            let pid = fs::read_to_string(&path).unwrap_or_default();
+            return Err(DaemonError(format!(
+                "another tripcd (pid {}) is using state directory {}",
+                pid.trim(),
+                dir.display()
+            )));
+        }
+        Err((_, e)) => return Err(err(format_args!("cannot lock {}", path.display()), e)),
+    };
+    lock.set_len(0)
+        .and_then(|_| writeln!(&*lock, "{}", std::process::id()))
+        .and_then(|_| lock.sync_all())
+        .map_err(|e| err(format_args!("cannot write {}", path.display()), e))?;
+    Ok(lock)
+}
+
+/// Binds the socket, replacing a stale socket file left by a dead daemon.
+/// A live socket is never stolen, and a path that is not a socket is never
+/// deleted.
+fn bind(path: &Path) -> Result<mio::net::UnixListener, DaemonError> {
+    if let Some(parent) = path.parent() {
+        create_private_dir(parent)?;
+    }
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => match StdUnixStream::connect(path) {
+            Ok(_) => {
+                return Err(DaemonError(format!(
+                    "another daemon is listening on {}",
+                    path.display()
+                )))
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                info!("removing stale socket {}", path.display());
+                fs::remove_file(path)
+                    .map_err(|e| err(format_args!("cannot remove {}", path.display()), e))?;
+            }
+            Err(e) => return Err(err(format_args!("cannot probe {}", path.display()), e)),
+        },
+        Ok(_) => {
+            return Err(DaemonError(format!(
+                "{} exists and is not a socket; not touching it",
+                path.display()
+            )))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(format_args!("cannot inspect {}", path.display()), e)),
+    }
+    let listener = mio::net::UnixListener::bind(path)
+        .map_err(|e| err(format_args!("cannot listen on {}", path.display()), e))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .map_err(|e| err(format_args!("cannot set mode of {}", path.display()), e))?;
+    Ok(listener)
+}
+
+/// Raises the open-file soft limit to the hard limit and returns how many
+/// clients that leaves room for.
+fn raise_fd_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 0;
+    };
+    let limit = if hard > soft && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    // Descriptors the daemon keeps for itself: stdio, epoll, listener,
+    // signal pipe, lock, files read while verifying.
+    limit.saturating_sub(16)
+}

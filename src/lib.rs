@@ -1,0 +1,18 @@
+//! tripcd: a daemon speaking the bencoded Unix-socket IPC protocol of the
+//! Transmission BitTorrent client (versions 1 and 2).
+//!
+//! Layers, each knowing only the ones below it:
+//! - [`codec`]: frames and bencode, pure functions over bytes;
+//! - [`session`]: one connection's protocol state, bytes in, bytes out;
+//! - [`commands`]: the table of keys and their handlers;
+//! - [`registry`]: settings, torrents and their persistence;
+//! - [`reactor`]: the mio event loop, the only part touching sockets;
+//! - [`daemon`]: start-up and shutdown around the reactor.
+
+pub mod client;
+pub mod codec;
+pub mod commands;
+pub mod daemon;
+pub mod reactor;
+pub mod registry;
+pub mod session;

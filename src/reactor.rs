@@ -1,0 +1,493 @@
+//! The event loop: one mio `Poll`, one listening Unix socket, a slab of
+//! connections. It only moves bytes between sockets and the sans-IO
+//! [`Session`]s, and drives timers, signals and the registry's slices of
+//! background work.
+//!
+//! One loop turn:
+//! 1. wait for readiness (not at all when work is pending);
+//! 2. accept, and read from every ready connection into a shared scratch
+//!    buffer, running complete messages as they arrive;
+//! 3. run one bounded slice of torrent verification;
+//! 4. commit every change of the turn in one durable write, then release
+//!    the replies that waited for it;
+//! 5. write out every connection's output (many replies, one syscall);
+//! 6. close the connections queued for closing: the one safe point.
+
+use std::io::{self, Read, Write};
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, trace, warn};
+use mio::net::{UnixListener, UnixStream};
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+
+use crate::commands::Service;
+use crate::session::Session;
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const SIGNALS: Token = Token(usize::MAX - 2);
+
+/// Size of the shared read buffer.
+const SCRATCH: usize = 64 << 10;
+
+/// Bytes read from one client per loop turn, so that one flooding client
+/// cannot starve the others; the rest is read on the next turn.
+const READ_BUDGET_PER_TURN: usize = 256 << 10;
+
+/// How long shutdown waits for clients to take their last replies.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
+
+/// Tunables of the loop.
+#[derive(Debug, Clone)]
+pub struct ReactorConfig {
+    /// Largest payload accepted from a client.
+    pub max_message: usize,
+    /// Close clients silent for this long (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// Longest time one slice of verification may hold the loop.
+    pub check_slice: Duration,
+}
+
+/// Why the loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// A client sent `quit`.
+    Quit,
+    /// SIGINT or SIGTERM.
+    Signal(i32),
+}
+
+struct Conn {
+    stream: UnixStream,
+    session: Session,
+    serial: u64,
+    last_active: Instant,
+    /// Read readiness not yet used up (readiness is edge-triggered).
+    readable: bool,
+    /// Closing: no more input; close once output is written.
+    closing: bool,
+    /// WRITABLE interest is registered.
+    write_interest: bool,
+    /// Listed in `Reactor::dirty` this turn.
+    dirty: bool,
+}
+
+/// The event loop and everything it owns.
+pub struct Reactor {
+    poll: Poll,
+    listener: Option<UnixListener>,
+    signals: Signals,
+    conns: Slab<Conn>,
+    svc: Service,
+    config: ReactorConfig,
+    scratch: Vec<u8>,
+    /// Connections to drive this turn (ready, or with work left over).
+    dirty: Vec<usize>,
+    /// Connections to drive again next turn without waiting for an event.
+    again: Vec<usize>,
+    next_serial: u64,
+    next_sweep: Option<Instant>,
+    accept_paused_until: Option<Instant>,
+}
+
+impl Reactor {
+    /// A reactor serving `listener` with `svc`.
+    pub fn new(listener: UnixListener, svc: Service, config: ReactorConfig) -> io::Result<Reactor> {
+        let poll = Poll::new()?;
+        let mut listener = listener;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        Ok(Reactor {
+            poll,
+            listener: Some(listener),
+            signals,
+            conns: Slab::new(),
+            svc,
+            config,
+            scratch: vec![0; SCRATCH],
+            dirty: Vec::new(),
+            again: Vec::new(),
+            next_serial: 1,
+            next_sweep: None,
+            accept_paused_until: None,
+        })
+    }
+
+    /// The service (for inspection after the loop ends).
+    pub fn service(&self) -> &Service {
+        &self.svc
+    }
+
+    /// Runs until `quit` or a terminating signal, then flushes queued
+    /// replies, saves state and closes every client.
+    pub fn run(&mut self) -> io::Result<Exit> {
+        let mut events = Events::with_capacity(1024);
+        let exit = loop {
+            let timeout = self.timeout(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let now = Instant::now();
+            let mut exit = None;
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(now),
+                    SIGNALS => exit = exit.or(self.signals()),
+                    Token(key) => {
+                        if let Some(conn) = self.conns.get_mut(key) {
+                            if event.is_readable() || event.is_read_closed() || event.is_error() {
+                                conn.readable = true;
+                            }
+                            mark(&mut self.dirty, conn, key);
+                        }
+                    }
+                }
+            }
+            if self.accept_paused_until.is_some_and(|until| now >= until) {
+                self.accept_paused_until = None;
+                self.accept(now);
+            }
+            self.turn(now);
+            if self.svc.control.quit {
+                exit = exit.or(Some(Exit::Quit));
+            }
+            if let Some(exit) = exit {
+                break exit;
+            }
+        };
+        self.shutdown();
+        Ok(exit)
+    }
+
+    fn timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.again.is_empty() || self.svc.registry.has_work() {
+            return Some(Duration::ZERO);
+        }
+        let deadlines = [self.next_sweep, self.accept_paused_until];
+        deadlines
+            .iter()
+            .flatten()
+            .min()
+            .map(|d| d.saturating_duration_since(now))
+    }
+
+    fn signals(&mut self) -> Option<Exit> {
+        let mut exit = None;
+        for sig in self.signals.pending() {
+            match sig {
+                SIGHUP => info!("SIGHUP: nothing to reload"),
+                sig => {
+                    info!("signal {sig}: shutting down");
+                    exit = Some(Exit::Signal(sig));
+                }
+            }
+        }
+        exit
+    }
+
+    fn accept(&mut self, now: Instant) {
+        let Some(listener) = &self.listener else {
+            return;
+        };
+        loop {
+            match listener.accept() {
+                Ok((mut stream, _)) => {
+                    let entry = self.conns.vacant_entry();
+                    let key = entry.key();
+                    if let Err(e) =
+                        self.poll
+                            .registry()
+                            .register(&mut stream, Token(key), Interest::READABLE)
+                    {
+                        warn!("cannot register a new client: {e}");
+                        continue;
+                    }
+                    let serial = self.next_serial;
+                    self.next_serial += 1;
+                    debug!("client {serial}: connected");
+                    let conn = entry.insert(Conn {
+                        stream,
+                        session: Session::new(serial, self.config.max_message),
+                        serial,
+                        last_active: now,
+                        // Data may have arrived with the connection.
+                        readable: true,
+                        closing: false,
+                        write_interest: false,
+                        dirty: false,
+                    });
+                    mark(&mut self.dirty, conn, key);
+                    if let (None, Some(idle)) = (self.next_sweep, self.config.idle_timeout) {
+                        self.next_sweep = Some(now + sweep_period(idle));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Out of descriptors, most likely: leave the rest in the
+                    // backlog and try again shortly.
+                    warn!("accept failed: {e}; retrying in 100 ms");
+                    self.accept_paused_until = Some(now + Duration::from_millis(100));
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Steps 2 to 6 of a loop turn.
+    fn turn(&mut self, now: Instant) {
+        for key in std::mem::take(&mut self.again) {
+            if let Some(conn) = self.conns.get_mut(key) {
+                mark(&mut self.dirty, conn, key);
+            }
+        }
+        let dirty = std::mem::take(&mut self.dirty);
+        for &key in &dirty {
+            self.drive(key, now);
+        }
+
+        if self.svc.registry.has_work() {
+            let start = Instant::now();
+            let mut events = Vec::new();
+            // Hash in small steps until the slice's time is up.
+            while self.svc.registry.has_work() && start.elapsed() < self.config.check_slice {
+                events.extend(self.svc.registry.work(1 << 20));
+            }
+            for ev in events {
+                info!("verification: {ev:?}");
+            }
+        }
+
+        let mut to_flush = dirty;
+        let held: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.session.is_held())
+            .map(|(k, _)| k)
+            .collect();
+        if self.svc.registry.needs_commit() || !held.is_empty() {
+            let result = self.svc.registry.commit();
+            for &key in &held {
+                if let Some(conn) = self.conns.get_mut(key) {
+                    conn.session.release(&result);
+                }
+            }
+            to_flush.extend(held);
+        }
+
+        for key in to_flush {
+            self.flush(key);
+        }
+
+        if self.next_sweep.is_some_and(|t| now >= t) {
+            self.sweep(now);
+        }
+    }
+
+    /// Reads what the client sent (within this turn's budget) and runs it.
+    fn drive(&mut self, key: usize, now: Instant) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.dirty = false;
+        if conn.closing {
+            return;
+        }
+        let svc = &mut self.svc;
+        if let Err(e) = conn.session.resume(svc) {
+            protocol_error(conn, &e);
+            return;
+        }
+        let mut budget = READ_BUDGET_PER_TURN;
+        while conn.readable && !conn.closing && !conn.session.is_backpressured() && budget > 0 {
+            match conn.stream.read(&mut self.scratch) {
+                Ok(0) => {
+                    debug!("client {}: hung up", conn.serial);
+                    conn.readable = false;
+                    conn.closing = true;
+                }
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    conn.last_active = now;
+                    trace!("client {}: read {n} bytes", conn.serial);
+                    if let Err(e) = conn.session.receive(&self.scratch[..n], svc) {
+                        protocol_error(conn, &e);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.readable = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    debug!("client {}: read failed: {e}", conn.serial);
+                    conn.readable = false;
+                    conn.closing = true;
+                }
+            }
+            if svc.control.quit {
+                break;
+            }
+        }
+    }
+
+    /// Writes queued output; manages WRITABLE interest; closes the
+    /// connection if it is done.
+    fn flush(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let mut broken = false;
+        while !conn.session.output().is_empty() {
+            match conn.stream.write(conn.session.output()) {
+                Ok(0) => {
+                    broken = true;
+                    break;
+                }
+                Ok(n) => {
+                    trace!("client {}: wrote {n} bytes", conn.serial);
+                    conn.session.consume_output(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    debug!("client {}: write failed: {e}", conn.serial);
+                    broken = true;
+                    break;
+                }
+            }
+        }
+        let pending = !conn.session.output().is_empty();
+        if broken || (conn.closing && !pending && !conn.session.is_held()) {
+            self.close(key);
+            return;
+        }
+        if pending != conn.write_interest {
+            let interest = if pending {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            if let Err(e) = self
+                .poll
+                .registry()
+                .reregister(&mut conn.stream, Token(key), interest)
+            {
+                error!("client {}: cannot change interest: {e}", conn.serial);
+                self.close(key);
+                return;
+            }
+            conn.write_interest = pending;
+        }
+        // Input left waiting (read budget used up, or paused while output
+        // was over the limit and now drained): come back next turn.
+        if !conn.closing
+            && !conn.session.is_backpressured()
+            && (conn.readable || conn.session.has_pending_input())
+        {
+            self.again.push(key);
+        }
+    }
+
+    fn close(&mut self, key: usize) {
+        if let Some(mut conn) = self.conns.try_remove(key) {
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+            debug!("client {}: closed", conn.serial);
+        }
+        self.again.retain(|k| *k != key);
+    }
+
+    /// Closes clients idle for longer than the idle timeout.
+    fn sweep(&mut self, now: Instant) {
+        let Some(idle) = self.config.idle_timeout else {
+            return;
+        };
+        let stale: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| now.duration_since(c.last_active) >= idle)
+            .map(|(k, _)| k)
+            .collect();
+        for key in stale {
+            if let Some(conn) = self.conns.get(key) {
+                info!(
+                    "client {}: idle for {}s, closing",
+                    conn.serial,
+                    idle.as_secs()
+                );
+            }
+            self.close(key);
+        }
+        self.next_sweep = if self.conns.is_empty() {
+            None
+        } else {
+            Some(now + sweep_period(idle))
+        };
+    }
+
+    /// Stops accepting, writes what clients are owed (for a while), saves,
+    /// and closes everyone.
+    fn shutdown(&mut self) {
+        if let Some(mut l) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        for (_, conn) in self.conns.iter_mut() {
+            conn.closing = true;
+        }
+        if let Err(e) = self.svc.registry.commit() {
+            error!("final save failed: {e}");
+        }
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.flush(key);
+        }
+        let deadline = Instant::now() + SHUTDOWN_FLUSH;
+        let mut events = Events::with_capacity(1024);
+        while !self.conns.is_empty() {
+            let now = Instant::now();
+            if now >= deadline {
+                warn!(
+                    "{} client(s) did not take their last replies",
+                    self.conns.len()
+                );
+                break;
+            }
+            if self.poll.poll(&mut events, Some(deadline - now)).is_err() {
+                continue;
+            }
+            let keys: Vec<usize> = events
+                .iter()
+                .map(|e| e.token().0)
+                .filter(|k| self.conns.contains(*k))
+                .collect();
+            for key in keys {
+                self.flush(key);
+            }
+        }
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.close(key);
+        }
+    }
+}
+
+fn mark(dirty: &mut Vec<usize>, conn: &mut Conn, key: usize) {
+    if !conn.dirty {
+        conn.dirty = true;
+        dirty.push(key);
+    }
+}
+
+fn protocol_error(conn: &mut Conn, e: &crate::session::ProtocolError) {
+    warn!("client {}: protocol error: {e}; closing", conn.serial);
+    conn.closing = true;
+}
+
+fn sweep_period(idle: Duration) -> Duration {
+    (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+}

@@ -1,0 +1,546 @@
+//! The daemon's state: settings and torrents, and their persistence.
+//!
+//! Nothing here knows about frames or sockets. Changes are made in memory
+//! and recorded in a journal; [`Registry::commit`] makes all changes since
+//! the last commit durable at once (the reactor calls it once per loop
+//! turn), or undoes them all if the disk refuses.
+//!
+//! State directory layout:
+//! - `settings.benc`: the settings dict;
+//! - `torrents.benc`: a list of `{hash, directory, running, verified}`;
+//! - `torrents/<hash>.torrent`: the daemon's copy of each metainfo file;
+//! - `lock`: the running daemon's pid, held with `flock`.
+
+pub mod metainfo;
+pub mod settings;
+pub mod store;
+pub mod torrents;
+
+use std::fmt;
+use std::io;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+use log::{error, info, warn};
+
+use crate::codec::{decode, Value};
+pub use metainfo::{Metainfo, MetainfoError};
+pub use settings::Settings;
+pub use torrents::{CheckEvent, Phase, Torrent, TorrentError, Torrents};
+
+/// A state directory that cannot be used at all.
+#[derive(Debug)]
+pub struct OpenError(pub String);
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+/// Why a torrent could not be added.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddError {
+    /// The metainfo file could not be read.
+    Read(String),
+    /// The metainfo is not valid.
+    Metainfo(MetainfoError),
+    /// The data directory is not an absolute path.
+    RelativeDirectory(String),
+}
+
+impl fmt::Display for AddError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AddError::Read(m) => f.write_str(m),
+            AddError::Metainfo(e) => write!(f, "bad metainfo: {e}"),
+            AddError::RelativeDirectory(d) => write!(f, "directory is not absolute: {d}"),
+        }
+    }
+}
+
+/// How to undo one change that has not been committed yet.
+enum Undo {
+    Settings(Box<Settings>),
+    Added(u64),
+    Removed(Box<Torrent>),
+    Running(u64, bool),
+}
+
+/// Settings and torrents, with their on-disk home.
+pub struct Registry {
+    dir: PathBuf,
+    settings: Settings,
+    torrents: Torrents,
+    journal: Vec<Undo>,
+    /// Torrent state changed without a journal entry (verification
+    /// results): worth saving, nothing to undo.
+    torrents_dirty: bool,
+    settings_dirty: bool,
+    new_copies: Vec<(PathBuf, Vec<u8>)>,
+    old_copies: Vec<PathBuf>,
+}
+
+const SETTINGS_FILE: &str = "settings.benc";
+const TORRENTS_FILE: &str = "torrents.benc";
+const COPIES_DIR: &str = "torrents";
+
+impl Registry {
+    /// Opens (creating if needed) a state directory and loads what it
+    /// holds. A file that cannot be understood is set aside with an error
+    /// in the log, never overwritten; the daemon then starts without it.
+    pub fn open(dir: &Path, defaults: Settings) -> Result<Registry, OpenError> {
+        let fail = |what: &str, e: io::Error| OpenError(format!("{what} {}: {e}", dir.display()));
+        std::fs::create_dir_all(dir.join(COPIES_DIR))
+            .map_err(|e| fail("cannot create state directory", e))?;
+        let mut reg = Registry {
+            dir: dir.to_path_buf(),
+            settings: defaults.clone(),
+            torrents: Torrents::new(),
+            journal: Vec::new(),
+            torrents_dirty: false,
+            settings_dirty: false,
+            new_copies: Vec::new(),
+            old_copies: Vec::new(),
+        };
+        if let Some(v) = reg.load_file(SETTINGS_FILE)? {
+            match Settings::from_value(&v, defaults) {
+                Ok(s) => reg.settings = s,
+                Err(why) => reg.set_aside(SETTINGS_FILE, &why)?,
+            }
+        }
+        if let Some(v) = reg.load_file(TORRENTS_FILE)? {
+            if let Err(why) = reg.load_torrents(&v) {
+                reg.torrents = Torrents::new();
+                reg.set_aside(TORRENTS_FILE, &why)?;
+            }
+        }
+        Ok(reg)
+    }
+
+    fn load_file(&self, name: &str) -> Result<Option<Value>, OpenError> {
+        let path = self.dir.join(name);
+        let bytes = store::read_optional(&path)
+            .map_err(|e| OpenError(format!("cannot read {}: {e}", path.display())))?;
+        let Some(bytes) = bytes else {
+            return Ok(None);
+        };
+        match decode(&bytes) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) => {
+                self.set_aside(name, &e.to_string())?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn set_aside(&self, name: &str, why: &str) -> Result<(), OpenError> {
+        let path = self.dir.join(name);
+        let aside = store::set_aside(&path).map_err(|e| {
+            OpenError(format!(
+                "{} is corrupt ({why}) and cannot be moved aside: {e}",
+                path.display()
+            ))
+        })?;
+        error!(
+            "{} is corrupt ({why}); kept as {} and starting without it",
+            path.display(),
+            aside.display()
+        );
+        Ok(())
+    }
+
+    fn load_torrents(&mut self, v: &Value) -> Result<(), String> {
+        let list = v.as_list().ok_or("not a list")?;
+        for (i, entry) in list.iter().enumerate() {
+            let hash = entry
+                .get("hash")
+                .and_then(Value::as_bytes)
+                .and_then(|h| <[u8; 20]>::try_from(h).ok())
+                .ok_or(format!("entry {i} has no 20-byte hash"))?;
+            let directory = entry
+                .get("directory")
+                .and_then(Value::as_bytes)
+                .ok_or(format!("entry {i} has no directory"))?;
+            let running = entry.get("running").and_then(Value::as_int).unwrap_or(0) != 0;
+            let verified = entry
+                .get("verified")
+                .and_then(Value::as_bytes)
+                .unwrap_or_default();
+            let copy = self.copy_path(&hash);
+            let meta = std::fs::read(&copy)
+                .map_err(|e| e.to_string())
+                .and_then(|b| Metainfo::parse(&b).map_err(|e| e.to_string()));
+            let meta = match meta {
+                Ok(m) if m.info_hash == hash => m,
+                Ok(_) => {
+                    error!(
+                        "{}: hash does not match its name; torrent skipped",
+                        copy.display()
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    error!("{}: {e}; torrent skipped", copy.display());
+                    continue;
+                }
+            };
+            if self.torrents.lookup(&hash).is_some() {
+                warn!(
+                    "torrent {} listed twice in state; keeping the first",
+                    meta.hash_hex()
+                );
+                continue;
+            }
+            let dir = PathBuf::from(std::ffi::OsString::from_vec(directory.to_vec()));
+            let id = self.torrents.insert(meta, copy, dir);
+            self.torrents.load_bitfield(id, verified);
+            if running {
+                // It was running: check its data again.
+                self.torrents.start(id);
+            }
+        }
+        info!("loaded {} torrents", self.torrents.len());
+        Ok(())
+    }
+
+    fn copy_path(&self, hash: &[u8; 20]) -> PathBuf {
+        self.dir
+            .join(COPIES_DIR)
+            .join(format!("{}.torrent", metainfo::hex(hash)))
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Changes the settings (pending until the next commit).
+    pub fn update_settings(&mut self, change: impl FnOnce(&mut Settings)) {
+        let mut next = self.settings.clone();
+        change(&mut next);
+        if next != self.settings {
+            let old = std::mem::replace(&mut self.settings, next);
+            self.journal.push(Undo::Settings(Box::new(old)));
+            self.settings_dirty = true;
+        }
+    }
+
+    /// The torrents.
+    pub fn torrents(&self) -> &Torrents {
+        &self.torrents
+    }
+
+    /// Adds a torrent from a metainfo file on disk. The file is read whole
+    /// (bounded by the metainfo size limit) and copied into the state
+    /// directory at the next commit, so the original may go away.
+    pub fn add_file(
+        &mut self,
+        path: &Path,
+        directory: Option<PathBuf>,
+        autostart: Option<bool>,
+    ) -> Result<u64, AddError> {
+        let read_err = |e: io::Error| {
+            AddError::Read(if e.kind() == io::ErrorKind::NotFound {
+                format!("file not found: {}", path.display())
+            } else {
+                format!("cannot read {}: {e}", path.display())
+            })
+        };
+        let len = std::fs::metadata(path).map_err(read_err)?.len();
+        if len > metainfo::MAX_METAINFO_BYTES as u64 {
+            return Err(AddError::Read(format!(
+                "{} is {len} bytes, over the metainfo limit of {}",
+                path.display(),
+                metainfo::MAX_METAINFO_BYTES
+            )));
+        }
+        let bytes = std::fs::read(path).map_err(read_err)?;
+        self.add(bytes, directory, autostart).map_err(|e| match e {
+            AddError::Metainfo(m) => {
+                AddError::Metainfo(MetainfoError(format!("{}: {m}", path.display())))
+            }
+            other => other,
+        })
+    }
+
+    /// Adds a torrent from metainfo bytes, or finds it if already present
+    /// (its id is returned either way). `directory` defaults to the
+    /// settings' directory, `autostart` to the setting.
+    pub fn add(
+        &mut self,
+        bytes: Vec<u8>,
+        directory: Option<PathBuf>,
+        autostart: Option<bool>,
+    ) -> Result<u64, AddError> {
+        let meta = Metainfo::parse(&bytes).map_err(AddError::Metainfo)?;
+        if let Some(id) = self.torrents.lookup(&meta.info_hash) {
+            return Ok(id);
+        }
+        let directory = directory.unwrap_or_else(|| self.settings.directory.clone());
+        if !directory.is_absolute() {
+            return Err(AddError::RelativeDirectory(directory.display().to_string()));
+        }
+        let copy = self.copy_path(&meta.info_hash);
+        self.old_copies.retain(|p| *p != copy);
+        self.new_copies.push((copy.clone(), bytes));
+        let id = self.torrents.insert(meta, copy, directory);
+        self.journal.push(Undo::Added(id));
+        if autostart.unwrap_or(self.settings.autostart) {
+            self.torrents.start(id);
+        }
+        Ok(id)
+    }
+
+    /// Starts a torrent (queues a check of its data). Unknown ids are
+    /// ignored.
+    pub fn start(&mut self, id: u64) {
+        if self.torrents.start(id) {
+            self.journal.push(Undo::Running(id, false));
+        }
+    }
+
+    /// Stops a torrent. Unknown ids are ignored.
+    pub fn stop(&mut self, id: u64) {
+        if self.torrents.stop(id) {
+            self.journal.push(Undo::Running(id, true));
+        }
+    }
+
+    /// Forgets a torrent; its saved metainfo copy is deleted once that is
+    /// committed. Downloaded data is never touched.
+    pub fn remove(&mut self, id: u64) {
+        if let Some(t) = self.torrents.take(id) {
+            self.new_copies.retain(|(p, _)| *p != t.saved_path);
+            self.old_copies.push(t.saved_path.clone());
+            self.journal.push(Undo::Removed(Box::new(t)));
+        }
+    }
+
+    /// Ids of every torrent, ascending.
+    pub fn ids(&self) -> Vec<u64> {
+        self.torrents.iter().map(|t| t.id).collect()
+    }
+
+    /// Verification work is waiting.
+    pub fn has_work(&self) -> bool {
+        self.torrents.has_work()
+    }
+
+    /// Runs one slice of verification, about `budget` bytes of hashing.
+    pub fn work(&mut self, budget: u64) -> Vec<CheckEvent> {
+        let events = self.torrents.work(budget);
+        if !events.is_empty() {
+            self.torrents_dirty = true;
+        }
+        events
+    }
+
+    /// Something changed since the last commit.
+    pub fn needs_commit(&self) -> bool {
+        !self.journal.is_empty() || self.torrents_dirty || self.settings_dirty
+    }
+
+    /// Makes every change since the last commit durable. On failure every
+    /// journalled change is undone, so memory matches the disk again, and
+    /// the reason is returned.
+    pub fn commit(&mut self) -> Result<(), String> {
+        if !self.needs_commit() {
+            return Ok(());
+        }
+        match self.write() {
+            Ok(()) => {
+                for old in std::mem::take(&mut self.old_copies) {
+                    if let Err(e) = std::fs::remove_file(&old) {
+                        if e.kind() != io::ErrorKind::NotFound {
+                            warn!("cannot delete {}: {e}", old.display());
+                        }
+                    }
+                }
+                self.journal.clear();
+                self.torrents_dirty = false;
+                self.settings_dirty = false;
+                Ok(())
+            }
+            Err(e) => {
+                let why = format!("cannot save state in {}: {e}", self.dir.display());
+                error!("{why}; undoing {} change(s)", self.journal.len());
+                self.rollback();
+                Err(why)
+            }
+        }
+    }
+
+    fn write(&mut self) -> io::Result<()> {
+        for (path, bytes) in &self.new_copies {
+            store::replace_file(path, bytes)?;
+        }
+        if !self.new_copies.is_empty() {
+            store::sync_dir(&self.dir.join(COPIES_DIR))?;
+        }
+        if self.settings_dirty {
+            let bytes = self
+                .settings
+                .to_value()
+                .to_bencode()
+                .map_err(io::Error::other)?;
+            store::write_atomic(&self.dir.join(SETTINGS_FILE), &bytes)?;
+        }
+        if self.torrents_dirty || self.journal.iter().any(|u| !matches!(u, Undo::Settings(_))) {
+            let bytes = self
+                .torrents_value()
+                .to_bencode()
+                .map_err(io::Error::other)?;
+            store::write_atomic(&self.dir.join(TORRENTS_FILE), &bytes)?;
+        }
+        self.new_copies.clear();
+        Ok(())
+    }
+
+    fn rollback(&mut self) {
+        for undo in std::mem::take(&mut self.journal).into_iter().rev() {
+            match undo {
+                Undo::Settings(old) => self.settings = *old,
+                Undo::Added(id) => {
+                    self.torrents.take(id);
+                }
+                Undo::Removed(t) => self.torrents.restore(*t),
+                Undo::Running(id, true) => {
+                    self.torrents.start(id);
+                }
+                Undo::Running(id, false) => {
+                    self.torrents.stop(id);
+                }
+            }
+        }
+        self.new_copies.clear();
+        self.old_copies.clear();
+        self.settings_dirty = false;
+    }
+
+    fn torrents_value(&self) -> Value {
+        Value::List(
+            self.torrents
+                .iter()
+                .map(|t| {
+                    Value::dict([
+                        (
+                            "directory",
+                            Value::Bytes(t.directory.as_os_str().as_bytes().to_vec()),
+                        ),
+                        ("hash", Value::Bytes(t.meta.info_hash.to_vec())),
+                        ("running", Value::Int(t.running.into())),
+                        ("verified", Value::Bytes(t.bitfield())),
+                    ])
+                })
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(format!(
+            "{}/tests/data/fixtures/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    }
+
+    fn open(dir: &Path) -> Registry {
+        Registry::open(dir, Settings::defaults("/dl".into())).unwrap()
+    }
+
+    #[test]
+    fn settings_survive_a_reopen_only_once_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = open(dir.path());
+        r.update_settings(|s| s.port = 1234);
+        assert!(r.needs_commit());
+        drop(r);
+        assert_eq!(open(dir.path()).settings().port, 9090);
+        let mut r = open(dir.path());
+        r.update_settings(|s| s.port = 1234);
+        r.commit().unwrap();
+        assert!(!r.needs_commit());
+        assert_eq!(open(dir.path()).settings().port, 1234);
+    }
+
+    #[test]
+    fn torrents_survive_a_reopen_and_duplicates_keep_their_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = open(dir.path());
+        let a = r.add(fixture("hello.torrent"), None, Some(false)).unwrap();
+        let b = r
+            .add(fixture("multi.torrent"), Some("/data".into()), Some(false))
+            .unwrap();
+        assert_eq!(r.add(fixture("hello.torrent"), None, None).unwrap(), a);
+        r.commit().unwrap();
+        r.remove(a);
+        r.commit().unwrap();
+        assert!(!r
+            .copy_path(
+                &Metainfo::parse(&fixture("hello.torrent"))
+                    .unwrap()
+                    .info_hash
+            )
+            .exists());
+        let r2 = open(dir.path());
+        let ts: Vec<_> = r2.torrents().iter().collect();
+        assert_eq!(ts.len(), 1);
+        assert_eq!(ts[0].id, 1, "renumbered after a restart");
+        assert_eq!(ts[0].directory, PathBuf::from("/data"));
+        assert_eq!(ts[0].meta.name, b"multi");
+        assert!(b > a);
+    }
+
+    #[test]
+    fn a_failed_commit_undoes_every_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = open(dir.path());
+        let id = r.add(fixture("hello.torrent"), None, Some(false)).unwrap();
+        r.commit().unwrap();
+        r.update_settings(|s| s.port = 1);
+        r.remove(id);
+        r.add(fixture("multi.torrent"), None, Some(false)).unwrap();
+        // Make the state directory unwritable: a file where the copies go.
+        let copies = dir.path().join(COPIES_DIR);
+        std::fs::rename(&copies, dir.path().join("moved")).unwrap();
+        std::fs::write(&copies, b"not a dir").unwrap();
+        assert!(r.commit().is_err());
+        assert_eq!(r.settings().port, 9090);
+        let names: Vec<_> = r.torrents().iter().map(|t| t.meta.name.clone()).collect();
+        assert_eq!(names, vec![b"hello.txt".to_vec()]);
+        assert_eq!(r.torrents().iter().next().unwrap().id, id);
+    }
+
+    #[test]
+    fn corrupt_files_are_set_aside_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(SETTINGS_FILE), b"d4:porti1e").unwrap();
+        std::fs::write(dir.path().join(TORRENTS_FILE), b"i5e").unwrap();
+        let r = open(dir.path());
+        assert_eq!(r.settings().port, 9090);
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert!(names[0].starts_with("settings.benc.corrupt-"));
+        assert!(names[1].starts_with("torrents"));
+        assert!(names
+            .iter()
+            .any(|n| n.starts_with("torrents.benc.corrupt-")));
+    }
+}

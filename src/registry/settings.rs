@@ -1,0 +1,129 @@
+//! The daemon-wide settings and their file format.
+
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::PathBuf;
+
+use crate::codec::Value;
+
+/// Daemon-wide settings, as clients set and read them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Port for incoming peer connections.
+    pub port: u16,
+    /// Automatic port mapping (UPnP/NAT-PMP).
+    pub automap: bool,
+    /// Start newly added torrents.
+    pub autostart: bool,
+    /// Peer exchange.
+    pub pex: bool,
+    /// Download limit in KiB/s; negative means none.
+    pub downlimit: i64,
+    /// Upload limit in KiB/s; negative means none.
+    pub uplimit: i64,
+    /// Default directory for the data of torrents added from now on.
+    pub directory: PathBuf,
+}
+
+impl Settings {
+    /// The settings of a fresh state directory (PROTOCOL.md 4).
+    pub fn defaults(directory: PathBuf) -> Settings {
+        Settings {
+            port: 9090,
+            automap: false,
+            autostart: true,
+            pex: true,
+            downlimit: -1,
+            uplimit: -1,
+            directory,
+        }
+    }
+
+    /// The form kept on disk.
+    pub fn to_value(&self) -> Value {
+        Value::dict([
+            ("automap", Value::Int(self.automap.into())),
+            ("autostart", Value::Int(self.autostart.into())),
+            (
+                "directory",
+                Value::Bytes(self.directory.as_os_str().as_bytes().to_vec()),
+            ),
+            ("downlimit", Value::Int(self.downlimit)),
+            ("pex", Value::Int(self.pex.into())),
+            ("port", Value::Int(self.port.into())),
+            ("uplimit", Value::Int(self.uplimit)),
+        ])
+    }
+
+    /// Reads the form kept on disk. Keys it lacks keep the given defaults
+    /// (so a file from an older version still loads); a key of the wrong
+    /// type means the file is not ours, and is an error naming the key.
+    pub fn from_value(value: &Value, defaults: Settings) -> Result<Settings, String> {
+        if value.as_dict().is_none() {
+            return Err("settings are not a dict".into());
+        }
+        let mut s = defaults;
+        let int = |key: &str| -> Result<Option<i64>, String> {
+            match value.get(key) {
+                None => Ok(None),
+                Some(Value::Int(i)) => Ok(Some(*i)),
+                Some(_) => Err(format!("settings key {key:?} is not an integer")),
+            }
+        };
+        if let Some(p) = int("port")? {
+            s.port = u16::try_from(p).map_err(|_| format!("settings port {p} out of range"))?;
+        }
+        if let Some(v) = int("automap")? {
+            s.automap = v != 0;
+        }
+        if let Some(v) = int("autostart")? {
+            s.autostart = v != 0;
+        }
+        if let Some(v) = int("pex")? {
+            s.pex = v != 0;
+        }
+        if let Some(v) = int("downlimit")? {
+            s.downlimit = v;
+        }
+        if let Some(v) = int("uplimit")? {
+            s.uplimit = v;
+        }
+        match value.get("directory") {
+            None => {}
+            Some(Value::Bytes(b)) if b.first() == Some(&b'/') => {
+                s.directory = PathBuf::from(std::ffi::OsString::from_vec(b.clone()));
+            }
+            Some(_) => return Err("settings key \"directory\" is not an absolute path".into()),
+        }
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_the_file_form() {
+        let mut s = Settings::defaults("/srv/dl".into());
+        s.port = 51413;
+        s.automap = true;
+        s.pex = false;
+        s.downlimit = 100;
+        let back = Settings::from_value(&s.to_value(), Settings::defaults("/x".into())).unwrap();
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn missing_keys_keep_defaults_and_wrong_types_are_refused() {
+        let d = Settings::defaults("/d".into());
+        let partial = Value::dict([("port", Value::Int(1))]);
+        let s = Settings::from_value(&partial, d.clone()).unwrap();
+        assert_eq!(s.port, 1);
+        assert_eq!(s.directory, d.directory);
+        let bad = Value::dict([("port", Value::str("x"))]);
+        assert!(Settings::from_value(&bad, d.clone()).is_err());
+        let bad = Value::dict([("port", Value::Int(70000))]);
+        assert!(Settings::from_value(&bad, d.clone()).is_err());
+        assert!(Settings::from_value(&Value::Int(1), d).is_err());
+    }
+}

@@ -1,0 +1,612 @@
+//! Torrents as the daemon knows them, and the verification of their data.
+//!
+//! There is no peer engine: a torrent is its metainfo, where its data
+//! lives, whether the user wants it running, and which pieces on disk
+//! match their hashes. Verification is cut into slices of a byte budget so
+//! that the single-threaded daemon keeps answering clients meanwhile.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs::File;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use sha1::{Digest, Sha1};
+
+use super::metainfo::Metainfo;
+
+/// Where a torrent is in its life, as the protocol's `state` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Not running.
+    Paused,
+    /// Running, waiting for its turn to be checked.
+    WaitingCheck,
+    /// Its data is being hashed.
+    Checking,
+    /// Running, some pieces missing or bad.
+    Downloading,
+    /// Running, every piece good.
+    Seeding,
+}
+
+/// An error that stops a torrent, with the protocol's codes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TorrentError {
+    /// `io-parent`, `io-permissions`, `io-space`, `io-resource`, `io-other`…
+    pub code: &'static str,
+    /// What happened, for a person.
+    pub message: String,
+}
+
+impl TorrentError {
+    fn from_io(e: &io::Error, path: &Path) -> TorrentError {
+        let code = match e.kind() {
+            io::ErrorKind::NotFound => "io-parent",
+            io::ErrorKind::PermissionDenied => "io-permissions",
+            io::ErrorKind::StorageFull => "io-space",
+            io::ErrorKind::OutOfMemory => "io-resource",
+            _ if e.raw_os_error() == Some(nix::libc::EMFILE) => "io-resource",
+            _ => "io-other",
+        };
+        TorrentError {
+            code,
+            message: format!("{}: {e}", path.display()),
+        }
+    }
+}
+
+/// One torrent in the registry.
+#[derive(Debug, Clone)]
+pub struct Torrent {
+    /// Id, unique while the daemon runs.
+    pub id: u64,
+    /// The parsed metainfo.
+    pub meta: Metainfo,
+    /// The daemon's own copy of the metainfo file.
+    pub saved_path: PathBuf,
+    /// The directory holding the torrent's data.
+    pub directory: PathBuf,
+    /// The user wants it running.
+    pub running: bool,
+    /// Where it is now.
+    pub phase: Phase,
+    /// Per piece: verified good on disk.
+    pub verified: Vec<bool>,
+    /// Bytes of verified pieces (kept in step with `verified`).
+    pub completed: u64,
+    /// Set when the data could not be read.
+    pub error: Option<TorrentError>,
+}
+
+impl Torrent {
+    /// Where file `index` of this torrent lives on disk.
+    pub fn file_path(&self, index: usize) -> PathBuf {
+        let mut p = self.directory.clone();
+        if self.meta.multi_file {
+            p.push(std::ffi::OsStr::from_bytes(&self.meta.name));
+        }
+        if let Some(f) = self.meta.files.get(index) {
+            for part in &f.path {
+                p.push(std::ffi::OsStr::from_bytes(part));
+            }
+        }
+        p
+    }
+
+    fn set_verified(&mut self, piece: usize, good: bool) {
+        if let Some(slot) = self.verified.get_mut(piece) {
+            if *slot != good {
+                let size = self.meta.piece_size(piece);
+                if good {
+                    self.completed += size;
+                } else {
+                    self.completed -= size;
+                }
+                *slot = good;
+            }
+        }
+    }
+
+    fn clear_verified(&mut self) {
+        self.verified.iter_mut().for_each(|v| *v = false);
+        self.completed = 0;
+    }
+
+    /// Sets verified pieces from a bitfield (most significant bit first),
+    /// as kept in the state file.
+    pub fn load_bitfield(&mut self, bits: &[u8]) {
+        for piece in 0..self.verified.len() {
+            let good = bits
+                .get(piece / 8)
+                .is_some_and(|b| b & (0x80 >> (piece % 8)) != 0);
+            self.set_verified(piece, good);
+        }
+    }
+
+    /// Verified pieces as a bitfield (most significant bit first).
+    pub fn bitfield(&self) -> Vec<u8> {
+        let mut bits = vec![0u8; self.verified.len().div_ceil(8)];
+        for (piece, _) in self.verified.iter().enumerate().filter(|(_, v)| **v) {
+            bits[piece / 8] |= 0x80 >> (piece % 8);
+        }
+        bits
+    }
+
+    fn settle(&mut self) {
+        self.phase = if !self.running {
+            Phase::Paused
+        } else if self.completed == self.meta.total_size() && self.error.is_none() {
+            Phase::Seeding
+        } else {
+            Phase::Downloading
+        };
+    }
+}
+
+/// What a slice of verification work produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckEvent {
+    /// Verification of torrent `id` finished.
+    Finished {
+        /// The torrent.
+        id: u64,
+        /// Bytes of good pieces.
+        completed: u64,
+        /// Every piece is good.
+        complete: bool,
+    },
+    /// Verification stopped on an error that now marks the torrent.
+    Failed {
+        /// The torrent.
+        id: u64,
+        /// Its error.
+        error: TorrentError,
+    },
+}
+
+/// The check in progress: which piece, how far into it, and open files.
+struct Check {
+    id: u64,
+    piece: usize,
+    offset: u64,
+    hasher: Sha1,
+    piece_ok: bool,
+    open: Option<(usize, Option<File>)>,
+}
+
+/// All torrents, ordered by id, and the verification queue.
+#[derive(Default)]
+pub struct Torrents {
+    by_id: BTreeMap<u64, Torrent>,
+    by_hash: HashMap<[u8; 20], u64>,
+    next_id: u64,
+    queue: VecDeque<u64>,
+    current: Option<Check>,
+    buf: Vec<u8>,
+}
+
+/// Largest single read while verifying.
+const READ_CHUNK: usize = 256 << 10;
+
+impl Torrents {
+    /// An empty registry; ids start at 1.
+    pub fn new() -> Torrents {
+        Torrents {
+            next_id: 1,
+            ..Torrents::default()
+        }
+    }
+
+    /// Number of torrents.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// No torrents at all.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// Torrents in ascending id order.
+    pub fn iter(&self) -> impl Iterator<Item = &Torrent> {
+        self.by_id.values()
+    }
+
+    /// The torrent with this id.
+    pub fn get(&self, id: u64) -> Option<&Torrent> {
+        self.by_id.get(&id)
+    }
+
+    /// The id of the torrent with this info hash.
+    pub fn lookup(&self, hash: &[u8; 20]) -> Option<u64> {
+        self.by_hash.get(hash).copied()
+    }
+
+    /// Adds a torrent and returns its new id. The caller has checked that
+    /// the hash is not present.
+    pub fn insert(&mut self, meta: Metainfo, saved_path: PathBuf, directory: PathBuf) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let pieces = meta.pieces.len();
+        self.by_hash.insert(meta.info_hash, id);
+        self.by_id.insert(
+            id,
+            Torrent {
+                id,
+                meta,
+                saved_path,
+                directory,
+                running: false,
+                phase: Phase::Paused,
+                verified: vec![false; pieces],
+                completed: 0,
+                error: None,
+            },
+        );
+        id
+    }
+
+    /// Puts back a torrent taken out by [`Torrents::take`], under its old id
+    /// (used to undo a change that could not be made durable).
+    pub fn restore(&mut self, mut torrent: Torrent) {
+        self.by_hash.insert(torrent.meta.info_hash, torrent.id);
+        let id = torrent.id;
+        let running = torrent.running;
+        torrent.running = false;
+        torrent.phase = Phase::Paused;
+        self.by_id.insert(id, torrent);
+        if running {
+            self.start(id);
+        }
+    }
+
+    /// Restores a torrent's verified pieces from the state file's bitfield.
+    pub fn load_bitfield(&mut self, id: u64, bits: &[u8]) {
+        if let Some(t) = self.by_id.get_mut(&id) {
+            t.load_bitfield(bits);
+        }
+    }
+
+    /// Removes a torrent, stopping any check of it.
+    pub fn take(&mut self, id: u64) -> Option<Torrent> {
+        let t = self.by_id.remove(&id)?;
+        self.by_hash.remove(&t.meta.info_hash);
+        self.cancel_check(id);
+        Some(t)
+    }
+
+    /// Starts a torrent: queues a check of its data. Returns whether its
+    /// running flag changed.
+    pub fn start(&mut self, id: u64) -> bool {
+        let Some(t) = self.by_id.get_mut(&id) else {
+            return false;
+        };
+        let changed = !t.running;
+        if changed || t.error.is_some() {
+            t.running = true;
+            t.error = None;
+            t.phase = Phase::WaitingCheck;
+            self.cancel_check(id);
+            self.queue.push_back(id);
+        }
+        changed
+    }
+
+    /// Stops a torrent, abandoning any check. Returns whether its running
+    /// flag changed.
+    pub fn stop(&mut self, id: u64) -> bool {
+        let Some(t) = self.by_id.get_mut(&id) else {
+            return false;
+        };
+        let changed = t.running;
+        t.running = false;
+        t.phase = Phase::Paused;
+        self.cancel_check(id);
+        changed
+    }
+
+    fn cancel_check(&mut self, id: u64) {
+        self.queue.retain(|q| *q != id);
+        if self.current.as_ref().is_some_and(|c| c.id == id) {
+            self.current = None;
+        }
+    }
+
+    /// There is verification work to do.
+    pub fn has_work(&self) -> bool {
+        self.current.is_some() || !self.queue.is_empty()
+    }
+
+    /// Hashes up to about `budget` bytes of queued verification work (at
+    /// least one read, so work always progresses) and reports checks that
+    /// ended.
+    pub fn work(&mut self, budget: u64) -> Vec<CheckEvent> {
+        let mut events = Vec::new();
+        let mut spent = 0u64;
+        while spent < budget.max(1) {
+            if self.current.is_none() {
+                let Some(id) = self.queue.pop_front() else {
+                    break;
+                };
+                if let Some(ev) = self.begin_check(id) {
+                    events.push(ev);
+                }
+                continue;
+            }
+            match self.step(budget.max(1) - spent) {
+                Ok((n, ev)) => {
+                    spent += n.max(1);
+                    events.extend(ev);
+                }
+                Err((id, error)) => {
+                    self.current = None;
+                    if let Some(t) = self.by_id.get_mut(&id) {
+                        t.error = Some(error.clone());
+                        t.settle();
+                    }
+                    events.push(CheckEvent::Failed { id, error });
+                }
+            }
+        }
+        events
+    }
+
+    /// Starts checking `id`, or fails it at once if its directory is gone.
+    fn begin_check(&mut self, id: u64) -> Option<CheckEvent> {
+        let t = self.by_id.get_mut(&id)?;
+        if let Err(e) = std::fs::read_dir(&t.directory) {
+            let error = TorrentError::from_io(&e, &t.directory);
+            t.error = Some(error.clone());
+            t.settle();
+            return Some(CheckEvent::Failed { id, error });
+        }
+        t.clear_verified();
+        t.phase = Phase::Checking;
+        self.current = Some(Check {
+            id,
+            piece: 0,
+            offset: 0,
+            hasher: Sha1::new(),
+            piece_ok: true,
+            open: None,
+        });
+        None
+    }
+
+    /// Hashes one read's worth of the current piece. Returns the bytes
+    /// consumed and, when the check ended, its event.
+    #[allow(clippy::type_complexity)]
+    fn step(&mut self, budget: u64) -> Result<(u64, Option<CheckEvent>), (u64, TorrentError)> {
+        let Some(check) = self.current.as_mut() else {
+            return Ok((0, None));
+        };
+        let id = check.id;
+        let Some(t) = self.by_id.get_mut(&id) else {
+            self.current = None;
+            return Ok((0, None));
+        };
+        let pieces = t.meta.pieces.len();
+        if check.piece >= pieces {
+            self.current = None;
+            t.settle();
+            let complete = t.completed == t.meta.total_size();
+            return Ok((
+                0,
+                Some(CheckEvent::Finished {
+                    id,
+                    completed: t.completed,
+                    complete,
+                }),
+            ));
+        }
+        let piece_size = t.meta.piece_size(check.piece);
+        let want = (piece_size - check.offset)
+            .min(READ_CHUNK as u64)
+            .min(budget.max(1)) as usize;
+        let absolute = check.piece as u64 * t.meta.piece_length + check.offset;
+        let (file_index, file_offset) = locate(&t.meta.files, absolute);
+        let file_len = t.meta.files.get(file_index).map_or(0, |f| f.length);
+        // A read never crosses into the next file.
+        let want = want.min((file_len - file_offset) as usize).max(1);
+        if check.open.as_ref().map(|(i, _)| *i) != Some(file_index) {
+            let path = t.file_path(file_index);
+            let file = match File::open(&path) {
+                Ok(f) => Some(f),
+                // Missing data is not an error: nothing to verify there.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return Err((id, TorrentError::from_io(&e, &path))),
+            };
+            check.open = Some((file_index, file));
+        }
+        self.buf.resize(READ_CHUNK, 0);
+        let chunk = &mut self.buf[..want];
+        match check.open.as_ref().and_then(|(_, f)| f.as_ref()) {
+            Some(f) if check.piece_ok => match f.read_exact_at(chunk, file_offset) {
+                Ok(()) => check.hasher.update(&*chunk),
+                // Short file: this piece cannot be good.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => check.piece_ok = false,
+                Err(e) => return Err((id, TorrentError::from_io(&e, &t.file_path(file_index)))),
+            },
+            _ => check.piece_ok = false,
+        }
+        check.offset += want as u64;
+        if check.offset == piece_size {
+            let digest: [u8; 20] = std::mem::take(&mut check.hasher).finalize().into();
+            let good = check.piece_ok && digest == t.meta.pieces[check.piece];
+            t.set_verified(check.piece, good);
+            check.piece += 1;
+            check.offset = 0;
+            check.piece_ok = true;
+        }
+        Ok((want as u64, None))
+    }
+}
+
+/// The file holding byte `absolute` of the torrent, and the offset in it.
+/// Zero-length files hold nothing and are passed over.
+fn locate(files: &[super::metainfo::FileEntry], absolute: u64) -> (usize, u64) {
+    let mut start = 0u64;
+    for (i, f) in files.iter().enumerate() {
+        if absolute < start + f.length {
+            return (i, absolute - start);
+        }
+        start += f.length;
+    }
+    (files.len().saturating_sub(1), 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn torrent_of(data: &[&[u8]], piece_length: u64, dir: &Path) -> Metainfo {
+        // Build metainfo for files a0, a1, … holding `data`.
+        let all: Vec<u8> = data.concat();
+        let mut pieces = Vec::new();
+        for chunk in all.chunks(piece_length as usize) {
+            let h: [u8; 20] = Sha1::digest(chunk).into();
+            pieces.extend_from_slice(&h);
+        }
+        let mut files = Vec::new();
+        for (i, d) in data.iter().enumerate() {
+            files.push(crate::codec::Value::dict([
+                ("length", crate::codec::Value::Int(d.len() as i64)),
+                (
+                    "path",
+                    crate::codec::Value::List(vec![crate::codec::Value::str(&format!("a{i}"))]),
+                ),
+            ]));
+            std::fs::create_dir_all(dir.join("t")).unwrap();
+            std::fs::write(dir.join("t").join(format!("a{i}")), d).unwrap();
+        }
+        let info = crate::codec::Value::dict([
+            ("files", crate::codec::Value::List(files)),
+            ("name", crate::codec::Value::str("t")),
+            (
+                "piece length",
+                crate::codec::Value::Int(piece_length as i64),
+            ),
+            ("pieces", crate::codec::Value::Bytes(pieces)),
+        ]);
+        let file = crate::codec::Value::dict([("info", info)]);
+        Metainfo::parse(&file.to_bencode().unwrap()).unwrap()
+    }
+
+    fn run_to_end(ts: &mut Torrents, budget: u64) -> Vec<CheckEvent> {
+        let mut events = Vec::new();
+        let mut turns = 0;
+        while ts.has_work() {
+            events.extend(ts.work(budget));
+            turns += 1;
+            assert!(turns < 100_000, "verification does not progress");
+        }
+        events
+    }
+
+    #[test]
+    fn good_data_seeds_across_file_boundaries_and_any_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = torrent_of(&[&[1u8; 100], &[], &[2u8; 37], &[3u8; 64]], 32, dir.path());
+        for budget in [1, 7, 32, 1 << 20] {
+            let mut ts = Torrents::new();
+            let id = ts.insert(meta.clone(), "/x".into(), dir.path().into());
+            ts.start(id);
+            assert_eq!(ts.get(id).unwrap().phase, Phase::WaitingCheck);
+            let events = run_to_end(&mut ts, budget);
+            assert_eq!(
+                events,
+                vec![CheckEvent::Finished {
+                    id,
+                    completed: 201,
+                    complete: true
+                }]
+            );
+            assert_eq!(ts.get(id).unwrap().phase, Phase::Seeding);
+        }
+    }
+
+    #[test]
+    fn a_bad_piece_leaves_exactly_the_good_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = torrent_of(&[&[1u8; 100]], 32, dir.path());
+        let mut corrupt = vec![1u8; 100];
+        corrupt[40] = 9; // inside piece 1 (bytes 32..64)
+        std::fs::write(dir.path().join("t/a0"), &corrupt).unwrap();
+        let mut ts = Torrents::new();
+        let id = ts.insert(meta, "/x".into(), dir.path().into());
+        ts.start(id);
+        ts.work(40);
+        assert_eq!(ts.get(id).unwrap().phase, Phase::Checking);
+        assert_eq!(ts.get(id).unwrap().completed, 32, "completed grows");
+        run_to_end(&mut ts, 40);
+        let t = ts.get(id).unwrap();
+        assert_eq!(t.phase, Phase::Downloading);
+        assert_eq!(t.completed, 100 - 32);
+        assert_eq!(t.verified, vec![true, false, true, true]);
+        assert_eq!(t.bitfield(), vec![0b1011_0000]);
+    }
+
+    #[test]
+    fn missing_files_verify_nothing_without_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = torrent_of(&[&[1u8; 64], &[2u8; 64]], 32, dir.path());
+        std::fs::remove_file(dir.path().join("t/a1")).unwrap();
+        let mut ts = Torrents::new();
+        let id = ts.insert(meta, "/x".into(), dir.path().into());
+        ts.start(id);
+        run_to_end(&mut ts, 1 << 20);
+        let t = ts.get(id).unwrap();
+        assert_eq!(
+            (t.phase, t.completed, t.error.clone()),
+            (Phase::Downloading, 64, None)
+        );
+    }
+
+    #[test]
+    fn missing_directory_is_an_io_parent_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = torrent_of(&[&[1u8; 64]], 32, dir.path());
+        let mut ts = Torrents::new();
+        let id = ts.insert(meta, "/x".into(), dir.path().join("nope"));
+        ts.start(id);
+        let events = run_to_end(&mut ts, 1 << 20);
+        let t = ts.get(id).unwrap();
+        assert_eq!(t.error.as_ref().unwrap().code, "io-parent");
+        assert!(matches!(events[0], CheckEvent::Failed { .. }));
+        assert_eq!(t.phase, Phase::Downloading);
+    }
+
+    #[test]
+    fn stopping_cancels_the_check_and_ids_are_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = torrent_of(&[&[1u8; 64]], 32, dir.path());
+        let mut ts = Torrents::new();
+        let id = ts.insert(meta.clone(), "/x".into(), dir.path().into());
+        ts.start(id);
+        ts.work(1);
+        ts.stop(id);
+        assert!(!ts.has_work());
+        assert_eq!(ts.get(id).unwrap().phase, Phase::Paused);
+        ts.take(id);
+        let id2 = ts.insert(meta, "/x".into(), dir.path().into());
+        assert_eq!(id2, id + 1);
+    }
+
+    #[test]
+    fn bitfield_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = torrent_of(&[&[1u8; 300]], 32, dir.path());
+        let mut ts = Torrents::new();
+        let id = ts.insert(meta, "/x".into(), dir.path().into());
+        let t = ts.by_id.get_mut(&id).unwrap();
+        t.load_bitfield(&[0b1000_0001, 0b1000_0000]);
+        assert_eq!(
+            t.completed,
+            3 * 32,
+            "pieces 0, 7 and 8 (the short last piece is 9)"
+        );
+        assert_eq!(t.bitfield(), vec![0b1000_0001, 0b1000_0000]);
+    }
+}
