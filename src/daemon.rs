@@ -75,19 +75,22 @@ pub fn run(config: &Config) -> Result<Exit, DaemonError> {
     .map_err(|e| DaemonError(e.to_string()))?;
     let capacity = raise_fd_limit();
     let listener = bind(&config.socket)?;
-    info!(
-        "tripcd {} listening on {} (state in {}, up to about {capacity} clients)",
-        env!("CARGO_PKG_VERSION"),
-        config.socket.display(),
-        config.state_dir.display(),
-    );
     let reactor_config = ReactorConfig {
         max_message: config.max_message,
         idle_timeout: config.idle_timeout,
         check_slice: config.check_slice,
     };
-    let result = Reactor::new(listener, Service::new(registry), reactor_config)
-        .and_then(|mut reactor| reactor.run());
+    let result =
+        Reactor::new(listener, Service::new(registry), reactor_config).and_then(|mut reactor| {
+            // Only now are signals handled: "ready" means SIGTERM is safe.
+            info!(
+                "tripcd {} ready on {} (state in {}, room for about {capacity} clients)",
+                env!("CARGO_PKG_VERSION"),
+                config.socket.display(),
+                config.state_dir.display(),
+            );
+            reactor.run()
+        });
     // The socket goes whatever happened, so the next start finds no stale file.
     if let Err(e) = fs::remove_file(&config.socket) {
         warn!("cannot remove {}: {e}", config.socket.display());

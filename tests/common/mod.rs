@@ -1,0 +1,297 @@
+//! Shared by the integration tests: the real daemon on a temporary socket,
+//! raw connections, and the vectors of `tests/data/cases.jsonl`.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tripcd::client::{Client, ClientError, FrameReader};
+use tripcd::codec::{decode, split_frame, Value};
+
+/// Upper bound on any single wait, so that a broken daemon fails a test
+/// instead of hanging it. Never a condition for passing.
+pub const HANG: Duration = Duration::from_secs(60);
+
+/// The daemon binary, running on a temporary state directory.
+pub struct Daemon {
+    child: Option<Child>,
+    pub state: PathBuf,
+    pub socket: PathBuf,
+    pub log: Arc<Mutex<Vec<String>>>,
+    lines: Receiver<String>,
+}
+
+impl Daemon {
+    /// Starts tripcd in `state` with extra arguments, and waits until it
+    /// says it is ready. `Err` carries its stderr if it exits instead.
+    pub fn try_start(state: &Path, args: &[&str]) -> Result<Daemon, String> {
+        let socket = state.join("socket");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tripcd"))
+            .arg("--state-dir")
+            .arg(state)
+            .arg("--download-dir")
+            .arg(state.join("downloads"))
+            .args(args)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tripcd");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = channel();
+        let log2 = Arc::clone(&log);
+        // Drain stderr for the whole run so the daemon never blocks on it.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                log2.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let mut d = Daemon {
+            child: Some(child),
+            state: state.to_path_buf(),
+            socket,
+            log,
+            lines: rx,
+        };
+        match d.wait_for_log(" ready on ") {
+            Some(_) => Ok(d),
+            None => {
+                let status = d.child.as_mut().and_then(|c| c.wait().ok());
+                d.child = None;
+                Err(format!("{status:?}: {}", d.log.lock().unwrap().join("\n")))
+            }
+        }
+    }
+
+    /// Starts tripcd in `state`, panicking if it does not come up.
+    pub fn start_in(state: &Path, args: &[&str]) -> Daemon {
+        Daemon::try_start(state, args).unwrap_or_else(|e| panic!("tripcd did not start: {e}"))
+    }
+
+    /// Blocks until a log line containing `needle` appears (lines already
+    /// seen count); `None` if the daemon's stderr closes first.
+    pub fn wait_for_log(&mut self, needle: &str) -> Option<String> {
+        if let Some(l) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
+            return Some(l.clone());
+        }
+        loop {
+            match self.lines.recv_timeout(HANG) {
+                Ok(line) if line.contains(needle) => return Some(line),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Whether any log line so far contains `needle`.
+    pub fn logged(&self, needle: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// A version 2 client.
+    pub fn client(&self) -> Client {
+        let mut c = Client::connect(&self.socket).expect("connect");
+        c.set_timeout(Some(HANG)).unwrap();
+        c
+    }
+
+    /// A raw connection that has read the greeting (nothing sent yet).
+    pub fn raw(&self) -> Raw {
+        let mut r = Raw::connect(&self.socket);
+        let greeting = r.frame().expect("greeting");
+        assert!(greeting.contains("7:version"), "{greeting}");
+        r
+    }
+
+    /// Sends a signal to the daemon.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig).unwrap();
+    }
+
+    /// Waits for the daemon to exit.
+    pub fn wait(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        child.wait().expect("wait")
+    }
+
+    /// `kill -9`, then reap.
+    pub fn kill9(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        self.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A raw protocol connection: bytes out, whole frames in.
+pub struct Raw {
+    pub stream: UnixStream,
+    reader: FrameReader,
+}
+
+impl Raw {
+    pub fn connect(socket: &Path) -> Raw {
+        let stream = UnixStream::connect(socket).expect("connect");
+        stream.set_read_timeout(Some(HANG)).unwrap();
+        Raw {
+            stream,
+            reader: FrameReader::new(),
+        }
+    }
+
+    /// Writes bytes; `false` if the daemon already closed the connection.
+    pub fn send(&mut self, bytes: &[u8]) -> bool {
+        match self.stream.write_all(bytes) {
+            Ok(()) => true,
+            Err(e) if matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) => {
+                false
+            }
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+
+    /// Sends the version message offering 1..=max.
+    pub fn handshake(&mut self, max: i64) {
+        assert!(self.send(&tripcd::client::version_frame(1, max)));
+    }
+
+    /// The next frame, header included, as text; `None` at end of stream
+    /// (a reset counts: the daemon closed with our bytes unread).
+    pub fn frame(&mut self) -> Option<String> {
+        match self.reader.read_payload(&mut self.stream) {
+            Ok(p) => Some(format!("{:08X}{}", p.len(), String::from_utf8_lossy(&p))),
+            Err(ClientError::Closed) => None,
+            Err(ClientError::Io(e)) if e.kind() == ErrorKind::ConnectionReset => None,
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+
+    /// Every frame until the daemon closes the connection.
+    pub fn frames_until_closed(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(f) = self.frame() {
+            out.push(f);
+        }
+        out
+    }
+
+    /// Sends a tagged noop and returns every frame before its reply: on a
+    /// version 2 connection, a deterministic "what did the daemon send,
+    /// and is it still open" without waiting on a clock.
+    pub fn frames_before_probe(&mut self) -> Option<Vec<String>> {
+        const PROBE: &str = "00000012l4:noop0:i987654ee";
+        let reply = "00000017l9:succeeded0:i987654ee";
+        if !self.send(PROBE.as_bytes()) {
+            return None;
+        }
+        let mut out = Vec::new();
+        loop {
+            let f = self.frame()?;
+            if f == reply {
+                return Some(out);
+            }
+            out.push(f);
+        }
+    }
+}
+
+/// One vector from `cases.jsonl`.
+#[derive(Debug, Clone)]
+pub struct Case {
+    pub name: String,
+    pub handshake: i64,
+    pub send: Vec<u8>,
+    pub expect: Vec<String>,
+    pub after: String,
+}
+
+/// Every vector.
+pub fn cases() -> Vec<Case> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/cases.jsonl");
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            Case {
+                name: v["name"].as_str().unwrap().into(),
+                handshake: v["handshake"].as_i64().unwrap(),
+                send: v["send"].as_str().unwrap().as_bytes().to_vec(),
+                expect: v["expect"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e.as_str().unwrap().to_string())
+                    .collect(),
+                after: v["after"].as_str().unwrap().into(),
+            }
+        })
+        .collect()
+}
+
+/// Whether a frame meets an expectation: equal bytes, or the vectors'
+/// `FAILED_WITH_REASON tag=N` (a `failed` with a non-empty reason).
+pub fn matches(expect: &str, got: &str) -> bool {
+    match expect.strip_prefix("FAILED_WITH_REASON tag=") {
+        Some(tag) => {
+            let Ok(Some(r)) = split_frame(got.as_bytes(), usize::MAX) else {
+                return false;
+            };
+            let Ok(v) = decode(&got.as_bytes()[r]) else {
+                return false;
+            };
+            let Some(l) = v.as_list() else { return false };
+            l.len() == 3
+                && l[0] == Value::str("failed")
+                && l[1].as_bytes().is_some_and(|r| !r.is_empty())
+                && l[2] == Value::Int(tag.parse().unwrap())
+        }
+        None => expect == got,
+    }
+}
+
+/// Asserts the frames a case produced.
+pub fn assert_frames(case: &Case, how: &str, got: &[String]) {
+    assert_eq!(
+        got.len(),
+        case.expect.len(),
+        "{} ({how}): expected {:?}, got {got:?}",
+        case.name,
+        case.expect
+    );
+    for (e, g) in case.expect.iter().zip(got) {
+        assert!(
+            matches(e, g),
+            "{} ({how}): expected {e}, got {g}",
+            case.name
+        );
+    }
+}
+
+/// Path to a fixture file.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/fixtures")
+        .join(name)
+}
