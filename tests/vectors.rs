@@ -25,7 +25,7 @@ fn run_sans_io(case: &Case, pieces: &[&[u8]]) -> (Vec<String>, bool, bool) {
     }
     let mut out = Vec::new();
     let mut failed = false;
-    let mut end_turn = |s: &mut Session, svc: &mut Service, out: &mut Vec<u8>| {
+    let end_turn = |s: &mut Session, svc: &mut Service, out: &mut Vec<u8>| {
         if s.is_held() || svc.registry.needs_commit() {
             let r = svc.registry.commit();
             s.release(&r);
