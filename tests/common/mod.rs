@@ -295,3 +295,27 @@ pub fn fixture(name: &str) -> PathBuf {
         .join("tests/data/fixtures")
         .join(name)
 }
+
+/// Writes a single-file torrent for `data` (stored as `dir/name`) and
+/// returns the metainfo's path.
+pub fn make_torrent(dir: &Path, name: &str, data: &[u8], piece_length: usize) -> PathBuf {
+    use sha1::{Digest, Sha1};
+    std::fs::write(dir.join(name), data).unwrap();
+    let mut pieces = Vec::new();
+    for chunk in data.chunks(piece_length) {
+        pieces.extend_from_slice(&Sha1::digest(chunk));
+    }
+    let info = Value::dict([
+        ("length", Value::Int(data.len() as i64)),
+        ("name", Value::str(name)),
+        ("piece length", Value::Int(piece_length as i64)),
+        ("pieces", Value::Bytes(pieces)),
+    ]);
+    let meta = Value::dict([
+        ("announce", Value::str("http://tracker.test:8000/announce")),
+        ("info", info),
+    ]);
+    let path = dir.join(format!("{name}.torrent"));
+    std::fs::write(&path, meta.to_bencode().unwrap()).unwrap();
+    path
+}
