@@ -15,4 +15,5 @@ pub mod commands;
 pub mod daemon;
 pub mod reactor;
 pub mod registry;
+pub mod remote;
 pub mod session;

@@ -10,7 +10,7 @@ use tripcd::daemon::{self, Config};
 /// A daemon speaking the Transmission IPC protocol (versions 1 and 2) on a
 /// Unix socket. Runs in the foreground; logs to stderr (set RUST_LOG).
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Socket to listen on [default: ~/.transmission/daemon/socket]
     #[arg(long, value_name = "PATH")]

@@ -32,11 +32,12 @@ impl Daemon {
     /// says it is ready. `Err` carries its stderr if it exits instead.
     pub fn try_start(state: &Path, args: &[&str]) -> Result<Daemon, String> {
         let socket = state.join("socket");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tripcd"))
-            .arg("--state-dir")
-            .arg(state)
-            .arg("--download-dir")
-            .arg(state.join("downloads"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tripcd"));
+        cmd.arg("--state-dir").arg(state);
+        if !args.contains(&"--download-dir") {
+            cmd.arg("--download-dir").arg(state.join("downloads"));
+        }
+        let mut child = cmd
             .args(args)
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())

@@ -1,0 +1,579 @@
+//! What `tripc` does: a list of actions, run in the order given against
+//! the daemon, each answer waited for and reported.
+
+use std::fmt;
+use std::io::Write;
+use std::path::PathBuf;
+
+use serde_json::json;
+
+use crate::client::{Client, ClientError};
+use crate::codec::Value;
+use crate::registry::metainfo::{hex, parse_hash};
+
+/// Which torrents an action means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Every torrent.
+    All,
+    /// The torrent with this info hash.
+    Hash([u8; 20]),
+}
+
+impl std::str::FromStr for Target {
+    type Err = String;
+
+    /// `all`, or 40 hex digits in any case.
+    fn from_str(s: &str) -> Result<Target, String> {
+        if s.eq_ignore_ascii_case("all") {
+            return Ok(Target::All);
+        }
+        parse_hash(s.as_bytes())
+            .map(Target::Hash)
+            .ok_or_else(|| format!("expected `all` or a 40-digit hex info hash, not {s:?}"))
+    }
+}
+
+/// One thing to ask of the daemon.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Add torrent files (absolute paths).
+    Add(Vec<PathBuf>),
+    /// Print the torrents with their status.
+    List,
+    /// Print the torrents with their info hashes.
+    Info,
+    /// Start torrents.
+    Start(Target),
+    /// Stop torrents.
+    Stop(Target),
+    /// Remove torrents (never their data).
+    Remove(Target),
+    /// Set the peer port.
+    Port(u16),
+    /// Set (or lift, with `None`) the download limit in KiB/s.
+    DownLimit(Option<i64>),
+    /// Set (or lift, with `None`) the upload limit in KiB/s.
+    UpLimit(Option<i64>),
+    /// Enable or disable peer exchange.
+    Pex(bool),
+    /// Enable or disable automatic port mapping.
+    Automap(bool),
+    /// Set the default download folder for new torrents.
+    Folder(PathBuf),
+    /// Stop the daemon.
+    Quit,
+    /// Send any key with any value; print the reply.
+    Call(String, Value),
+}
+
+/// Why `tripc` failed.
+#[derive(Debug)]
+pub enum RemoteError {
+    /// The daemon refused or could not be reached.
+    Client(ClientError),
+    /// No torrent has this hash.
+    UnknownHash(String),
+    /// The daemon answered something unexpected.
+    Unexpected(String),
+    /// Printing failed.
+    Output(std::io::Error),
+}
+
+impl fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RemoteError::Client(e) => e.fmt(f),
+            RemoteError::UnknownHash(h) => write!(f, "no torrent has info hash {h}"),
+            RemoteError::Unexpected(m) => write!(f, "unexpected answer: {m}"),
+            RemoteError::Output(e) => write!(f, "cannot print: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for RemoteError {}
+
+impl From<ClientError> for RemoteError {
+    fn from(e: ClientError) -> Self {
+        RemoteError::Client(e)
+    }
+}
+
+impl From<std::io::Error> for RemoteError {
+    fn from(e: std::io::Error) -> Self {
+        RemoteError::Output(e)
+    }
+}
+
+/// How to print.
+#[derive(Debug, Clone, Copy)]
+pub struct Style {
+    /// One JSON document per action instead of text.
+    pub json: bool,
+    /// Width to fit tables into (`None`: no limit).
+    pub width: Option<usize>,
+}
+
+/// Runs `actions` in order, stopping at the first failure.
+pub fn run(
+    client: &mut Client,
+    actions: &[Action],
+    style: Style,
+    out: &mut impl Write,
+) -> Result<(), RemoteError> {
+    for action in actions {
+        run_one(client, action, style, out)?;
+    }
+    Ok(())
+}
+
+fn run_one(
+    client: &mut Client,
+    action: &Action,
+    style: Style,
+    out: &mut impl Write,
+) -> Result<(), RemoteError> {
+    let mut done = |what: String, out: &mut dyn Write| -> Result<(), RemoteError> {
+        if style.json {
+            writeln!(out, "{}", json!({ "ok": true, "done": what }))?;
+        } else {
+            writeln!(out, "{what}")?;
+        }
+        Ok(())
+    };
+    match action {
+        Action::Add(files) => {
+            for file in files {
+                let req = Value::dict([(
+                    "file",
+                    Value::Bytes(file.as_os_str().as_encoded_bytes().to_vec()),
+                )]);
+                let reply = client.request("addfile-detailed", &req)?;
+                let id = reply
+                    .as_ref()
+                    .and_then(|m| m.value.as_list())
+                    .and_then(|l| l.first())
+                    .and_then(|d| d.get("id"))
+                    .and_then(Value::as_int)
+                    .ok_or_else(|| RemoteError::Unexpected(format!("{reply:?}")))?;
+                done(format!("added {} as torrent {id}", file.display()), out)?;
+            }
+        }
+        Action::List => list(client, style, out)?,
+        Action::Info => info(client, style, out)?,
+        Action::Start(t) => act(client, "start", t, out, &mut done)?,
+        Action::Stop(t) => act(client, "stop", t, out, &mut done)?,
+        Action::Remove(t) => act(client, "remove", t, out, &mut done)?,
+        Action::Port(p) => {
+            client.request("port", &Value::Int((*p).into()))?;
+            done(format!("port set to {p}"), out)?;
+        }
+        Action::DownLimit(l) => {
+            client.request("downlimit", &Value::Int(l.unwrap_or(-1)))?;
+            done(limit_text("download", *l), out)?;
+        }
+        Action::UpLimit(l) => {
+            client.request("uplimit", &Value::Int(l.unwrap_or(-1)))?;
+            done(limit_text("upload", *l), out)?;
+        }
+        Action::Pex(on) => {
+            client.request("pex", &Value::Int((*on).into()))?;
+            done(format!("peer exchange {}", on_off(*on)), out)?;
+        }
+        Action::Automap(on) => {
+            client.request("automap", &Value::Int((*on).into()))?;
+            done(format!("port mapping {}", on_off(*on)), out)?;
+        }
+        Action::Folder(dir) => {
+            let v = Value::Bytes(dir.as_os_str().as_encoded_bytes().to_vec());
+            client.request("directory", &v)?;
+            done(format!("download folder set to {}", dir.display()), out)?;
+        }
+        Action::Quit => {
+            // The daemon may close the connection before answering.
+            match client.request("quit", &Value::empty()) {
+                Ok(_) | Err(ClientError::Closed) => {}
+                Err(ClientError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+                Err(e) => return Err(e.into()),
+            }
+            done("daemon told to quit".into(), out)?;
+        }
+        Action::Call(key, value) => {
+            let reply = client.call(key, value)?;
+            if style.json {
+                let j = json!({ "key": reply.key, "value": to_json(&reply.value) });
+                writeln!(out, "{j}")?;
+            } else {
+                writeln!(out, "{} {}", reply.key, to_json(&reply.value))?;
+            }
+            match reply.key.as_str() {
+                "failed" => {
+                    let why = reply.value.as_str().unwrap_or("").to_string();
+                    return Err(ClientError::Failed(why).into());
+                }
+                "not-supported" => return Err(ClientError::NotSupported(key.clone()).into()),
+                "bad-format" => return Err(ClientError::BadFormat(key.clone()).into()),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+fn on_off(on: bool) -> &'static str {
+    if on {
+        "enabled"
+    } else {
+        "disabled"
+    }
+}
+
+fn limit_text(which: &str, l: Option<i64>) -> String {
+    match l {
+        Some(kib) if kib >= 0 => format!("{which} limit set to {kib} KiB/s"),
+        _ => format!("{which} limit removed"),
+    }
+}
+
+type Done<'a> = dyn FnMut(String, &mut dyn Write) -> Result<(), RemoteError> + 'a;
+
+fn act(
+    client: &mut Client,
+    key: &str,
+    target: &Target,
+    out: &mut impl Write,
+    done: &mut Done<'_>,
+) -> Result<(), RemoteError> {
+    match target {
+        Target::All => {
+            client.request(&format!("{key}-all"), &Value::empty())?;
+            done(format!("{key}: all torrents"), out)
+        }
+        Target::Hash(h) => {
+            let id = id_of(client, h)?;
+            client.request(key, &Value::List(vec![Value::Int(id)]))?;
+            done(format!("{key}: torrent {id} ({})", hex(h)), out)
+        }
+    }
+}
+
+fn id_of(client: &mut Client, hash: &[u8; 20]) -> Result<i64, RemoteError> {
+    let reply = client.request("lookup", &Value::List(vec![Value::from(hex(hash))]))?;
+    reply
+        .as_ref()
+        .and_then(|m| m.value.as_list())
+        .and_then(|l| l.first())
+        .and_then(|d| d.get("id"))
+        .and_then(Value::as_int)
+        .ok_or_else(|| RemoteError::UnknownHash(hex(hash)))
+}
+
+/// The data reply's list, or an error naming what came instead.
+fn data_list(client: &mut Client, key: &str, types: &[&str]) -> Result<Vec<Value>, RemoteError> {
+    let types = Value::List(types.iter().map(|t| Value::str(t)).collect());
+    match client.request(key, &types)? {
+        Some(m) => match m.value {
+            Value::List(l) => Ok(l),
+            other => Err(RemoteError::Unexpected(format!("{other:?}"))),
+        },
+        None => Err(RemoteError::Unexpected("succeeded instead of data".into())),
+    }
+}
+
+/// One row of `-l`.
+#[derive(Debug, Clone, PartialEq)]
+struct Row {
+    id: i64,
+    name: String,
+    size: i64,
+    state: String,
+    completed: i64,
+    down: i64,
+    up: i64,
+    eta: i64,
+}
+
+impl Row {
+    fn progress(&self) -> f64 {
+        if self.size == 0 {
+            100.0
+        } else {
+            self.completed as f64 * 100.0 / self.size as f64
+        }
+    }
+}
+
+fn text(v: &Value, key: &str) -> String {
+    v.get(key)
+        .and_then(Value::as_bytes)
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .unwrap_or_default()
+}
+
+fn int(v: &Value, key: &str) -> i64 {
+    v.get(key).and_then(Value::as_int).unwrap_or(0)
+}
+
+fn list(client: &mut Client, style: Style, out: &mut impl Write) -> Result<(), RemoteError> {
+    let infos = data_list(client, "get-info-all", &["name", "size"])?;
+    let statuses = data_list(
+        client,
+        "get-status-all",
+        &[
+            "state",
+            "completed",
+            "download-speed",
+            "upload-speed",
+            "eta",
+        ],
+    )?;
+    let rows: Vec<Row> = infos
+        .iter()
+        .map(|i| {
+            let id = int(i, "id");
+            let st = statuses.iter().find(|s| int(s, "id") == id);
+            let st_int = |k| st.map_or(0, |s| int(s, k));
+            Row {
+                id,
+                name: text(i, "name"),
+                size: int(i, "size"),
+                state: st.map(|s| text(s, "state")).unwrap_or_default(),
+                completed: st_int("completed"),
+                down: st_int("download-speed"),
+                up: st_int("upload-speed"),
+                eta: st.map_or(-1, |s| int(s, "eta")),
+            }
+        })
+        .collect();
+    if style.json {
+        let arr: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "id": r.id, "name": r.name, "size": r.size, "state": r.state,
+                    "completed": r.completed, "progress": (r.progress() * 10.0).round() / 10.0,
+                    "download_speed": r.down, "upload_speed": r.up, "eta": r.eta,
+                })
+            })
+            .collect();
+        writeln!(out, "{}", serde_json::Value::Array(arr))?;
+        return Ok(());
+    }
+    let header = ["ID", "NAME", "SIZE", "STATE", "DONE", "DOWN", "UP", "ETA"];
+    let cells: Vec<[String; 8]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.id.to_string(),
+                r.name.clone(),
+                human_bytes(r.size),
+                r.state.clone(),
+                format!("{:.1}%", r.progress()),
+                format!("{}/s", human_bytes(r.down)),
+                format!("{}/s", human_bytes(r.up)),
+                if r.eta < 0 {
+                    "-".to_string()
+                } else {
+                    human_duration(r.eta)
+                },
+            ]
+        })
+        .collect();
+    print_table(out, &header, &cells, 1, style.width)
+}
+
+fn info(client: &mut Client, style: Style, out: &mut impl Write) -> Result<(), RemoteError> {
+    let infos = data_list(client, "get-info-all", &["hash", "name"])?;
+    if style.json {
+        let arr: Vec<_> = infos
+            .iter()
+            .map(
+                |i| json!({ "id": int(i, "id"), "hash": text(i, "hash"), "name": text(i, "name") }),
+            )
+            .collect();
+        writeln!(out, "{}", serde_json::Value::Array(arr))?;
+        return Ok(());
+    }
+    let cells: Vec<[String; 3]> = infos
+        .iter()
+        .map(|i| [int(i, "id").to_string(), text(i, "hash"), text(i, "name")])
+        .collect();
+    print_table(out, &["ID", "HASH", "NAME"], &cells, 2, style.width)
+}
+
+/// Prints aligned columns; column `flex` (the name) is cut to fit `width`.
+fn print_table<const N: usize>(
+    out: &mut impl Write,
+    header: &[&str; N],
+    rows: &[[String; N]],
+    flex: usize,
+    width: Option<usize>,
+) -> Result<(), RemoteError> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    if let Some(total) = width {
+        let others: usize = widths
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != flex)
+            .map(|(_, w)| w + 2)
+            .sum();
+        widths[flex] = widths[flex].min(total.saturating_sub(others).max(8));
+    }
+    let line = |cells: Vec<String>| -> String {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            let cell = fit(cell, *w);
+            let numeric = i == 0 || (i != flex && cell.starts_with(|c: char| c.is_ascii_digit()));
+            if i > 0 {
+                s.push_str("  ");
+            }
+            if numeric {
+                s.push_str(&format!("{cell:>w$}"));
+            } else {
+                s.push_str(&format!("{cell:<w$}"));
+            }
+        }
+        s.trim_end().to_string()
+    };
+    writeln!(
+        out,
+        "{}",
+        line(header.iter().map(|h| h.to_string()).collect())
+    )?;
+    for row in rows {
+        writeln!(out, "{}", line(row.to_vec()))?;
+    }
+    Ok(())
+}
+
+/// Cuts `s` to `w` characters, marking the cut with `…`.
+fn fit(s: &str, w: usize) -> String {
+    if s.chars().count() <= w {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(w.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// Bytes as a short human figure (binary units).
+pub fn human_bytes(n: i64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n.max(0) as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn human_duration(secs: i64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s if s < 86400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        s => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+/// A JSON value as a protocol value: numbers are integers, strings are
+/// strings, booleans are 0/1, null is the empty string.
+pub fn from_json(j: &serde_json::Value) -> Result<Value, String> {
+    Ok(match j {
+        serde_json::Value::Null => Value::empty(),
+        serde_json::Value::Bool(b) => Value::Int((*b).into()),
+        serde_json::Value::Number(n) => Value::Int(
+            n.as_i64()
+                .ok_or_else(|| format!("{n} is not a 64-bit integer"))?,
+        ),
+        serde_json::Value::String(s) => Value::str(s),
+        serde_json::Value::Array(a) => {
+            Value::List(a.iter().map(from_json).collect::<Result<_, _>>()?)
+        }
+        serde_json::Value::Object(o) => Value::Dict(
+            o.iter()
+                .map(|(k, v)| Ok((k.as_bytes().to_vec(), from_json(v)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+    })
+}
+
+/// A protocol value as JSON: strings that are not UTF-8 become arrays of
+/// byte values.
+pub fn to_json(v: &Value) -> serde_json::Value {
+    match v {
+        Value::Int(i) => json!(i),
+        Value::Bytes(b) => match std::str::from_utf8(b) {
+            Ok(s) => json!(s),
+            Err(_) => json!(b),
+        },
+        Value::List(l) => serde_json::Value::Array(l.iter().map(to_json).collect()),
+        Value::Dict(d) => serde_json::Value::Object(
+            d.iter()
+                .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), to_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse() {
+        assert_eq!("ALL".parse::<Target>(), Ok(Target::All));
+        let h = "C67A91B952CB2CE1B3FF7EFFB92DB48ECEAFEDF8"
+            .parse::<Target>()
+            .unwrap();
+        assert_eq!(
+            h,
+            Target::Hash(parse_hash(b"c67a91b952cb2ce1b3ff7effb92db48eceafedf8").unwrap())
+        );
+        assert!("abc".parse::<Target>().is_err());
+    }
+
+    #[test]
+    fn json_round_trips_through_values() {
+        let j: serde_json::Value =
+            serde_json::from_str(r#"{"id":[1,2],"type":["name"],"x":true,"n":null}"#).unwrap();
+        let v = from_json(&j).unwrap();
+        assert_eq!(v.get("x"), Some(&Value::Int(1)));
+        assert_eq!(v.get("n"), Some(&Value::empty()));
+        assert_eq!(to_json(&v)["id"], json!([1, 2]));
+        assert!(from_json(&json!(1.5)).is_err());
+    }
+
+    #[test]
+    fn tables_fit_the_width() {
+        let rows = vec![[
+            "1".to_string(),
+            "a very long torrent name indeed".to_string(),
+        ]];
+        let mut out = Vec::new();
+        print_table(&mut out, &["ID", "NAME"], &rows, 1, Some(16)).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        for line in text.lines() {
+            assert!(line.chars().count() <= 16, "{line:?}");
+        }
+        assert!(text.contains('…'));
+    }
+
+    #[test]
+    fn human_figures() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(51600), "50.4 KiB");
+        assert_eq!(human_duration(3725), "1h02m");
+    }
+}

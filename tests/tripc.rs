@@ -1,0 +1,298 @@
+//! `tripc` against the real daemon, for every flag.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{fixture, Daemon};
+use tripcd::codec::Value;
+
+const HELLO: &str = "c67a91b952cb2ce1b3ff7effb92db48eceafedf8";
+const MULTI: &str = "02585f0ad555131b783e82ac08f9c134cfb8f7b0";
+
+fn tripc(d: &Daemon, cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tripc"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run tripc")
+}
+
+fn ok(d: &Daemon, cwd: &Path, args: &[&str]) -> String {
+    let out = tripc(d, cwd, args);
+    assert!(
+        out.status.success(),
+        "tripc {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(d: &Daemon, cwd: &Path, args: &[&str]) -> String {
+    let out = tripc(d, cwd, args);
+    assert!(!out.status.success(), "tripc {args:?} should fail");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "one-line reason: {err:?}");
+    err
+}
+
+fn get(d: &Daemon, key: &str) -> Value {
+    d.client()
+        .request(key, &Value::empty())
+        .unwrap()
+        .unwrap()
+        .value
+}
+
+fn list_json(d: &Daemon) -> serde_json::Value {
+    serde_json::from_str(&ok(d, Path::new("/"), &["-l", "--json"])).unwrap()
+}
+
+/// Lists until no torrent is being checked (each call is a round trip).
+fn settled(d: &Daemon) -> serde_json::Value {
+    loop {
+        let l = list_json(d);
+        let busy = l.as_array().unwrap().iter().any(|t| {
+            let s = t["state"].as_str().unwrap();
+            s == "checking" || s == "waiting to checking"
+        });
+        if !busy {
+            return l;
+        }
+    }
+}
+
+#[test]
+fn add_with_relative_paths_then_list_and_info() {
+    let state = tempfile::tempdir().unwrap();
+    let d = Daemon::start_in(
+        state.path(),
+        &["--download-dir", fixture("data").to_str().unwrap()],
+    );
+    let fixtures = fixture("");
+    let out = ok(
+        &d,
+        &fixtures,
+        &["-a", "hello.torrent", "multi.torrent", "-i"],
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("added ") && lines[0].contains("/hello.torrent as torrent 1"));
+    assert!(lines[1].contains("/multi.torrent as torrent 2"));
+    assert_eq!(
+        lines[2].split_whitespace().collect::<Vec<_>>(),
+        ["ID", "HASH", "NAME"]
+    );
+    assert_eq!(
+        lines[3].split_whitespace().collect::<Vec<_>>(),
+        ["1", HELLO, "hello.txt"]
+    );
+    assert_eq!(
+        lines[4].split_whitespace().collect::<Vec<_>>(),
+        ["2", MULTI, "multi"]
+    );
+
+    let l = settled(&d);
+    assert_eq!(l[0]["name"], "hello.txt");
+    assert_eq!(l[0]["state"], "seeding");
+    assert_eq!(l[0]["progress"], 100.0);
+    assert_eq!(l[1]["size"], 51600);
+
+    let table = ok(&d, Path::new("/"), &["-l"]);
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        ["ID", "NAME", "SIZE", "STATE", "DONE", "DOWN", "UP", "ETA"]
+    );
+    assert_eq!(
+        rows[1],
+        [
+            "1",
+            "hello.txt",
+            "48.8",
+            "KiB",
+            "seeding",
+            "100.0%",
+            "0",
+            "B/s",
+            "0",
+            "B/s",
+            "-"
+        ]
+    );
+    // Columns line up: every row has its state where the header has STATE.
+    let col = table.lines().next().unwrap().find("STATE").unwrap();
+    for line in table.lines().skip(1) {
+        assert_eq!(&line[col..col + 7], "seeding", "{line}");
+    }
+
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(&d, Path::new("/"), &["-i", "--json"])).unwrap();
+    assert_eq!(info[1]["hash"], MULTI);
+}
+
+#[test]
+fn start_stop_remove_by_hash_in_any_case_and_all() {
+    let state = tempfile::tempdir().unwrap();
+    let d = Daemon::start_in(
+        state.path(),
+        &["--download-dir", fixture("data").to_str().unwrap()],
+    );
+    let f = fixture("");
+    ok(&d, &f, &["-a", "hello.torrent", "-a", "multi.torrent"]);
+    settled(&d);
+    let out = ok(&d, &f, &["-S", &HELLO.to_uppercase()]);
+    assert_eq!(out.trim(), format!("stop: torrent 1 ({HELLO})"));
+    let l = settled(&d);
+    assert_eq!(
+        (l[0]["state"].as_str(), l[1]["state"].as_str()),
+        (Some("paused"), Some("seeding"))
+    );
+    ok(&d, &f, &["--stop", "all"]);
+    assert_eq!(settled(&d)[1]["state"], "paused");
+    ok(&d, &f, &["-s", HELLO]);
+    assert_eq!(settled(&d)[0]["state"], "seeding");
+    ok(&d, &f, &["--start", "ALL"]);
+    assert_eq!(settled(&d)[1]["state"], "seeding");
+    ok(&d, &f, &["-r", MULTI]);
+    assert_eq!(settled(&d).as_array().unwrap().len(), 1);
+    ok(&d, &f, &["--remove", "all"]);
+    assert_eq!(settled(&d).as_array().unwrap().len(), 0);
+    assert!(fixture("data/multi/a.bin").exists(), "data kept");
+    let err = fails(&d, &f, &["-s", HELLO]);
+    assert!(err.contains("no torrent has info hash"), "{err}");
+    let err = fails(&d, &f, &["-s", "nothex"]);
+    assert!(err.contains("40-digit hex"), "{err}");
+}
+
+#[test]
+fn every_setting_flag_in_the_order_given() {
+    let state = tempfile::tempdir().unwrap();
+    let d = Daemon::start_in(state.path(), &[]);
+    let cwd = state.path();
+    // Later flags win: the original client reversed them, tripc does not.
+    ok(
+        &d,
+        cwd,
+        &[
+            "-p", "1000", "-p", "2000", "-e", "-E", "-M", "-m", "-d", "5", "-D", "-U", "-u", "7",
+        ],
+    );
+    assert_eq!(get(&d, "get-port"), Value::Int(2000));
+    assert_eq!(get(&d, "get-pex"), Value::Int(0));
+    assert_eq!(get(&d, "get-automap"), Value::Int(1));
+    assert_eq!(get(&d, "get-downlimit"), Value::Int(-1));
+    assert_eq!(get(&d, "get-uplimit"), Value::Int(7));
+    ok(
+        &d,
+        cwd,
+        &[
+            "--port",
+            "51413",
+            "--enable-pex",
+            "--no-port-mapping",
+            "--download-limit",
+            "100",
+            "--upload-unlimited",
+        ],
+    );
+    assert_eq!(get(&d, "get-port"), Value::Int(51413));
+    assert_eq!(get(&d, "get-pex"), Value::Int(1));
+    assert_eq!(get(&d, "get-automap"), Value::Int(0));
+    assert_eq!(get(&d, "get-downlimit"), Value::Int(100));
+    assert_eq!(get(&d, "get-uplimit"), Value::Int(-1));
+    ok(
+        &d,
+        cwd,
+        &[
+            "--disable-pex",
+            "--port-mapping",
+            "--download-unlimited",
+            "--upload-limit",
+            "3",
+        ],
+    );
+    assert_eq!(get(&d, "get-pex"), Value::Int(0));
+    assert_eq!(get(&d, "get-automap"), Value::Int(1));
+    assert_eq!(get(&d, "get-downlimit"), Value::Int(-1));
+    assert_eq!(get(&d, "get-uplimit"), Value::Int(3));
+    // A relative folder is made absolute.
+    ok(&d, cwd, &["-f", "dl"]);
+    assert_eq!(
+        get(&d, "get-directory"),
+        Value::str(cwd.join("dl").to_str().unwrap())
+    );
+    ok(&d, cwd, &["--folder", "/srv/seeds"]);
+    assert_eq!(get(&d, "get-directory"), Value::str("/srv/seeds"));
+    let err = fails(&d, cwd, &["-p", "70000"]);
+    assert!(err.contains("70000"), "{err}");
+}
+
+#[test]
+fn call_sends_any_key_with_a_json_value() {
+    let state = tempfile::tempdir().unwrap();
+    let d = Daemon::start_in(state.path(), &[]);
+    let cwd = state.path();
+    assert_eq!(ok(&d, cwd, &["call", "get-port"]).trim(), "port 9090");
+    assert_eq!(
+        ok(
+            &d,
+            cwd,
+            &["call", "get-supported", r#"["noop", "bogus", "lookup"]"#]
+        )
+        .trim(),
+        r#"supported ["noop","lookup"]"#
+    );
+    let j: serde_json::Value =
+        serde_json::from_str(&ok(&d, cwd, &["--json", "call", "uplimit", "12"])).unwrap();
+    assert_eq!(j, serde_json::json!({"key": "succeeded", "value": ""}));
+    let err = fails(&d, cwd, &["call", "bogus"]);
+    assert!(err.contains("does not support \"bogus\""), "{err}");
+    let err = fails(&d, cwd, &["call", "port", r#""x""#]);
+    assert!(err.contains("malformed"), "{err}");
+    let err = fails(&d, cwd, &["call", "directory", r#""rel""#]);
+    assert!(
+        err.contains("failed: directory must be an absolute path"),
+        "{err}"
+    );
+    let err = fails(&d, cwd, &["call", "port", "{not json"]);
+    assert!(err.contains("not JSON"), "{err}");
+}
+
+#[test]
+fn quit_stops_the_daemon_and_errors_are_one_line() {
+    let state = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start_in(state.path(), &[]);
+    let cwd = state.path();
+    assert_eq!(ok(&d, cwd, &["-q"]).trim(), "daemon told to quit");
+    assert!(d.wait().success());
+    let err = fails(&d, cwd, &["-l"]);
+    assert!(err.contains("is tripcd running? socket:"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_tripc")).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "nothing to do");
+}
+
+#[test]
+fn completions_for_every_shell() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_tripc"))
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.contains("download-limit"), "{shell}");
+    }
+    let help = Command::new(env!("CARGO_BIN_EXE_tripc"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8(help.stdout)
+        .unwrap()
+        .contains("Examples:"));
+}
