@@ -13,6 +13,7 @@ pub mod client;
 pub mod codec;
 pub mod commands;
 pub mod daemon;
+pub mod load;
 pub mod reactor;
 pub mod registry;
 pub mod remote;

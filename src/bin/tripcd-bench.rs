@@ -1,0 +1,137 @@
+//! `tripcd-bench`: load generator, idle-connection holder and reference
+//! server. Parses arguments and calls `tripcd::load`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tripcd::load::{self, LoadConfig, Report};
+
+/// Load generator for tripcd (and any Transmission IPC server).
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Keep DEPTH tagged requests in flight on each of N connections
+    Load {
+        #[command(flatten)]
+        common: Common,
+        /// Requests in flight per connection
+        #[arg(short = 'd', long, default_value_t = 1)]
+        depth: usize,
+        /// Seconds to send for
+        #[arg(short = 't', long, default_value_t = 10.0)]
+        seconds: f64,
+        /// The key to send
+        #[arg(short = 'k', long, default_value = "noop")]
+        key: String,
+        /// Its value, as JSON [default: ""]
+        #[arg(short = 'v', long)]
+        value: Option<String>,
+    },
+    /// Open N handshaken connections, report the daemon's memory, hold them
+    Idle {
+        #[command(flatten)]
+        common: Common,
+        /// Seconds to hold the connections after measuring
+        #[arg(long, default_value_t = 0.0)]
+        hold: f64,
+    },
+    /// Run the reference server (succeeded + tag to every frame)
+    Echo {
+        /// Socket to listen on
+        #[arg(long)]
+        socket: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct Common {
+    /// The server's socket
+    #[arg(long)]
+    socket: PathBuf,
+    /// Connections
+    #[arg(short = 'c', long, default_value_t = 50)]
+    connections: usize,
+    /// The server's pid, to report its resident memory
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Print CSV (with a header line)
+    #[arg(long)]
+    csv: bool,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+    /// No progress line on stderr
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn print(common: &Common, r: &Report) {
+    if common.csv {
+        println!("{}\n{}", Report::csv_header(), r.csv());
+    } else if common.json {
+        println!("{}", r.json());
+    } else {
+        println!("{}", r.text());
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let result = match args.cmd {
+        Cmd::Load {
+            common,
+            depth,
+            seconds,
+            key,
+            value,
+        } => {
+            let value = match value.map(|v| serde_json::from_str(&v)) {
+                None => Ok(tripcd::codec::Value::empty()),
+                Some(Ok(j)) => tripcd::remote::from_json(&j),
+                Some(Err(e)) => Err(format!("value is not JSON: {e}")),
+            };
+            let value = match value {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("tripcd-bench: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let config = LoadConfig {
+                socket: common.socket.clone(),
+                connections: common.connections,
+                depth: depth.max(1),
+                duration: Duration::from_secs_f64(seconds.max(0.0)),
+                key,
+                value,
+                pid: common.pid,
+                progress: !common.quiet,
+            };
+            load::run_load(&config).map(|r| print(&common, &r))
+        }
+        Cmd::Idle { common, hold } => load::run_idle(
+            &common.socket,
+            common.connections,
+            common.pid,
+            Duration::from_secs_f64(hold.max(0.0)),
+            !common.quiet,
+        )
+        .map(|r| print(&common, &r)),
+        Cmd::Echo { socket } => load::EchoServer::bind(&socket).and_then(|mut s| s.run()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tripcd-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
