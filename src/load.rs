@@ -8,6 +8,8 @@
 //! [`EchoServer`] answers `succeeded` with the tag to every frame and does
 //! nothing else: the practical limit of this protocol on the machine.
 
+pub mod torrents;
+
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};

@@ -39,6 +39,10 @@ const READ_BUDGET_PER_TURN: usize = 256 << 10;
 /// How long shutdown waits for clients to take their last replies.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
 
+/// Bytes hashed per step of a verification slice: small enough that the
+/// slice ends close to its time budget (about 0.2 ms of SHA-1 here).
+const CHECK_STEP: u64 = 256 << 10;
+
 /// Tunables of the loop.
 #[derive(Debug, Clone)]
 pub struct ReactorConfig {
@@ -90,6 +94,12 @@ pub struct Reactor {
     next_serial: u64,
     next_sweep: Option<Instant>,
     accept_paused_until: Option<Instant>,
+    /// Longest verification slice since the queue last ran dry (logged
+    /// then, so the bound on pauses is visible in the log).
+    longest_slice: Duration,
+    /// After a failed commit, when to try again unasked (a client's
+    /// change still triggers a commit at once).
+    retry_commit: Option<Instant>,
 }
 
 impl Reactor {
@@ -115,6 +125,8 @@ impl Reactor {
             next_serial: 1,
             next_sweep: None,
             accept_paused_until: None,
+            longest_slice: Duration::ZERO,
+            retry_commit: None,
         })
     }
 
@@ -168,10 +180,13 @@ impl Reactor {
     }
 
     fn timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.again.is_empty() || self.svc.registry.has_work() {
+        if !self.again.is_empty()
+            || self.svc.registry.has_work()
+            || (self.svc.registry.needs_commit() && self.retry_commit.is_none())
+        {
             return Some(Duration::ZERO);
         }
-        let deadlines = [self.next_sweep, self.accept_paused_until];
+        let deadlines = [self.next_sweep, self.accept_paused_until, self.retry_commit];
         deadlines
             .iter()
             .flatten()
@@ -254,18 +269,6 @@ impl Reactor {
             self.drive(key, now);
         }
 
-        if self.svc.registry.has_work() {
-            let start = Instant::now();
-            let mut events = Vec::new();
-            // Hash in small steps until the slice's time is up.
-            while self.svc.registry.has_work() && start.elapsed() < self.config.check_slice {
-                events.extend(self.svc.registry.work(1 << 20));
-            }
-            for ev in events {
-                info!("verification: {ev:?}");
-            }
-        }
-
         let mut to_flush = dirty;
         let held: Vec<usize> = self
             .conns
@@ -273,8 +276,10 @@ impl Reactor {
             .filter(|(_, c)| c.session.is_held())
             .map(|(k, _)| k)
             .collect();
-        if self.svc.registry.needs_commit() || !held.is_empty() {
+        let retry_due = self.retry_commit.is_none_or(|t| now >= t);
+        if (self.svc.registry.needs_commit() && retry_due) || !held.is_empty() {
             let result = self.svc.registry.commit();
+            self.retry_commit = result.is_err().then(|| now + Duration::from_secs(1));
             for &key in &held {
                 if let Some(conn) = self.conns.get_mut(key) {
                     conn.session.release(&result);
@@ -287,8 +292,45 @@ impl Reactor {
             self.flush(key);
         }
 
+        // Hashing comes after the flush, so a reply made this turn never
+        // waits behind a slice; what the slice changes is committed at
+        // the start of the next turn (the loop does not sleep meanwhile).
+        self.verify_slice();
+
         if self.next_sweep.is_some_and(|t| now >= t) {
             self.sweep(now);
+        }
+    }
+
+    /// Runs verification for at most `check_slice`: in steps of
+    /// [`CHECK_STEP`] bytes, stopping before a step that would likely
+    /// overrun (the previous step's time is the estimate).
+    fn verify_slice(&mut self) {
+        if !self.svc.registry.has_work() {
+            return;
+        }
+        let start = Instant::now();
+        let mut step = Duration::ZERO;
+        let mut events = Vec::new();
+        while self.svc.registry.has_work() {
+            let elapsed = start.elapsed();
+            if elapsed > Duration::ZERO && elapsed + step > self.config.check_slice {
+                break;
+            }
+            let t = Instant::now();
+            events.extend(self.svc.registry.work(CHECK_STEP));
+            step = t.elapsed();
+        }
+        self.longest_slice = self.longest_slice.max(start.elapsed());
+        for ev in events {
+            info!("{ev}");
+        }
+        if !self.svc.registry.has_work() {
+            info!(
+                "verification queue empty; longest slice {:.2} ms",
+                self.longest_slice.as_secs_f64() * 1000.0
+            );
+            self.longest_slice = Duration::ZERO;
         }
     }
 

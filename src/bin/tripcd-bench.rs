@@ -49,6 +49,23 @@ enum Cmd {
         #[arg(long)]
         socket: PathBuf,
     },
+    /// Write a single-file .torrent for FILE (hashing it) to FILE.torrent
+    Mktorrent {
+        /// The data file
+        file: PathBuf,
+        /// Piece length in bytes
+        #[arg(long, default_value_t = 262144)]
+        piece_length: u64,
+    },
+    /// Add COUNT small distinct paused torrents (no data) to a daemon
+    Populate {
+        /// The daemon's socket
+        #[arg(long)]
+        socket: PathBuf,
+        /// How many torrents
+        #[arg(short = 'n', long, default_value_t = 10000)]
+        count: u64,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -126,6 +143,20 @@ fn main() -> ExitCode {
         )
         .map(|r| print(&common, &r)),
         Cmd::Echo { socket } => load::EchoServer::bind(&socket).and_then(|mut s| s.run()),
+        Cmd::Mktorrent { file, piece_length } => {
+            let mut out = file.clone().into_os_string();
+            out.push(".torrent");
+            load::torrents::torrent_for_file(&file, piece_length)
+                .and_then(|t| std::fs::write(&out, t))
+                .map(|()| println!("wrote {}", PathBuf::from(out).display()))
+        }
+        Cmd::Populate { socket, count } => match load::torrents::populate(&socket, count, true) {
+            Ok(n) => {
+                println!("added {n} new torrents ({count} sent)");
+                Ok(())
+            }
+            Err(e) => Err(std::io::Error::other(e.to_string())),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -166,6 +166,27 @@ pub enum CheckEvent {
     },
 }
 
+impl std::fmt::Display for CheckEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CheckEvent::Finished {
+                id,
+                completed,
+                complete,
+            } => write!(
+                f,
+                "torrent {id} verified: {completed} bytes in good pieces ({})",
+                if *complete { "complete" } else { "incomplete" }
+            ),
+            CheckEvent::Failed { id, error } => write!(
+                f,
+                "torrent {id} verification failed: {} ({})",
+                error.message, error.code
+            ),
+        }
+    }
+}
+
 /// The check in progress: which piece, how far into it, and open files.
 struct Check {
     id: u64,
