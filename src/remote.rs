@@ -503,7 +503,7 @@ pub fn from_json(j: &serde_json::Value) -> Result<Value, String> {
         }
         serde_json::Value::Object(o) => Value::Dict(
             o.iter()
-                .map(|(k, v)| Ok((k.as_bytes().to_vec(), from_json(v)?)))
+                .map(|(k, v)| Ok((k.as_bytes().to_vec().into(), from_json(v)?)))
                 .collect::<Result<_, String>>()?,
         ),
     })

@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 
 use log::{debug, error, warn};
 
+use crate::codec::bencode::write_message_frame;
 use crate::codec::{decode, split_frame, write_frame, DecodeError, FrameError, Reader, Value};
 use crate::commands::{Reply, Service};
 
@@ -329,44 +330,47 @@ impl Session {
 
     /// Queues what `reply` sends for a message with this tag.
     fn emit(&mut self, key: &[u8], reply: Reply, tag: Option<i64>) {
-        let empty = Value::empty;
-        let frame = match reply {
-            Reply::Durable(inner) => {
-                self.held.push(Held::Pending { reply: *inner, tag });
-                self.held_bytes += 32;
+        let empty = Value::empty();
+        let failed;
+        let (reply_key, value): (&str, &Value) = match &reply {
+            Reply::Durable(_) => {
+                if let Reply::Durable(inner) = reply {
+                    self.held.push(Held::Pending { reply: *inner, tag });
+                    self.held_bytes += 32;
+                }
                 return;
             }
-            Reply::Data(k, v) => Some(encode(&k, &v, tag)),
-            Reply::Done => tag.map(|_| encode("succeeded", &empty(), tag)),
-            Reply::NotSupported => tag.map(|_| encode("not-supported", &empty(), tag)),
-            Reply::BadFormat => match tag {
-                Some(_) => Some(encode("bad-format", &empty(), tag)),
-                None => {
-                    self.log_untagged_failure(key, "bad format");
-                    None
-                }
-            },
-            Reply::Failed(why) => match tag {
-                Some(_) => Some(encode("failed", &Value::from(why), tag)),
-                None => {
-                    self.log_untagged_failure(key, &why);
-                    None
-                }
-            },
+            Reply::Data(k, v) => (k, v),
+            Reply::Done if tag.is_some() => ("succeeded", &empty),
+            Reply::NotSupported if tag.is_some() => ("not-supported", &empty),
+            Reply::BadFormat if tag.is_some() => ("bad-format", &empty),
+            Reply::Failed(why) if tag.is_some() => {
+                failed = Value::str(why);
+                ("failed", &failed)
+            }
+            Reply::BadFormat => return self.log_untagged_failure(key, "bad format"),
+            Reply::Failed(why) => return self.log_untagged_failure(key, why),
+            Reply::Done | Reply::NotSupported => return,
         };
-        let Some(frame) = frame else { return };
-        let frame = frame.unwrap_or_else(|e| {
+        // Replies go straight into the output buffer, or behind a held
+        // change into the frames that wait for it.
+        if matches!(self.held.last(), Some(Held::Pending { .. })) {
+            self.held.push(Held::Frames(Vec::new()));
+        }
+        let out = match self.held.last_mut() {
+            Some(Held::Frames(f)) => f,
+            _ => &mut self.output,
+        };
+        let before = out.len();
+        if let Err(e) = write_message_frame(out, reply_key.as_bytes(), value, tag) {
             error!("client {}: {e}", self.id);
             let reason = Value::str("internal error: reply could not be encoded");
-            encode("failed", &reason, tag).unwrap_or_default()
-        });
-        if !self.held.is_empty() {
-            self.held_bytes += frame.len();
+            // A short string always encodes.
+            let _ = write_message_frame(out, b"failed", &reason, tag);
         }
-        match self.held.last_mut() {
-            Some(Held::Frames(f)) => f.extend_from_slice(&frame),
-            Some(Held::Pending { .. }) => self.held.push(Held::Frames(frame)),
-            None => self.output.extend_from_slice(&frame),
+        let written = out.len() - before;
+        if !self.held.is_empty() {
+            self.held_bytes += written;
         }
     }
 
@@ -419,18 +423,6 @@ impl Session {
     pub fn queued_output(&self) -> usize {
         self.output.len() - self.sent
     }
-}
-
-/// One reply frame: `[key, value]` or `[key, value, tag]`, canonical.
-fn encode(
-    key: &str,
-    value: &Value,
-    tag: Option<i64>,
-) -> Result<Vec<u8>, crate::codec::EncodeError> {
-    let payload = crate::codec::bencode::encode_message(key.as_bytes(), value, tag)?;
-    let mut frame = Vec::with_capacity(payload.len() + crate::codec::HEADER_LEN);
-    write_frame(&mut frame, &payload);
-    Ok(frame)
 }
 
 #[cfg(test)]

@@ -91,7 +91,7 @@ fn expected_info(name: &str) -> Value {
             serde_json::Value::Array(a) => Value::List(a.iter().map(conv).collect()),
             serde_json::Value::Object(o) => Value::Dict(
                 o.iter()
-                    .map(|(k, v)| (k.as_bytes().to_vec(), conv(v)))
+                    .map(|(k, v)| (k.as_bytes().to_vec().into(), conv(v)))
                     .collect(),
             ),
             other => panic!("unexpected {other}"),

@@ -3,5 +3,5 @@
 pub mod bencode;
 pub mod frame;
 
-pub use bencode::{decode, DecodeError, DecodeErrorKind, EncodeError, Reader, Value};
+pub use bencode::{decode, DecodeError, DecodeErrorKind, EncodeError, IntoKey, Key, Reader, Value};
 pub use frame::{split_frame, write_frame, write_header, FrameError, HEADER_LEN, PROTOCOL_MAX};

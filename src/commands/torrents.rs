@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use log::info;
 
 use super::{Builtin, Ctx, Reply};
-use crate::codec::Value;
+use crate::codec::{IntoKey, Value};
 use crate::registry::metainfo::{parse_hash, Tracker};
 use crate::registry::{Phase, Registry, Torrent};
 
@@ -131,20 +131,65 @@ fn ids_and_types(value: &Value) -> Option<(Vec<u64>, &[Value])> {
 
 type Describe = fn(&Torrent, &str) -> Option<Value>;
 
+/// Every info type of PROTOCOL.md 5, sorted.
+pub(crate) const INFO_TYPES: &[&str] = &[
+    "comment", "creator", "date", "files", "hash", "name", "path", "private", "saved", "size",
+    "trackers",
+];
+
+/// Every status type of PROTOCOL.md 5, sorted.
+pub(crate) const STATUS_TYPES: &[&str] = &[
+    "completed",
+    "download-speed",
+    "download-total",
+    "download-valid",
+    "error",
+    "error-message",
+    "eta",
+    "peers-downloading",
+    "peers-from",
+    "peers-total",
+    "peers-uploading",
+    "running",
+    "scrape-completed",
+    "scrape-leechers",
+    "scrape-seeders",
+    "state",
+    "swarm-speed",
+    "tracker",
+    "upload-speed",
+    "upload-total",
+];
+
 /// One dict per known torrent, with `id` and each known requested type.
-fn describe(reg: &Registry, ids: impl Iterator<Item = u64>, types: &[Value], f: Describe) -> Value {
-    let types: Vec<&str> = types.iter().filter_map(Value::as_str).collect();
+/// Types are resolved, deduplicated and sorted once, so each torrent's
+/// dict is built in canonical order with borrowed keys.
+fn describe(
+    reg: &Registry,
+    ids: impl Iterator<Item = u64>,
+    types: &[Value],
+    known: &[&'static str],
+    f: Describe,
+) -> Value {
+    let mut keys: Vec<&'static str> = types
+        .iter()
+        .filter_map(Value::as_str)
+        .filter_map(|ty| known.iter().find(|k| **k == ty).copied())
+        .chain(["id"])
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
     let list = ids
         .filter_map(|id| reg.torrents().get(id))
         .map(|t| {
-            let mut pairs: Vec<(Vec<u8>, Value)> = vec![(b"id".to_vec(), Value::Int(t.id as i64))];
-            for ty in &types {
-                // A type asked twice (or "id" asked for) is answered once.
-                if pairs.iter().any(|(k, _)| k.as_slice() == ty.as_bytes()) {
-                    continue;
-                }
-                if let Some(v) = f(t, ty) {
-                    pairs.push((ty.as_bytes().to_vec(), v));
+            let mut pairs = Vec::with_capacity(keys.len());
+            for &key in &keys {
+                let value = match key {
+                    "id" => Some(Value::Int(t.id as i64)),
+                    _ => f(t, key),
+                };
+                if let Some(v) = value {
+                    pairs.push((key.into_key(), v));
                 }
             }
             Value::Dict(pairs)
@@ -157,7 +202,7 @@ fn get_info(ctx: &mut Ctx<'_>, value: &Value) -> Reply {
     match ids_and_types(value) {
         Some((ids, types)) => Reply::data(
             "info",
-            describe(ctx.registry, ids.into_iter(), types, info_field),
+            describe(ctx.registry, ids.into_iter(), types, INFO_TYPES, info_field),
         ),
         None => Reply::BadFormat,
     }
@@ -169,7 +214,7 @@ fn get_info_all(ctx: &mut Ctx<'_>, value: &Value) -> Reply {
             let ids = ctx.registry.ids();
             Reply::data(
                 "info",
-                describe(ctx.registry, ids.into_iter(), types, info_field),
+                describe(ctx.registry, ids.into_iter(), types, INFO_TYPES, info_field),
             )
         }
         None => Reply::BadFormat,
@@ -180,7 +225,13 @@ fn get_status(ctx: &mut Ctx<'_>, value: &Value) -> Reply {
     match ids_and_types(value) {
         Some((ids, types)) => Reply::data(
             "status",
-            describe(ctx.registry, ids.into_iter(), types, status_field),
+            describe(
+                ctx.registry,
+                ids.into_iter(),
+                types,
+                STATUS_TYPES,
+                status_field,
+            ),
         ),
         None => Reply::BadFormat,
     }
@@ -192,7 +243,13 @@ fn get_status_all(ctx: &mut Ctx<'_>, value: &Value) -> Reply {
             let ids = ctx.registry.ids();
             Reply::data(
                 "status",
-                describe(ctx.registry, ids.into_iter(), types, status_field),
+                describe(
+                    ctx.registry,
+                    ids.into_iter(),
+                    types,
+                    STATUS_TYPES,
+                    status_field,
+                ),
             )
         }
         None => Reply::BadFormat,

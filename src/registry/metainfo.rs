@@ -206,7 +206,7 @@ impl Metainfo {
             if key == b"info" && info_span.is_none() {
                 info_span = Some(r.skip()?);
             } else {
-                top.push((key.to_vec(), r.value()?));
+                top.push((key.to_vec().into(), r.value()?));
             }
         }
         r.finish()?;
