@@ -182,16 +182,7 @@ fn bind(path: &Path) -> Result<mio::net::UnixListener, DaemonError> {
 /// Raises the open-file soft limit to the hard limit and returns how many
 /// clients that leaves room for.
 fn raise_fd_limit() -> u64 {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
-        return 0;
-    };
-    let limit = if hard > soft && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
-        hard
-    } else {
-        soft
-    };
     // Descriptors the daemon keeps for itself: stdio, epoll, listener,
     // signal pipe, lock, files read while verifying.
-    limit.saturating_sub(16)
+    crate::sys::raise_fd_limit().saturating_sub(16)
 }

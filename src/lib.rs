@@ -18,3 +18,4 @@ pub mod reactor;
 pub mod registry;
 pub mod remote;
 pub mod session;
+pub mod sys;

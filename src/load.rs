@@ -123,6 +123,19 @@ impl Report {
 
     /// Lines for a person.
     pub fn text(&self) -> String {
+        if self.depth == 0 {
+            let mut s = format!(
+                "held {} handshaken connections (connect rate {:.0}/s)",
+                self.connections, self.connect_rate
+            );
+            if let (Some(a), Some(b)) = (self.rss_before_kib, self.rss_kib) {
+                s.push_str(&format!(
+                    "\ndaemon RSS {a} KiB before, {b} KiB with them: {:.0} bytes per connection",
+                    self.bytes_per_connection().unwrap_or(0.0)
+                ));
+            }
+            return s;
+        }
         let mut s = format!(
             "connections {}  depth {}  replies {}  errors {}  in {:.2}s\n\
              throughput {:.0}/s  latency p50 {}us  p99 {}us  p99.9 {}us  max {}us\n\
@@ -156,22 +169,7 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Raises this process's open-file soft limit to the hard limit; returns
-/// the limit in force.
-pub fn raise_fd_limit() -> u64 {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if hard > soft => {
-            if setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
-                hard
-            } else {
-                soft
-            }
-        }
-        Ok((soft, _)) => soft,
-        Err(_) => 0,
-    }
-}
+pub use crate::sys::raise_fd_limit;
 
 struct LoadConn {
     stream: UnixStream,

@@ -1,0 +1,251 @@
+//! The standard load scenarios against the real daemon and, in the same
+//! run, against the echo reference server, printed as one table.
+//!
+//! `cargo bench --bench load` (release build). Each figure is the median of
+//! `TRIPCD_BENCH_RUNS` runs (default 3) of `TRIPCD_BENCH_SECONDS` seconds
+//! (default 5). `TRIPCD_BENCH_ONLY=noop-50` (a substring of a scenario's
+//! name) runs only some.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tripcd::codec::Value;
+use tripcd::load::{self, LoadConfig, Report};
+
+/// A server process (tripcd or the echo reference), killed on drop.
+struct Server {
+    child: Child,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn tripcd() -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("socket");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tripcd"))
+            .arg("--state-dir")
+            .arg(dir.path())
+            .arg("--download-dir")
+            .arg(dir.path().join("dl"))
+            .args(["--idle-timeout", "0"])
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tripcd");
+        // Wait for "ready", then keep draining its log on a thread.
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        for line in lines.by_ref() {
+            let line = line.expect("log");
+            if line.contains(" ready on ") {
+                eprintln!("{line}");
+                break;
+            }
+        }
+        std::thread::spawn(move || lines.for_each(drop));
+        Server {
+            child,
+            socket,
+            _dir: dir,
+        }
+    }
+
+    fn echo() -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("socket");
+        let child = Command::new(env!("CARGO_BIN_EXE_tripcd-bench"))
+            .arg("echo")
+            .arg("--socket")
+            .arg(&socket)
+            .spawn()
+            .expect("spawn tripcd-bench echo");
+        // It prints nothing when ready: the socket file appearing is the sign.
+        while !socket.exists() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Server {
+            child,
+            socket,
+            _dir: dir,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn run(socket: &Path, pid: u32, conns: usize, depth: usize, key: &str, value: Value) -> Report {
+    let config = LoadConfig {
+        socket: socket.to_path_buf(),
+        connections: conns,
+        depth,
+        duration: Duration::from_secs_f64(env_or("TRIPCD_BENCH_SECONDS", 5.0)),
+        key: key.to_string(),
+        value,
+        pid: Some(pid),
+        progress: false,
+    };
+    load::run_load(&config).expect("load run")
+}
+
+/// The run with the median throughput.
+fn median(mut runs: Vec<Report>) -> Report {
+    runs.sort_by(|a, b| a.throughput.total_cmp(&b.throughput));
+    runs.swap_remove(runs.len() / 2)
+}
+
+fn cell(r: &Report) -> String {
+    format!("{:>9.0}/s p99 {:>6} us", r.throughput, r.p99_us)
+}
+
+fn main() {
+    // `cargo bench` passes --bench; nothing else is taken.
+    let runs: usize = env_or("TRIPCD_BENCH_RUNS", 3).max(1);
+    let only = std::env::var("TRIPCD_BENCH_ONLY").unwrap_or_default();
+    load::raise_fd_limit();
+    let statuses = Value::List(
+        ["state", "completed", "running", "error", "eta", "tracker"]
+            .map(Value::str)
+            .to_vec(),
+    );
+    let scenarios: [(&str, usize, usize, &str, Value); 4] = [
+        ("noop-50-d1", 50, 1, "noop", Value::empty()),
+        ("noop-50-d16", 50, 16, "noop", Value::empty()),
+        ("noop-10000-d1", 10_000, 1, "noop", Value::empty()),
+        (
+            "status-all-10000-torrents",
+            1,
+            1,
+            "get-status-all",
+            statuses,
+        ),
+    ];
+
+    let mut table = Vec::new();
+    for (name, conns, depth, key, value) in scenarios {
+        if !name.contains(&only) {
+            continue;
+        }
+        let daemon = Server::tripcd();
+        if name.starts_with("status") {
+            let n = load::torrents::populate(&daemon.socket, 10_000, false).expect("populate");
+            eprintln!("{name}: {n} torrents added");
+        }
+        let echo = Server::echo();
+        let mut ours = Vec::new();
+        let mut refs = Vec::new();
+        for i in 0..runs {
+            ours.push(run(
+                &daemon.socket,
+                daemon.pid(),
+                conns,
+                depth,
+                key,
+                value.clone(),
+            ));
+            refs.push(run(
+                &echo.socket,
+                echo.pid(),
+                conns,
+                depth,
+                key,
+                value.clone(),
+            ));
+            eprintln!(
+                "{name} run {}: tripcd {} | echo {}",
+                i + 1,
+                cell(&ours[i]),
+                cell(&refs[i])
+            );
+        }
+        table.push((name, median(ours), median(refs)));
+    }
+
+    let mut idle = None;
+    if "idle-19000".contains(&only) {
+        let n = env_or("TRIPCD_BENCH_IDLE", 19_000);
+        let measure = |s: &Server| {
+            load::run_idle(&s.socket, n, Some(s.pid()), Duration::ZERO, false).expect("idle run")
+        };
+        let daemon = Server::tripcd();
+        let ours = measure(&daemon);
+        drop(daemon);
+        let echo = Server::echo();
+        let refs = measure(&echo);
+        idle = Some((n, ours, refs));
+    }
+
+    println!();
+    println!(
+        "{:<27} {:>12} {:>10} {:>10} | {:>12} {:>10} {:>10} | {:>6} {:>9}",
+        "scenario",
+        "tripcd req/s",
+        "p99 us",
+        "max us",
+        "echo req/s",
+        "p99 us",
+        "max us",
+        "ratio",
+        "p99 ratio"
+    );
+    for (name, ours, refs) in &table {
+        // The echo server answers get-status-all without building
+        // anything: a ratio against it would mean nothing.
+        let comparable = !name.starts_with("status");
+        let ratio = |x: f64| {
+            if comparable {
+                format!("{x:.2}")
+            } else {
+                "-".to_string()
+            }
+        };
+        println!(
+            "{:<27} {:>12.0} {:>10} {:>10} | {:>12.0} {:>10} {:>10} | {:>6} {:>9}{}",
+            name,
+            ours.throughput,
+            ours.p99_us,
+            ours.max_us,
+            refs.throughput,
+            refs.p99_us,
+            refs.max_us,
+            ratio(ours.throughput / refs.throughput.max(1.0)),
+            ratio(ours.p99_us as f64 / refs.p99_us.max(1) as f64),
+            if ours.errors + refs.errors > 0 {
+                format!("  ({} errors)", ours.errors + refs.errors)
+            } else {
+                String::new()
+            }
+        );
+    }
+    if let Some((n, ours, refs)) = idle {
+        println!(
+            "{:<27} {:>12} {:>21} | {:>12} {:>21} |",
+            format!("idle-{n}"),
+            format!("{} KiB", ours.rss_kib.unwrap_or(0)),
+            format!("{:.0} B/conn", ours.bytes_per_connection().unwrap_or(0.0)),
+            format!("{} KiB", refs.rss_kib.unwrap_or(0)),
+            format!("{:.0} B/conn", refs.bytes_per_connection().unwrap_or(0.0)),
+        );
+    }
+    println!(
+        "(median of {runs} runs of {}s; ratio = tripcd / echo)",
+        env_or("TRIPCD_BENCH_SECONDS", 5.0)
+    );
+}
