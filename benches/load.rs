@@ -4,7 +4,8 @@
 //! `cargo bench --bench load` (release build). Each figure is the median of
 //! `TRIPCD_BENCH_RUNS` runs (default 3) of `TRIPCD_BENCH_SECONDS` seconds
 //! (default 5). `TRIPCD_BENCH_ONLY=noop-50` (a substring of a scenario's
-//! name) runs only some.
+//! name) runs only some. The daemon runs with the repository's example
+//! scripts, so a script key is measured beside `noop`.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -31,6 +32,8 @@ impl Server {
             .arg("--download-dir")
             .arg(dir.path().join("dl"))
             .args(["--idle-timeout", "0"])
+            .arg("--scripts")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts"))
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
             .spawn()
@@ -125,9 +128,16 @@ fn main() {
             .map(Value::str)
             .to_vec(),
     );
-    let scenarios: [(&str, usize, usize, &str, Value); 4] = [
+    let scenarios: [(&str, usize, usize, &str, Value); 5] = [
         ("noop-50-d1", 50, 1, "noop", Value::empty()),
         ("noop-50-d16", 50, 16, "noop", Value::empty()),
+        (
+            "script-get-uptime-50-d16",
+            50,
+            16,
+            "get-uptime",
+            Value::empty(),
+        ),
         ("noop-10000-d1", 10_000, 1, "noop", Value::empty()),
         (
             "status-all-10000-torrents",

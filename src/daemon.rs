@@ -15,6 +15,7 @@ use nix::fcntl::{Flock, FlockArg};
 use crate::commands::Service;
 use crate::reactor::{Exit, Reactor, ReactorConfig};
 use crate::registry::{Registry, Settings};
+use crate::scripts::Limits;
 
 /// Everything the daemon needs to start.
 #[derive(Debug, Clone)]
@@ -31,6 +32,11 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     /// Longest time one slice of verification may hold the loop.
     pub check_slice: Duration,
+    /// The scripts directory given on the command line (it must then
+    /// exist); `None`: `<state-dir>/scripts`, if it exists.
+    pub scripts: Option<PathBuf>,
+    /// Bounds on every script call.
+    pub script_limits: Limits,
 }
 
 impl Config {
@@ -44,6 +50,8 @@ impl Config {
             max_message: 16 << 20,
             idle_timeout: Some(Duration::from_secs(60)),
             check_slice: Duration::from_millis(5),
+            scripts: None,
+            script_limits: Limits::default(),
         }
     }
 }
@@ -73,6 +81,8 @@ pub fn run(config: &Config) -> Result<Exit, DaemonError> {
         Settings::defaults(config.download_dir.clone()),
     )
     .map_err(|e| DaemonError(e.to_string()))?;
+    let mut svc = Service::new(registry);
+    load_scripts(config, &mut svc)?;
     let capacity = raise_fd_limit();
     let listener = bind(&config.socket)?;
     let reactor_config = ReactorConfig {
@@ -80,17 +90,16 @@ pub fn run(config: &Config) -> Result<Exit, DaemonError> {
         idle_timeout: config.idle_timeout,
         check_slice: config.check_slice,
     };
-    let result =
-        Reactor::new(listener, Service::new(registry), reactor_config).and_then(|mut reactor| {
-            // Only now are signals handled: "ready" means SIGTERM is safe.
-            info!(
-                "tripcd {} ready on {} (state in {}, room for about {capacity} clients)",
-                env!("CARGO_PKG_VERSION"),
-                config.socket.display(),
-                config.state_dir.display(),
-            );
-            reactor.run()
-        });
+    let result = Reactor::new(listener, svc, reactor_config).and_then(|mut reactor| {
+        // Only now are signals handled: "ready" means SIGTERM is safe.
+        info!(
+            "tripcd {} ready on {} (state in {}, room for about {capacity} clients)",
+            env!("CARGO_PKG_VERSION"),
+            config.socket.display(),
+            config.state_dir.display(),
+        );
+        reactor.run()
+    });
     // The socket goes whatever happened, so the next start finds no stale file.
     if let Err(e) = fs::remove_file(&config.socket) {
         warn!("cannot remove {}: {e}", config.socket.display());
@@ -98,6 +107,31 @@ pub fn run(config: &Config) -> Result<Exit, DaemonError> {
     let exit = result.map_err(|e| err("event loop failed", e))?;
     info!("tripcd stopped ({exit:?})");
     Ok(exit)
+}
+
+fn load_scripts(config: &Config, svc: &mut Service) -> Result<(), DaemonError> {
+    let dir = match &config.scripts {
+        Some(dir) if !dir.is_dir() => {
+            return Err(DaemonError(format!(
+                "scripts directory {} does not exist",
+                dir.display()
+            )))
+        }
+        Some(dir) => dir.clone(),
+        None => config.state_dir.join("scripts"),
+    };
+    let files = svc
+        .load_scripts(&dir, config.script_limits.clone())
+        .map_err(|e| DaemonError(format!("script error: {e}")))?;
+    if !files.is_empty() {
+        info!(
+            "loaded {} script(s) from {}: {}",
+            files.len(),
+            dir.display(),
+            files.join(", ")
+        );
+    }
+    Ok(())
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), DaemonError> {

@@ -17,5 +17,6 @@ pub mod load;
 pub mod reactor;
 pub mod registry;
 pub mod remote;
+pub mod scripts;
 pub mod session;
 pub mod sys;

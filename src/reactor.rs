@@ -181,8 +181,8 @@ impl Reactor {
 
     fn timeout(&self, now: Instant) -> Option<Duration> {
         if !self.again.is_empty()
-            || self.svc.registry.has_work()
-            || (self.svc.registry.needs_commit() && self.retry_commit.is_none())
+            || self.svc.registry().has_work()
+            || (self.svc.registry().needs_commit() && self.retry_commit.is_none())
         {
             return Some(Duration::ZERO);
         }
@@ -198,7 +198,14 @@ impl Reactor {
         let mut exit = None;
         for sig in self.signals.pending() {
             match sig {
-                SIGHUP => info!("SIGHUP: nothing to reload"),
+                SIGHUP => match self.svc.reload_scripts() {
+                    Ok(files) => info!(
+                        "SIGHUP: reloaded {} script(s): {}",
+                        files.len(),
+                        files.join(", ")
+                    ),
+                    Err(e) => warn!("SIGHUP: reload failed, previous scripts kept: {e}"),
+                },
                 sig => {
                     info!("signal {sig}: shutting down");
                     exit = Some(Exit::Signal(sig));
@@ -240,6 +247,7 @@ impl Reactor {
                         dirty: false,
                     });
                     mark(&mut self.dirty, conn, key);
+                    self.svc.client_event(serial, true);
                     if let (None, Some(idle)) = (self.next_sweep, self.config.idle_timeout) {
                         self.next_sweep = Some(now + sweep_period(idle));
                     }
@@ -277,8 +285,8 @@ impl Reactor {
             .map(|(k, _)| k)
             .collect();
         let retry_due = self.retry_commit.is_none_or(|t| now >= t);
-        if (self.svc.registry.needs_commit() && retry_due) || !held.is_empty() {
-            let result = self.svc.registry.commit();
+        if (self.svc.registry().needs_commit() && retry_due) || !held.is_empty() {
+            let result = self.svc.registry_mut().commit();
             self.retry_commit = result.is_err().then(|| now + Duration::from_secs(1));
             for &key in &held {
                 if let Some(conn) = self.conns.get_mut(key) {
@@ -287,6 +295,9 @@ impl Reactor {
             }
             to_flush.extend(held);
         }
+        // Hooks see only what is durable; what they change is committed
+        // next turn.
+        self.svc.run_hooks();
 
         for key in to_flush {
             self.flush(key);
@@ -306,26 +317,26 @@ impl Reactor {
     /// [`CHECK_STEP`] bytes, stopping before a step that would likely
     /// overrun (the previous step's time is the estimate).
     fn verify_slice(&mut self) {
-        if !self.svc.registry.has_work() {
+        if !self.svc.registry().has_work() {
             return;
         }
         let start = Instant::now();
         let mut step = Duration::ZERO;
         let mut events = Vec::new();
-        while self.svc.registry.has_work() {
+        while self.svc.registry().has_work() {
             let elapsed = start.elapsed();
             if elapsed > Duration::ZERO && elapsed + step > self.config.check_slice {
                 break;
             }
             let t = Instant::now();
-            events.extend(self.svc.registry.work(CHECK_STEP));
+            events.extend(self.svc.registry_mut().work(CHECK_STEP));
             step = t.elapsed();
         }
         self.longest_slice = self.longest_slice.max(start.elapsed());
         for ev in events {
             info!("{ev}");
         }
-        if !self.svc.registry.has_work() {
+        if !self.svc.registry().has_work() {
             info!(
                 "verification queue empty; longest slice {:.2} ms",
                 self.longest_slice.as_secs_f64() * 1000.0
@@ -440,6 +451,7 @@ impl Reactor {
         if let Some(mut conn) = self.conns.try_remove(key) {
             let _ = self.poll.registry().deregister(&mut conn.stream);
             debug!("client {}: closed", conn.serial);
+            self.svc.client_event(conn.serial, false);
         }
         self.again.retain(|k| *k != key);
     }
@@ -481,7 +493,7 @@ impl Reactor {
         for (_, conn) in self.conns.iter_mut() {
             conn.closing = true;
         }
-        if let Err(e) = self.svc.registry.commit() {
+        if let Err(e) = self.svc.registry_mut().commit() {
             error!("final save failed: {e}");
         }
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();

@@ -437,8 +437,8 @@ mod tests {
 
     /// What the reactor does at the end of a loop turn.
     fn end_turn(s: &mut Session, svc: &mut Service) {
-        if s.is_held() || svc.registry.needs_commit() {
-            let r = svc.registry.commit();
+        if s.is_held() || svc.registry().needs_commit() {
+            let r = svc.registry_mut().commit();
             s.release(&r);
         }
     }
@@ -517,7 +517,7 @@ mod tests {
         assert_eq!(out.len(), 2, "{out:?}");
         assert!(out[0][8..].starts_with("l6:failed"), "{}", out[0]);
         assert!(out[0].contains("cannot save state"), "{}", out[0]);
-        assert_eq!(svc.registry.settings().port, 9090, "change undone");
+        assert_eq!(svc.registry().settings().port, 9090, "change undone");
         std::fs::remove_dir(dir.path().join(".settings.benc.tmp")).unwrap();
         s.receive(
             &crate::client::encode_message("port", &Value::Int(7), Some(3)),
@@ -529,7 +529,7 @@ mod tests {
             frames(&take_output(&mut s)),
             vec!["00000012l9:succeeded0:i3ee"]
         );
-        assert_eq!(svc.registry.settings().port, 7);
+        assert_eq!(svc.registry().settings().port, 7);
     }
 
     #[test]
@@ -574,7 +574,7 @@ mod tests {
             s.receive(b"garbage", &mut svc).is_ok(),
             "ignored after the error"
         );
-        assert_eq!(svc.registry.settings().port, 9090);
+        assert_eq!(svc.registry().settings().port, 9090);
         assert!(s.output().is_empty());
     }
 
@@ -596,8 +596,8 @@ mod tests {
         write_frame(&mut frame, payload.as_bytes());
         s.receive(&frame, &mut svc).unwrap();
         end_turn(&mut s, &mut svc);
-        assert_eq!(svc.registry.torrents().len(), 1);
-        assert_eq!(svc.registry.settings().port, 9090);
+        assert_eq!(svc.registry().torrents().len(), 1);
+        assert_eq!(svc.registry().settings().port, 9090);
         assert!(svc.control.quit);
         assert!(s.output().is_empty());
     }

@@ -26,8 +26,8 @@ fn run_sans_io(case: &Case, pieces: &[&[u8]]) -> (Vec<String>, bool, bool) {
     let mut out = Vec::new();
     let mut failed = false;
     let end_turn = |s: &mut Session, svc: &mut Service, out: &mut Vec<u8>| {
-        if s.is_held() || svc.registry.needs_commit() {
-            let r = svc.registry.commit();
+        if s.is_held() || svc.registry().needs_commit() {
+            let r = svc.registry_mut().commit();
             s.release(&r);
         }
         out.extend_from_slice(s.output());

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use tripcd::daemon::{self, Config};
+use tripcd::scripts::Limits;
 
 /// A daemon speaking the Transmission IPC protocol (versions 1 and 2) on a
 /// Unix socket. Runs in the foreground; logs to stderr (set RUST_LOG).
@@ -32,6 +33,31 @@ struct Args {
     #[arg(long, value_name = "MS", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(1..=1000))]
     check_slice_ms: u64,
+    /// Directory of *.rhai scripts [default: <state-dir>/scripts, if it exists]
+    #[arg(long, value_name = "DIR")]
+    scripts: Option<PathBuf>,
+    /// Most Rhai operations one script call may run (0 = no limit)
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_operations)]
+    script_max_operations: u64,
+    /// Longest time one script call may run, in milliseconds
+    #[arg(long, value_name = "MS", default_value_t = Limits::default().timeout.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    script_timeout_ms: u64,
+    /// Deepest nesting of function calls in a script
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_call_depth)]
+    script_max_call_depth: usize,
+    /// Deepest nesting of expressions in a script (checked when it compiles)
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_expr_depth)]
+    script_max_expr_depth: usize,
+    /// Longest string a script may build, in bytes
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_string)]
+    script_max_string: usize,
+    /// Most elements of an array (or bytes of a blob) a script may build
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_array)]
+    script_max_array: usize,
+    /// Most entries of a map a script may build
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_map)]
+    script_max_map: usize,
 }
 
 fn main() -> ExitCode {
@@ -55,6 +81,16 @@ fn main() -> ExitCode {
     config.max_message = args.max_message as usize;
     config.idle_timeout = (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout));
     config.check_slice = Duration::from_millis(args.check_slice_ms);
+    config.scripts = args.scripts;
+    config.script_limits = Limits {
+        max_operations: args.script_max_operations,
+        timeout: Duration::from_millis(args.script_timeout_ms),
+        max_call_depth: args.script_max_call_depth,
+        max_expr_depth: args.script_max_expr_depth,
+        max_string: args.script_max_string,
+        max_array: args.script_max_array,
+        max_map: args.script_max_map,
+    };
     match daemon::run(&config) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {

@@ -8,11 +8,18 @@
 mod builtin;
 mod torrents;
 
+pub(crate) use torrents::full_description;
+
 use std::borrow::Cow;
+use std::cell::{Ref, RefCell, RefMut};
 use std::collections::HashMap;
+use std::path::Path;
+use std::rc::Rc;
+use std::time::Instant;
 
 use crate::codec::Value;
 use crate::registry::Registry;
+use crate::scripts::{Limits, LoadError, Scripts};
 
 /// What a handler answers. The session applies the tag rules: which of
 /// these are sent on an untagged message, and with which key.
@@ -74,6 +81,8 @@ pub type Builtin = fn(&mut Ctx<'_>, &Value) -> Reply;
 pub enum Handler {
     /// Compiled into the daemon.
     Builtin(Builtin),
+    /// The script key with this index in [`Scripts::keys`].
+    Script(usize),
 }
 
 /// One entry of the table.
@@ -107,6 +116,19 @@ impl CommandTable {
         t
     }
 
+    /// The built-ins plus the keys of `scripts` (which never shadow a
+    /// built-in: loading refuses that).
+    pub fn with_scripts(scripts: &Scripts) -> CommandTable {
+        let mut t = CommandTable::builtin();
+        for (index, key) in scripts.keys() {
+            t.map.entry(key.as_bytes().into()).or_insert(Command {
+                min_version: 2,
+                handler: Handler::Script(index),
+            });
+        }
+        t
+    }
+
     /// The command for `key`.
     pub fn get(&self, key: &[u8]) -> Option<&Command> {
         self.map.get(key)
@@ -134,10 +156,16 @@ impl CommandTable {
 pub struct Service {
     /// Keys to handlers.
     pub table: CommandTable,
-    /// Settings and torrents.
-    pub registry: Registry,
+    /// Settings and torrents, shared with the scripts' host functions.
+    /// Single-threaded; borrowed only for the length of one call, never
+    /// across a script call.
+    registry: Rc<RefCell<Registry>>,
     /// Requests to the daemon.
     pub control: Control,
+    /// The scripts, if any are loaded.
+    scripts: Option<Scripts>,
+    /// When the service started (scripts' `uptime()`).
+    started: Instant,
 }
 
 impl Service {
@@ -145,9 +173,70 @@ impl Service {
     pub fn new(registry: Registry) -> Service {
         Service {
             table: CommandTable::builtin(),
-            registry,
+            registry: Rc::new(RefCell::new(registry)),
             control: Control::default(),
+            scripts: None,
+            started: Instant::now(),
         }
+    }
+
+    /// Loads the scripts of `dir` and adds their keys to the table.
+    /// Returns the script files loaded.
+    pub fn load_scripts(&mut self, dir: &Path, limits: Limits) -> Result<Vec<String>, LoadError> {
+        let builtins = CommandTable::builtin();
+        let scripts = Scripts::load(dir, limits, Rc::clone(&self.registry), self.started, &|k| {
+            builtins.contains(k.as_bytes())
+        })?;
+        Ok(self.install(scripts))
+    }
+
+    /// Loads the scripts again (SIGHUP). On error the scripts in force
+    /// stay, and the error says why.
+    pub fn reload_scripts(&mut self) -> Result<Vec<String>, LoadError> {
+        let Some(old) = &self.scripts else {
+            return Ok(Vec::new());
+        };
+        let builtins = CommandTable::builtin();
+        let scripts = old.reload(&|k| builtins.contains(k.as_bytes()))?;
+        Ok(self.install(scripts))
+    }
+
+    fn install(&mut self, scripts: Scripts) -> Vec<String> {
+        self.table = CommandTable::with_scripts(&scripts);
+        self.registry
+            .borrow_mut()
+            .record_events(scripts.has_hooks());
+        let files = scripts.files().iter().map(|f| f.to_string()).collect();
+        self.scripts = Some(scripts);
+        files
+    }
+
+    /// Runs the hooks of events committed since the last call.
+    pub fn run_hooks(&mut self) {
+        let Some(scripts) = &mut self.scripts else {
+            return;
+        };
+        let events = self.registry.borrow_mut().take_events();
+        if !events.is_empty() {
+            scripts.fire_registry_events(events);
+        }
+    }
+
+    /// Runs the hooks of a client connecting (`true`) or going away.
+    pub fn client_event(&mut self, id: u64, connected: bool) {
+        if let Some(scripts) = &mut self.scripts {
+            scripts.fire_client(id, connected);
+        }
+    }
+
+    /// The registry, to read.
+    pub fn registry(&self) -> Ref<'_, Registry> {
+        self.registry.borrow()
+    }
+
+    /// The registry, to change.
+    pub fn registry_mut(&self) -> RefMut<'_, Registry> {
+        self.registry.borrow_mut()
     }
 
     /// Runs one message on a connection speaking `version`.
@@ -158,14 +247,23 @@ impl Service {
         if cmd.min_version > version {
             return Reply::NotSupported;
         }
-        let mut ctx = Ctx {
-            registry: &mut self.registry,
-            table: &self.table,
-            control: &mut self.control,
-            tagged,
-        };
         match cmd.handler {
-            Handler::Builtin(f) => f(&mut ctx, value),
+            Handler::Builtin(f) => {
+                let mut registry = self.registry.borrow_mut();
+                let mut ctx = Ctx {
+                    registry: &mut registry,
+                    table: &self.table,
+                    control: &mut self.control,
+                    tagged,
+                };
+                f(&mut ctx, value)
+            }
+            // No borrow of the registry is held here: the script's host
+            // functions take their own.
+            Handler::Script(index) => match &mut self.scripts {
+                Some(scripts) => scripts.call(index, value),
+                None => Reply::NotSupported,
+            },
         }
     }
 }

@@ -161,6 +161,24 @@ pub(crate) const STATUS_TYPES: &[&str] = &[
     "upload-total",
 ];
 
+/// Everything `get-info` and `get-status` can say of a torrent, in one
+/// dict with its `id` (what scripts see).
+pub(crate) fn full_description(t: &Torrent) -> Value {
+    let mut pairs: Vec<(&'static str, Value)> = vec![("id", Value::Int(t.id as i64))];
+    for &ty in INFO_TYPES {
+        if let Some(v) = info_field(t, ty) {
+            pairs.push((ty, v));
+        }
+    }
+    for &ty in STATUS_TYPES {
+        if let Some(v) = status_field(t, ty) {
+            pairs.push((ty, v));
+        }
+    }
+    pairs.sort_unstable_by_key(|(k, _)| *k);
+    Value::dict(pairs)
+}
+
 /// One dict per known torrent, with `id` and each known requested type.
 /// Types are resolved, deduplicated and sorted once, so each torrent's
 /// dict is built in canonical order with borrowed keys.

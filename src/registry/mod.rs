@@ -61,6 +61,43 @@ impl fmt::Display for AddError {
     }
 }
 
+/// Something that happened to the state, reported (when asked for, see
+/// [`Registry::record_events`]) once it is durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A torrent was added.
+    Added {
+        /// Its id.
+        id: u64,
+    },
+    /// A torrent was started (its check queued).
+    Started {
+        /// Its id.
+        id: u64,
+    },
+    /// A torrent was stopped.
+    Stopped {
+        /// Its id.
+        id: u64,
+    },
+    /// A torrent was removed.
+    Removed {
+        /// Its id.
+        id: u64,
+        /// Its info hash, hex.
+        hash: String,
+        /// Its name.
+        name: String,
+    },
+    /// A check of local data ended.
+    Verified(CheckEvent),
+    /// A setting changed.
+    SettingChanged {
+        /// Its protocol key (`port`, `directory`, ...).
+        name: &'static str,
+    },
+}
+
 /// How to undo one change that has not been committed yet.
 enum Undo {
     Settings(Box<Settings>),
@@ -81,6 +118,12 @@ pub struct Registry {
     settings_dirty: bool,
     new_copies: Vec<(PathBuf, Vec<u8>)>,
     old_copies: Vec<PathBuf>,
+    /// Whether to keep [`Event`]s for [`Registry::take_events`].
+    recording: bool,
+    /// Events of changes not yet committed (dropped if undone).
+    pending_events: Vec<Event>,
+    /// Events of committed changes, not yet taken.
+    events: Vec<Event>,
 }
 
 const SETTINGS_FILE: &str = "settings.benc";
@@ -104,6 +147,9 @@ impl Registry {
             settings_dirty: false,
             new_copies: Vec::new(),
             old_copies: Vec::new(),
+            recording: false,
+            pending_events: Vec::new(),
+            events: Vec::new(),
         };
         if let Some(v) = reg.load_file(SETTINGS_FILE)? {
             match Settings::from_value(&v, defaults) {
@@ -222,11 +268,35 @@ impl Registry {
         &self.settings
     }
 
+    /// Keep events of committed changes for [`Registry::take_events`]
+    /// (off by default, so that nobody's unread events pile up).
+    pub fn record_events(&mut self, on: bool) {
+        self.recording = on;
+        if !on {
+            self.pending_events.clear();
+            self.events.clear();
+        }
+    }
+
+    /// Events of changes committed since the last call, in order.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    fn event(&mut self, e: Event) {
+        if self.recording {
+            self.pending_events.push(e);
+        }
+    }
+
     /// Changes the settings (pending until the next commit).
     pub fn update_settings(&mut self, change: impl FnOnce(&mut Settings)) {
         let mut next = self.settings.clone();
         change(&mut next);
         if next != self.settings {
+            for name in self.settings.differences(&next) {
+                self.event(Event::SettingChanged { name });
+            }
             let old = std::mem::replace(&mut self.settings, next);
             self.journal.push(Undo::Settings(Box::new(old)));
             self.settings_dirty = true;
@@ -293,8 +363,9 @@ impl Registry {
         self.new_copies.push((copy.clone(), bytes));
         let id = self.torrents.insert(meta, copy, directory);
         self.journal.push(Undo::Added(id));
-        if autostart.unwrap_or(self.settings.autostart) {
-            self.torrents.start(id);
+        self.event(Event::Added { id });
+        if autostart.unwrap_or(self.settings.autostart) && self.torrents.start(id) {
+            self.event(Event::Started { id });
         }
         Ok(id)
     }
@@ -304,6 +375,7 @@ impl Registry {
     pub fn start(&mut self, id: u64) {
         if self.torrents.start(id) {
             self.journal.push(Undo::Running(id, false));
+            self.event(Event::Started { id });
         }
     }
 
@@ -311,6 +383,7 @@ impl Registry {
     pub fn stop(&mut self, id: u64) {
         if self.torrents.stop(id) {
             self.journal.push(Undo::Running(id, true));
+            self.event(Event::Stopped { id });
         }
     }
 
@@ -320,6 +393,11 @@ impl Registry {
         if let Some(t) = self.torrents.take(id) {
             self.new_copies.retain(|(p, _)| *p != t.saved_path);
             self.old_copies.push(t.saved_path.clone());
+            self.event(Event::Removed {
+                id,
+                hash: t.meta.hash_hex(),
+                name: String::from_utf8_lossy(&t.meta.name).into_owned(),
+            });
             self.journal.push(Undo::Removed(Box::new(t)));
         }
     }
@@ -339,6 +417,9 @@ impl Registry {
         let events = self.torrents.work(budget);
         if !events.is_empty() {
             self.torrents_dirty = true;
+            for e in &events {
+                self.event(Event::Verified(e.clone()));
+            }
         }
         events
     }
@@ -367,6 +448,7 @@ impl Registry {
                 self.journal.clear();
                 self.torrents_dirty = false;
                 self.settings_dirty = false;
+                self.events.append(&mut self.pending_events);
                 Ok(())
             }
             Err(e) => {
@@ -423,6 +505,10 @@ impl Registry {
         self.new_copies.clear();
         self.old_copies.clear();
         self.settings_dirty = false;
+        // What was undone did not happen; verification results stand
+        // (they are kept in memory and saved by a later commit).
+        self.pending_events
+            .retain(|e| matches!(e, Event::Verified(_)));
     }
 
     fn torrents_value(&self) -> Value {

@@ -38,6 +38,23 @@ impl Settings {
         }
     }
 
+    /// The protocol keys of the settings that differ between `self` and
+    /// `other`.
+    pub fn differences(&self, other: &Settings) -> Vec<&'static str> {
+        [
+            ("port", self.port != other.port),
+            ("automap", self.automap != other.automap),
+            ("autostart", self.autostart != other.autostart),
+            ("pex", self.pex != other.pex),
+            ("downlimit", self.downlimit != other.downlimit),
+            ("uplimit", self.uplimit != other.uplimit),
+            ("directory", self.directory != other.directory),
+        ]
+        .into_iter()
+        .filter_map(|(name, differs)| differs.then_some(name))
+        .collect()
+    }
+
     /// The form kept on disk.
     pub fn to_value(&self) -> Value {
         Value::dict([

@@ -1,0 +1,174 @@
+//! The host API: what a script may call.
+//!
+//! | function | does |
+//! |---|---|
+//! | `on_message(key, fn)` | handle `key` (top level only) |
+//! | `on_event(name, fn)` | hook an event of [`super::EVENTS`] (top level only) |
+//! | `succeeded()`, `failed(reason)`, `bad_format()`, `reply(key, value)` | replies |
+//! | `log(text)` | an info line in the daemon's log |
+//! | `now()` | Unix time, seconds; `uptime()`: seconds since the daemon started |
+//! | `settings()` | map of the settings (`port`, `directory`, ...) |
+//! | `torrents()` | array of maps: every info and status field, and `id` |
+//! | `torrent(id)` | one such map, or `()` |
+//! | `start(id)`, `stop(id)` | act on a torrent; `false` if unknown |
+
+use std::rc::Rc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use log::info;
+use rhai::{Array, Dynamic, Engine, EvalAltResult, FnPtr, NativeCallContext};
+
+use super::{settings_map, to_dynamic, Host, EVENTS};
+use crate::commands::full_description;
+
+/// What a handler asks to send.
+#[derive(Debug, Clone)]
+pub enum ScriptReply {
+    /// `succeeded` (tagged only).
+    Succeeded,
+    /// `failed` with a reason (tagged only).
+    Failed(String),
+    /// `bad-format` (tagged only).
+    BadFormat,
+    /// A data message with its own key.
+    Data(String, Dynamic),
+}
+
+type Fallible<T> = Result<T, Box<EvalAltResult>>;
+
+fn script_error(ctx: &NativeCallContext, msg: String) -> Box<EvalAltResult> {
+    Box::new(EvalAltResult::ErrorRuntime(msg.into(), ctx.call_position()))
+}
+
+/// Registers every host function on `engine`.
+pub(super) fn register(engine: &mut Engine, host: &Rc<Host>) {
+    engine.register_type_with_name::<ScriptReply>("Reply");
+    engine.register_fn("succeeded", || ScriptReply::Succeeded);
+    engine.register_fn("failed", |why: Dynamic| {
+        ScriptReply::Failed(why.to_string())
+    });
+    engine.register_fn("bad_format", || ScriptReply::BadFormat);
+    engine.register_fn("reply", |key: &str, value: Dynamic| {
+        ScriptReply::Data(key.to_string(), value)
+    });
+
+    let h = Rc::clone(host);
+    engine.register_fn(
+        "on_message",
+        move |ctx: NativeCallContext, key: &str, f: FnPtr| -> Fallible<()> {
+            let mut collecting = h.collecting.borrow_mut();
+            let Some(c) = collecting.as_mut() else {
+                return Err(script_error(
+                    &ctx,
+                    "on_message is only allowed at a script's top level".into(),
+                ));
+            };
+            if key.is_empty() {
+                return Err(script_error(
+                    &ctx,
+                    "on_message needs a non-empty key".into(),
+                ));
+            }
+            c.keys.push((key.to_string(), f));
+            Ok(())
+        },
+    );
+    let h = Rc::clone(host);
+    engine.register_fn(
+        "on_event",
+        move |ctx: NativeCallContext, name: &str, f: FnPtr| -> Fallible<()> {
+            let mut collecting = h.collecting.borrow_mut();
+            let Some(c) = collecting.as_mut() else {
+                return Err(script_error(
+                    &ctx,
+                    "on_event is only allowed at a script's top level".into(),
+                ));
+            };
+            if !EVENTS.contains(&name) {
+                return Err(script_error(
+                    &ctx,
+                    format!(
+                        "unknown event \"{name}\"; events are: {}",
+                        EVENTS.join(", ")
+                    ),
+                ));
+            }
+            c.hooks.push((name.to_string(), f));
+            Ok(())
+        },
+    );
+
+    let h = Rc::clone(host);
+    engine.register_fn("log", move |msg: Dynamic| {
+        info!("script {}: {msg}", h.current.borrow());
+    });
+    engine.register_fn("now", || -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64)
+    });
+    let h = Rc::clone(host);
+    engine.register_fn("uptime", move || -> i64 {
+        h.started.elapsed().as_secs() as i64
+    });
+
+    let h = Rc::clone(host);
+    engine.register_fn(
+        "settings",
+        move |ctx: NativeCallContext| -> Fallible<Dynamic> {
+            let reg = h.registry.try_borrow().map_err(|_| busy(&ctx))?;
+            Ok(Dynamic::from_map(settings_map(&reg)))
+        },
+    );
+    let h = Rc::clone(host);
+    engine.register_fn(
+        "torrents",
+        move |ctx: NativeCallContext| -> Fallible<Array> {
+            let reg = h.registry.try_borrow().map_err(|_| busy(&ctx))?;
+            Ok(reg
+                .torrents()
+                .iter()
+                .map(|t| to_dynamic(&full_description(t)))
+                .collect())
+        },
+    );
+    let h = Rc::clone(host);
+    engine.register_fn(
+        "torrent",
+        move |ctx: NativeCallContext, id: i64| -> Fallible<Dynamic> {
+            let reg = h.registry.try_borrow().map_err(|_| busy(&ctx))?;
+            Ok(u64::try_from(id)
+                .ok()
+                .and_then(|id| reg.torrents().get(id))
+                .map_or(Dynamic::UNIT, |t| to_dynamic(&full_description(t))))
+        },
+    );
+    for (name, act) in [("start", true), ("stop", false)] {
+        let h = Rc::clone(host);
+        engine.register_fn(
+            name,
+            move |ctx: NativeCallContext, id: i64| -> Fallible<bool> {
+                let mut reg = h.registry.try_borrow_mut().map_err(|_| busy(&ctx))?;
+                let Some(id) = u64::try_from(id)
+                    .ok()
+                    .filter(|id| reg.torrents().get(*id).is_some())
+                else {
+                    return Ok(false);
+                };
+                if act {
+                    reg.start(id);
+                } else {
+                    reg.stop(id);
+                }
+                Ok(true)
+            },
+        );
+    }
+}
+
+fn busy(ctx: &NativeCallContext) -> Box<EvalAltResult> {
+    script_error(
+        ctx,
+        "the registry is busy (a host function called back into a script)".into(),
+    )
+}
