@@ -216,62 +216,65 @@ fn describe(
     Value::List(list)
 }
 
-fn get_info(ctx: &mut Ctx<'_>, value: &Value) -> Reply {
+/// What `get-info` and `get-status` (and their `-all`) share: the reply
+/// key, the known types and how to read one.
+struct Kind {
+    reply: &'static str,
+    known: &'static [&'static str],
+    field: Describe,
+}
+
+const INFO: Kind = Kind {
+    reply: "info",
+    known: INFO_TYPES,
+    field: info_field,
+};
+
+const STATUS: Kind = Kind {
+    reply: "status",
+    known: STATUS_TYPES,
+    field: status_field,
+};
+
+/// `get-info`/`get-status`: the torrents of a `{id, type}` dict.
+fn some(ctx: &Ctx<'_>, value: &Value, kind: &Kind) -> Reply {
     match ids_and_types(value) {
         Some((ids, types)) => Reply::data(
-            "info",
-            describe(ctx.registry, ids.into_iter(), types, INFO_TYPES, info_field),
+            kind.reply,
+            describe(ctx.registry, ids.into_iter(), types, kind.known, kind.field),
         ),
         None => Reply::BadFormat,
     }
+}
+
+/// `get-info-all`/`get-status-all`: every torrent, a list of types.
+fn all(ctx: &Ctx<'_>, value: &Value, kind: &Kind) -> Reply {
+    match value.as_list() {
+        Some(types) => {
+            let ids = ctx.registry.ids();
+            Reply::data(
+                kind.reply,
+                describe(ctx.registry, ids.into_iter(), types, kind.known, kind.field),
+            )
+        }
+        None => Reply::BadFormat,
+    }
+}
+
+fn get_info(ctx: &mut Ctx<'_>, value: &Value) -> Reply {
+    some(ctx, value, &INFO)
 }
 
 fn get_info_all(ctx: &mut Ctx<'_>, value: &Value) -> Reply {
-    match value.as_list() {
-        Some(types) => {
-            let ids = ctx.registry.ids();
-            Reply::data(
-                "info",
-                describe(ctx.registry, ids.into_iter(), types, INFO_TYPES, info_field),
-            )
-        }
-        None => Reply::BadFormat,
-    }
+    all(ctx, value, &INFO)
 }
 
 fn get_status(ctx: &mut Ctx<'_>, value: &Value) -> Reply {
-    match ids_and_types(value) {
-        Some((ids, types)) => Reply::data(
-            "status",
-            describe(
-                ctx.registry,
-                ids.into_iter(),
-                types,
-                STATUS_TYPES,
-                status_field,
-            ),
-        ),
-        None => Reply::BadFormat,
-    }
+    some(ctx, value, &STATUS)
 }
 
 fn get_status_all(ctx: &mut Ctx<'_>, value: &Value) -> Reply {
-    match value.as_list() {
-        Some(types) => {
-            let ids = ctx.registry.ids();
-            Reply::data(
-                "status",
-                describe(
-                    ctx.registry,
-                    ids.into_iter(),
-                    types,
-                    STATUS_TYPES,
-                    status_field,
-                ),
-            )
-        }
-        None => Reply::BadFormat,
-    }
+    all(ctx, value, &STATUS)
 }
 
 fn lookup(ctx: &mut Ctx<'_>, value: &Value) -> Reply {
