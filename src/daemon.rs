@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use log::{info, warn};
 use nix::fcntl::{Flock, FlockArg};
+use nix::sys::stat::{umask, Mode};
 
+use crate::access::Policy;
 use crate::commands::Service;
 use crate::reactor::{Exit, Reactor, ReactorConfig};
 use crate::registry::{Registry, Settings};
@@ -37,6 +39,22 @@ pub struct Config {
     pub scripts: Option<PathBuf>,
     /// Bounds on every script call.
     pub script_limits: Limits,
+    /// Mode of the socket file.
+    pub socket_mode: u32,
+    /// Group of the socket file (name or number), if not the daemon's.
+    pub socket_group: Option<String>,
+    /// Users let in besides the daemon's own and root.
+    pub allow_uids: Vec<u32>,
+    /// Groups let in (by a client's primary group).
+    pub allow_gids: Vec<u32>,
+    /// Clients served at once (`None`: as many as descriptors allow).
+    pub max_clients: Option<usize>,
+    /// Close clients that send no version this long after connecting.
+    pub handshake_timeout: Option<Duration>,
+    /// Unread replies a client may leave queued before it is disconnected.
+    pub max_output: usize,
+    /// Bytes read from one client per loop turn.
+    pub read_budget: usize,
 }
 
 impl Config {
@@ -52,6 +70,14 @@ impl Config {
             check_slice: Duration::from_millis(5),
             scripts: None,
             script_limits: Limits::default(),
+            socket_mode: 0o600,
+            socket_group: None,
+            allow_uids: Vec::new(),
+            allow_gids: Vec::new(),
+            max_clients: None,
+            handshake_timeout: Some(Duration::from_secs(10)),
+            max_output: 64 << 20,
+            read_budget: crate::reactor::READ_BUDGET_PER_TURN,
         }
     }
 }
@@ -84,16 +110,30 @@ pub fn run(config: &Config) -> Result<Exit, DaemonError> {
     let mut svc = Service::new(registry);
     load_scripts(config, &mut svc)?;
     let capacity = raise_fd_limit();
-    let listener = bind(&config.socket)?;
+    let max_clients = config
+        .max_clients
+        .unwrap_or(capacity as usize)
+        .min(capacity as usize);
+    let group = config.socket_group.as_deref().map(group_id).transpose()?;
+    let listener = bind(&config.socket, config.socket_mode, group)?;
     let reactor_config = ReactorConfig {
         max_message: config.max_message,
         idle_timeout: config.idle_timeout,
         check_slice: config.check_slice,
+        access: Policy {
+            own_uid: nix::unistd::getuid().as_raw(),
+            allow_uids: config.allow_uids.clone(),
+            allow_gids: config.allow_gids.clone(),
+        },
+        max_clients,
+        handshake_timeout: config.handshake_timeout,
+        max_output: config.max_output,
+        read_budget: config.read_budget,
     };
     let result = Reactor::new(listener, svc, reactor_config).and_then(|mut reactor| {
         // Only now are signals handled: "ready" means SIGTERM is safe.
         info!(
-            "tripcd {} ready on {} (state in {}, room for about {capacity} clients)",
+            "tripcd {} ready on {} (state in {}, room for about {capacity} clients, serving at most {max_clients})",
             env!("CARGO_PKG_VERSION"),
             config.socket.display(),
             config.state_dir.display(),
@@ -178,7 +218,11 @@ fn lock_state_dir(dir: &Path) -> Result<Flock<File>, DaemonError> {
 /// Binds the socket, replacing a stale socket file left by a dead daemon.
 /// A live socket is never stolen, and a path that is not a socket is never
 /// deleted.
-fn bind(path: &Path) -> Result<mio::net::UnixListener, DaemonError> {
+fn bind(
+    path: &Path,
+    mode: u32,
+    group: Option<nix::unistd::Gid>,
+) -> Result<mio::net::UnixListener, DaemonError> {
     if let Some(parent) = path.parent() {
         create_private_dir(parent)?;
     }
@@ -206,11 +250,32 @@ fn bind(path: &Path) -> Result<mio::net::UnixListener, DaemonError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(err(format_args!("cannot inspect {}", path.display()), e)),
     }
-    let listener = mio::net::UnixListener::bind(path)
-        .map_err(|e| err(format_args!("cannot listen on {}", path.display()), e))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+    // The socket is born owner-only (no window in which others could
+    // connect), then given the mode and group asked for.
+    let old_umask = umask(Mode::from_bits_truncate(0o177));
+    let bound = mio::net::UnixListener::bind(path);
+    umask(old_umask);
+    let listener =
+        bound.map_err(|e| err(format_args!("cannot listen on {}", path.display()), e))?;
+    if let Some(gid) = group {
+        nix::unistd::chown(path, None, Some(gid))
+            .map_err(|e| err(format_args!("cannot set group of {}", path.display()), e))?;
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o777))
         .map_err(|e| err(format_args!("cannot set mode of {}", path.display()), e))?;
     Ok(listener)
+}
+
+/// A group by name or number.
+fn group_id(name: &str) -> Result<nix::unistd::Gid, DaemonError> {
+    if let Ok(n) = name.parse::<u32>() {
+        return Ok(nix::unistd::Gid::from_raw(n));
+    }
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(g)) => Ok(g.gid),
+        Ok(None) => Err(DaemonError(format!("no such group: {name}"))),
+        Err(e) => Err(err(format_args!("cannot look up group {name}"), e)),
+    }
 }
 
 /// Raises the open-file soft limit to the hard limit and returns how many

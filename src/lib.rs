@@ -9,6 +9,7 @@
 //! - [`reactor`]: the mio event loop, the only part touching sockets;
 //! - [`daemon`]: start-up and shutdown around the reactor.
 
+pub mod access;
 pub mod client;
 pub mod codec;
 pub mod commands;

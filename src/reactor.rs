@@ -19,10 +19,12 @@ use std::time::{Duration, Instant};
 use log::{debug, error, info, trace, warn};
 use mio::net::{UnixListener, UnixStream};
 use mio::{Events, Interest, Poll, Token};
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
+use crate::access::{Peer, Policy};
 use crate::commands::Service;
 use crate::session::Session;
 
@@ -34,7 +36,7 @@ const SCRATCH: usize = 64 << 10;
 
 /// Bytes read from one client per loop turn, so that one flooding client
 /// cannot starve the others; the rest is read on the next turn.
-const READ_BUDGET_PER_TURN: usize = 256 << 10;
+pub const READ_BUDGET_PER_TURN: usize = 256 << 10;
 
 /// How long shutdown waits for clients to take their last replies.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
@@ -52,6 +54,17 @@ pub struct ReactorConfig {
     pub idle_timeout: Option<Duration>,
     /// Longest time one slice of verification may hold the loop.
     pub check_slice: Duration,
+    /// Who may connect.
+    pub access: Policy,
+    /// Clients served at once; more are accepted and closed at once.
+    pub max_clients: usize,
+    /// Close clients that have not sent their version this long after
+    /// connecting (`None`: never).
+    pub handshake_timeout: Option<Duration>,
+    /// Unread replies a client may leave queued before it is disconnected.
+    pub max_output: usize,
+    /// Bytes read from one client per loop turn (fairness).
+    pub read_budget: usize,
 }
 
 /// Why the loop ended.
@@ -67,6 +80,7 @@ struct Conn {
     stream: UnixStream,
     session: Session,
     serial: u64,
+    connected_at: Instant,
     last_active: Instant,
     /// Read readiness not yet used up (readiness is edge-triggered).
     readable: bool,
@@ -140,42 +154,47 @@ impl Reactor {
     pub fn run(&mut self) -> io::Result<Exit> {
         let mut events = Events::with_capacity(1024);
         let exit = loop {
-            let timeout = self.timeout(Instant::now());
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            let now = Instant::now();
-            let mut exit = None;
-            for event in events.iter() {
-                match event.token() {
-                    LISTENER => self.accept(now),
-                    SIGNALS => exit = exit.or(self.signals()),
-                    Token(key) => {
-                        if let Some(conn) = self.conns.get_mut(key) {
-                            if event.is_readable() || event.is_read_closed() || event.is_error() {
-                                conn.readable = true;
-                            }
-                            mark(&mut self.dirty, conn, key);
-                        }
-                    }
-                }
-            }
-            if self.accept_paused_until.is_some_and(|until| now >= until) {
-                self.accept_paused_until = None;
-                self.accept(now);
-            }
-            self.turn(now);
-            if self.svc.control.quit {
-                exit = exit.or(Some(Exit::Quit));
-            }
-            if let Some(exit) = exit {
+            if let Some(exit) = self.step(&mut events)? {
                 break exit;
             }
         };
         self.shutdown();
+        Ok(exit)
+    }
+
+    /// One loop turn: wait for readiness (or a timer), then serve.
+    fn step(&mut self, events: &mut Events) -> io::Result<Option<Exit>> {
+        let timeout = self.timeout(Instant::now());
+        if let Err(e) = self.poll.poll(events, timeout) {
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Ok(None);
+            }
+            return Err(e);
+        }
+        let now = Instant::now();
+        let mut exit = None;
+        for event in events.iter() {
+            match event.token() {
+                LISTENER => self.accept(now),
+                SIGNALS => exit = exit.or(self.signals()),
+                Token(key) => {
+                    if let Some(conn) = self.conns.get_mut(key) {
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            conn.readable = true;
+                        }
+                        mark(&mut self.dirty, conn, key);
+                    }
+                }
+            }
+        }
+        if self.accept_paused_until.is_some_and(|until| now >= until) {
+            self.accept_paused_until = None;
+            self.accept(now);
+        }
+        self.turn(now);
+        if self.svc.control.quit {
+            exit = exit.or(Some(Exit::Quit));
+        }
         Ok(exit)
     }
 
@@ -215,6 +234,48 @@ impl Reactor {
         exit
     }
 
+    /// Whether a new connection may stay: room left, and credentials the
+    /// policy admits. Refusals are logged; the caller drops the stream,
+    /// which closes it before any byte is exchanged.
+    fn admit(&self, stream: &UnixStream) -> bool {
+        if self.conns.len() >= self.config.max_clients {
+            warn!(
+                "refused a client: {} clients connected (--max-clients)",
+                self.conns.len()
+            );
+            return false;
+        }
+        let cred = match getsockopt(stream, PeerCredentials) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("refused a client: cannot read its credentials: {e}");
+                return false;
+            }
+        };
+        let peer = Peer {
+            pid: cred.pid(),
+            uid: cred.uid(),
+            gid: cred.gid(),
+        };
+        if !self.config.access.admits(&peer) {
+            warn!(
+                "refused a client: uid {} gid {} pid {} is not allowed (see --allow-uid, --allow-gid)",
+                peer.uid, peer.gid, peer.pid
+            );
+            return false;
+        }
+        true
+    }
+
+    /// How often to look for clients past a timeout, if any is set.
+    fn sweep_period(&self) -> Option<Duration> {
+        [self.config.idle_timeout, self.config.handshake_timeout]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(sweep_period)
+    }
+
     fn accept(&mut self, now: Instant) {
         let Some(listener) = &self.listener else {
             return;
@@ -222,6 +283,9 @@ impl Reactor {
         loop {
             match listener.accept() {
                 Ok((mut stream, _)) => {
+                    if !self.admit(&stream) {
+                        continue; // dropping the stream closes it
+                    }
                     let entry = self.conns.vacant_entry();
                     let key = entry.key();
                     if let Err(e) =
@@ -239,6 +303,7 @@ impl Reactor {
                         stream,
                         session: Session::new(serial, self.config.max_message),
                         serial,
+                        connected_at: now,
                         last_active: now,
                         // Data may have arrived with the connection.
                         readable: true,
@@ -248,8 +313,8 @@ impl Reactor {
                     });
                     mark(&mut self.dirty, conn, key);
                     self.svc.client_event(serial, true);
-                    if let (None, Some(idle)) = (self.next_sweep, self.config.idle_timeout) {
-                        self.next_sweep = Some(now + sweep_period(idle));
+                    if let (None, Some(period)) = (self.next_sweep, self.sweep_period()) {
+                        self.next_sweep = Some(now + period);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -359,9 +424,10 @@ impl Reactor {
             protocol_error(conn, &e);
             return;
         }
-        let mut budget = READ_BUDGET_PER_TURN;
+        let mut budget = self.config.read_budget;
         while conn.readable && !conn.closing && !conn.session.is_backpressured() && budget > 0 {
-            match conn.stream.read(&mut self.scratch) {
+            let cap = budget.min(self.scratch.len());
+            match conn.stream.read(&mut self.scratch[..cap]) {
                 Ok(0) => {
                     debug!("client {}: hung up", conn.serial);
                     conn.readable = false;
@@ -420,6 +486,18 @@ impl Reactor {
             self.close(key);
             return;
         }
+        // Input stops being read past the soft limit; this catches a
+        // client that asked for more than the hard limit and reads none.
+        if conn.session.queued_output() > self.config.max_output {
+            warn!(
+                "client {}: {} bytes of replies unread, over --max-output {}: disconnecting",
+                conn.serial,
+                conn.session.queued_output(),
+                self.config.max_output
+            );
+            self.close(key);
+            return;
+        }
         if pending != conn.write_interest {
             let interest = if pending {
                 Interest::READABLE | Interest::WRITABLE
@@ -456,31 +534,40 @@ impl Reactor {
         self.again.retain(|k| *k != key);
     }
 
-    /// Closes clients idle for longer than the idle timeout.
+    /// Closes clients idle for longer than the idle timeout, and those
+    /// that have not sent their version within the handshake timeout.
     fn sweep(&mut self, now: Instant) {
-        let Some(idle) = self.config.idle_timeout else {
+        let Some(period) = self.sweep_period() else {
             return;
         };
-        let stale: Vec<usize> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| now.duration_since(c.last_active) >= idle)
-            .map(|(k, _)| k)
-            .collect();
-        for key in stale {
-            if let Some(conn) = self.conns.get(key) {
+        let (idle, handshake) = (self.config.idle_timeout, self.config.handshake_timeout);
+        let mut stale = Vec::new();
+        for (key, c) in self.conns.iter() {
+            if handshake.is_some_and(|t| {
+                c.session.version().is_none() && now.duration_since(c.connected_at) >= t
+            }) {
+                info!(
+                    "client {}: no version after {} ms, closing",
+                    c.serial,
+                    handshake.map_or(0, |t| t.as_millis())
+                );
+                stale.push(key);
+            } else if idle.is_some_and(|t| now.duration_since(c.last_active) >= t) {
                 info!(
                     "client {}: idle for {}s, closing",
-                    conn.serial,
-                    idle.as_secs()
+                    c.serial,
+                    idle.map_or(0, |t| t.as_secs())
                 );
+                stale.push(key);
             }
+        }
+        for key in stale {
             self.close(key);
         }
         self.next_sweep = if self.conns.is_empty() {
             None
         } else {
-            Some(now + sweep_period(idle))
+            Some(now + period)
         };
     }
 
@@ -544,4 +631,90 @@ fn protocol_error(conn: &mut Conn, e: &crate::session::ProtocolError) {
 
 fn sweep_period(idle: Duration) -> Duration {
     (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::{encode_message, parse_message, version_frame, FrameReader};
+    use crate::codec::Value;
+    use crate::registry::{Registry, Settings};
+    use std::os::unix::net::UnixStream as StdStream;
+
+    fn config(read_budget: usize) -> ReactorConfig {
+        ReactorConfig {
+            max_message: 1 << 20,
+            idle_timeout: None,
+            check_slice: Duration::from_millis(5),
+            access: Policy::owner_only(nix::unistd::getuid().as_raw()),
+            max_clients: 100,
+            handshake_timeout: None,
+            max_output: 64 << 20,
+            read_budget,
+        }
+    }
+
+    /// Client A floods N tagged noops, client B sends one; one loop turn
+    /// runs. Returns how many of A's were answered in that turn, and
+    /// whether B was.
+    fn one_turn(read_budget: usize, n: i64) -> (i64, bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("socket");
+        let listener = UnixListener::bind(&path).unwrap();
+        let state = dir.path().join("state");
+        let reg = Registry::open(&state, Settings::defaults(state.clone())).unwrap();
+        let mut r = Reactor::new(listener, Service::new(reg), config(read_budget)).unwrap();
+
+        let mut a = StdStream::connect(&path).unwrap();
+        let mut b = StdStream::connect(&path).unwrap();
+        let mut flood = version_frame(1, 2);
+        for tag in 1..=n {
+            flood.extend(encode_message("noop", &Value::empty(), Some(tag)));
+        }
+        a.write_all(&flood).unwrap();
+        b.write_all(&version_frame(1, 2)).unwrap();
+        b.write_all(&encode_message("noop", &Value::empty(), Some(7)))
+            .unwrap();
+
+        // Both are in the backlog with their bytes: the turn that accepts
+        // them also serves them.
+        let mut events = Events::with_capacity(64);
+        while r.conns.len() < 2 {
+            r.step(&mut events).unwrap();
+        }
+
+        let count = |s: &mut StdStream| {
+            s.set_nonblocking(true).unwrap();
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf); // stops at WouldBlock
+            let mut frames = FrameReader::new();
+            let mut cursor = &buf[..];
+            let mut tags = Vec::new();
+            while let Ok(p) = frames.read_payload(&mut cursor) {
+                if let Ok(m) = parse_message(&p) {
+                    tags.extend(m.tag);
+                }
+            }
+            tags
+        };
+        let a_tags = count(&mut a);
+        let b_tags = count(&mut b);
+        (a_tags.len() as i64, b_tags == [7])
+    }
+
+    #[test]
+    fn a_flooding_client_gets_one_budget_per_turn_and_the_other_is_served() {
+        let n = 4000; // about 90 KB of requests: fits the socket buffers
+        let (answered, other) = one_turn(4096, n);
+        assert!(other, "the second client was served in the same turn");
+        assert!(
+            answered > 0 && answered < n / 4,
+            "{answered} of {n} answered in one turn with a 4 KiB budget"
+        );
+        // Without a budget the same turn serves the whole flood: the
+        // budget is what made the difference above.
+        let (answered, other) = one_turn(usize::MAX, n);
+        assert!(other);
+        assert_eq!(answered, n);
+    }
 }

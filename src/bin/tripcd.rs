@@ -33,6 +33,32 @@ struct Args {
     #[arg(long, value_name = "MS", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(1..=1000))]
     check_slice_ms: u64,
+    /// Mode of the socket file, in octal; the daemon also checks each
+    /// client's credentials (see --allow-uid)
+    #[arg(long, value_name = "MODE", default_value = "600", value_parser = parse_mode)]
+    socket_mode: u32,
+    /// Group of the socket file (name or number)
+    #[arg(long, value_name = "GROUP")]
+    socket_group: Option<String>,
+    /// Also let in this user id (the daemon's own user and root always are); repeatable
+    #[arg(long, value_name = "UID")]
+    allow_uid: Vec<u32>,
+    /// Also let in clients whose primary group is this id; repeatable
+    #[arg(long, value_name = "GID")]
+    allow_gid: Vec<u32>,
+    /// Clients served at once; past it new ones are closed at once [default: what the open-file limit allows]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_clients: Option<u64>,
+    /// Close clients that send no version within this many seconds (0 = never)
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    handshake_timeout: u64,
+    /// Unread reply bytes a client may leave queued before it is disconnected
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+    max_output: u64,
+    /// Bytes read from one client per loop turn, so a flood cannot starve others
+    #[arg(long, value_name = "BYTES", default_value_t = tripcd::reactor::READ_BUDGET_PER_TURN as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    read_budget: u64,
     /// Directory of *.rhai scripts [default: <state-dir>/scripts, if it exists]
     #[arg(long, value_name = "DIR")]
     scripts: Option<PathBuf>,
@@ -60,6 +86,14 @@ struct Args {
     script_max_map: usize,
 }
 
+/// An octal file mode such as `600` or `0660`.
+fn parse_mode(s: &str) -> Result<u32, String> {
+    match u32::from_str_radix(s, 8) {
+        Ok(m) if m <= 0o777 => Ok(m),
+        _ => Err(format!("{s:?} is not an octal mode like 600 or 660")),
+    }
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
@@ -82,6 +116,15 @@ fn main() -> ExitCode {
     config.idle_timeout = (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout));
     config.check_slice = Duration::from_millis(args.check_slice_ms);
     config.scripts = args.scripts;
+    config.socket_mode = args.socket_mode;
+    config.socket_group = args.socket_group;
+    config.allow_uids = args.allow_uid;
+    config.allow_gids = args.allow_gid;
+    config.max_clients = args.max_clients.map(|n| n as usize);
+    config.handshake_timeout =
+        (args.handshake_timeout > 0).then(|| Duration::from_secs(args.handshake_timeout));
+    config.max_output = args.max_output as usize;
+    config.read_budget = args.read_budget as usize;
     config.script_limits = Limits {
         max_operations: args.script_max_operations,
         timeout: Duration::from_millis(args.script_timeout_ms),

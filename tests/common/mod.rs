@@ -31,7 +31,10 @@ impl Daemon {
     /// Starts tripcd in `state` with extra arguments, and waits until it
     /// says it is ready. `Err` carries its stderr if it exits instead.
     pub fn try_start(state: &Path, args: &[&str]) -> Result<Daemon, String> {
-        let socket = state.join("socket");
+        let socket = match args.iter().position(|a| *a == "--socket") {
+            Some(i) => PathBuf::from(args[i + 1]),
+            None => state.join("socket"),
+        };
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tripcd"));
         cmd.arg("--state-dir").arg(state);
         if !args.contains(&"--download-dir") {
