@@ -8,6 +8,7 @@
 //! [`EchoServer`] answers `succeeded` with the tag to every frame and does
 //! nothing else: the practical limit of this protocol on the machine.
 
+pub mod soak;
 pub mod torrents;
 
 use std::collections::VecDeque;

@@ -49,6 +49,22 @@ enum Cmd {
         #[arg(long)]
         socket: PathBuf,
     },
+    /// Soak: valid traffic, garbage, slow readers and hang-ups at once,
+    /// then check the daemon (exit status 1 if a check fails)
+    Soak {
+        /// The daemon's socket
+        #[arg(long)]
+        socket: PathBuf,
+        /// The daemon's pid (its memory and descriptors are checked)
+        #[arg(long)]
+        pid: u32,
+        /// Clients at once
+        #[arg(short = 'c', long, default_value_t = 10_000)]
+        clients: usize,
+        /// Seconds of traffic
+        #[arg(short = 't', long, default_value_t = 180.0)]
+        seconds: f64,
+    },
     /// Write a single-file .torrent for FILE (hashing it) to FILE.torrent
     Mktorrent {
         /// The data file
@@ -143,6 +159,35 @@ fn main() -> ExitCode {
         )
         .map(|r| print(&common, &r)),
         Cmd::Echo { socket } => load::EchoServer::bind(&socket).and_then(|mut s| s.run()),
+        Cmd::Soak {
+            socket,
+            pid,
+            clients,
+            seconds,
+        } => {
+            let config = load::soak::SoakConfig {
+                socket,
+                pid,
+                clients,
+                duration: Duration::from_secs_f64(seconds.max(0.0)),
+            };
+            match load::soak::run_soak(&config) {
+                Ok(report) => {
+                    println!("{}", report.text());
+                    let failures = report.failures();
+                    if failures.is_empty() {
+                        println!("soak passed");
+                        Ok(())
+                    } else {
+                        for f in &failures {
+                            println!("FAILED: {f}");
+                        }
+                        return ExitCode::FAILURE;
+                    }
+                }
+                Err(e) => Err(e),
+            }
+        }
         Cmd::Mktorrent { file, piece_length } => {
             let mut out = file.clone().into_os_string();
             out.push(".torrent");
