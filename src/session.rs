@@ -425,6 +425,32 @@ impl Session {
     }
 }
 
+/// What the reactor does for one connection on its own, for tests and
+/// fuzzing: hand `bytes` to the session, then turn after turn commit what
+/// changed, release held replies, append the output to `out`, and resume
+/// while input waits. Stops at a protocol error (returned) or at `quit`.
+pub fn serve_alone(
+    s: &mut Session,
+    svc: &mut Service,
+    bytes: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), ProtocolError> {
+    let mut result = s.receive(bytes, svc);
+    loop {
+        if s.is_held() || svc.registry().needs_commit() {
+            let r = svc.registry_mut().commit();
+            s.release(&r);
+        }
+        out.extend_from_slice(s.output());
+        let n = s.output().len();
+        s.consume_output(n);
+        if result.is_err() || !s.has_pending_input() || svc.control.quit {
+            return result;
+        }
+        result = s.resume(svc);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use tripcd::codec::{decode, split_frame, Value, PROTOCOL_MAX};
 use tripcd::commands::Service;
 use tripcd::registry::{Registry, Settings};
-use tripcd::session::{greeting, Session};
+use tripcd::session::{greeting, serve_alone, Session};
 
 /// Canonical values: dict keys unique and sorted (a `BTreeMap` gives both).
 fn value() -> impl Strategy<Value = Value> {
@@ -79,21 +79,8 @@ fn answers(stream: &[u8], cuts: &[usize]) -> (Vec<u8>, bool) {
         if end < start || failed || svc.control.quit {
             continue;
         }
-        failed |= s.receive(&stream[start..end], &mut svc).is_err();
+        failed = serve_alone(&mut s, &mut svc, &stream[start..end], &mut out).is_err();
         start = end;
-        loop {
-            if s.is_held() || svc.registry().needs_commit() {
-                let r = svc.registry_mut().commit();
-                s.release(&r);
-            }
-            out.extend_from_slice(s.output());
-            let n = s.output().len();
-            s.consume_output(n);
-            if !s.has_pending_input() || failed || svc.control.quit {
-                break;
-            }
-            failed |= s.resume(&mut svc).is_err();
-        }
     }
     (out, failed)
 }

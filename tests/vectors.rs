@@ -8,7 +8,7 @@ use common::{assert_frames, cases, Case, Daemon, Raw};
 use tripcd::codec::{split_frame, PROTOCOL_MAX};
 use tripcd::commands::Service;
 use tripcd::registry::{Registry, Settings};
-use tripcd::session::{greeting, Session};
+use tripcd::session::{greeting, serve_alone, Session};
 
 /// Runs a case through a session, its bytes cut into `pieces`, doing what
 /// the reactor does between reads. Returns frames, failed, quit.
@@ -25,22 +25,11 @@ fn run_sans_io(case: &Case, pieces: &[&[u8]]) -> (Vec<String>, bool, bool) {
     }
     let mut out = Vec::new();
     let mut failed = false;
-    let end_turn = |s: &mut Session, svc: &mut Service, out: &mut Vec<u8>| {
-        if s.is_held() || svc.registry().needs_commit() {
-            let r = svc.registry_mut().commit();
-            s.release(&r);
-        }
-        out.extend_from_slice(s.output());
-        let n = s.output().len();
-        s.consume_output(n);
-    };
     for piece in pieces {
-        failed |= s.receive(piece, &mut svc).is_err();
-        end_turn(&mut s, &mut svc, &mut out);
-        while s.has_pending_input() && !failed && !svc.control.quit {
-            failed |= s.resume(&mut svc).is_err();
-            end_turn(&mut s, &mut svc, &mut out);
+        if failed || svc.control.quit {
+            break; // the reactor closes the connection here
         }
+        failed = serve_alone(&mut s, &mut svc, piece, &mut out).is_err();
     }
     let mut frames = Vec::new();
     let mut rest = &out[..];

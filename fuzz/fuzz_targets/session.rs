@@ -9,7 +9,7 @@ use libfuzzer_sys::fuzz_target;
 use tripcd::codec::{split_frame, PROTOCOL_MAX};
 use tripcd::commands::Service;
 use tripcd::registry::{Registry, Settings};
-use tripcd::session::Session;
+use tripcd::session::{serve_alone, Session};
 
 thread_local! {
     // One service for the whole run; its state directory is on tmpfs
@@ -41,21 +41,7 @@ fuzz_target!(|data: &[u8]| {
         let mut s = Session::new(1, 1 << 20);
         let mut out = Vec::new();
         for piece in [&stream[..cut], &stream[cut..]] {
-            let mut failed = s.receive(piece, svc).is_err();
-            loop {
-                if s.is_held() || svc.registry().needs_commit() {
-                    let r = svc.registry_mut().commit();
-                    s.release(&r);
-                }
-                out.extend_from_slice(s.output());
-                let n = s.output().len();
-                s.consume_output(n);
-                if failed || !s.has_pending_input() || svc.control.quit {
-                    break;
-                }
-                failed |= s.resume(svc).is_err();
-            }
-            if failed {
+            if serve_alone(&mut s, svc, piece, &mut out).is_err() || svc.control.quit {
                 break;
             }
         }
