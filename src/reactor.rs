@@ -239,7 +239,7 @@ impl Reactor {
     /// which closes it before any byte is exchanged.
     fn admit(&self, stream: &UnixStream) -> bool {
         if self.conns.len() >= self.config.max_clients {
-            warn!(
+            info!(
                 "refused a client: {} clients connected (--max-clients)",
                 self.conns.len()
             );
@@ -248,7 +248,7 @@ impl Reactor {
         let cred = match getsockopt(stream, PeerCredentials) {
             Ok(c) => c,
             Err(e) => {
-                warn!("refused a client: cannot read its credentials: {e}");
+                info!("refused a client: cannot read its credentials: {e}");
                 return false;
             }
         };
@@ -258,7 +258,7 @@ impl Reactor {
             gid: cred.gid(),
         };
         if !self.config.access.admits(&peer) {
-            warn!(
+            info!(
                 "refused a client: uid {} gid {} pid {} is not allowed (see --allow-uid, --allow-gid)",
                 peer.uid, peer.gid, peer.pid
             );

@@ -109,7 +109,7 @@ struct Host {
     /// When the daemon started (for `uptime()`).
     started: Instant,
     /// File name of the script running, for log lines.
-    current: RefCell<String>,
+    current: RefCell<Rc<str>>,
     /// Registrations made by the top level of the script loading now;
     /// `None` once loading is over (registering then is an error).
     collecting: RefCell<Option<Collected>>,
@@ -122,7 +122,7 @@ struct Collected {
 }
 
 struct Script {
-    file: String,
+    file: Rc<str>,
     ast: AST,
     /// `this` in every call: the per-script state map.
     state: Dynamic,
@@ -162,7 +162,7 @@ impl Scripts {
             registry,
             deadline: Cell::new(None),
             started,
-            current: RefCell::new(String::new()),
+            current: RefCell::new(Rc::from("")),
             collecting: RefCell::new(None),
         });
         let engine = make_engine(dir, &limits, &host);
@@ -204,10 +204,9 @@ impl Scripts {
         path: &Path,
         is_builtin: &dyn Fn(&str) -> bool,
     ) -> Result<(), LoadError> {
-        let file = path
+        let file: Rc<str> = path
             .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default();
+            .map_or(Rc::from(""), |f| Rc::from(f.to_string_lossy().as_ref()));
         let source = std::fs::read_to_string(path)
             .map_err(|e| LoadError(format!("{}: {e}", path.display())))?;
         let ast = self
@@ -215,7 +214,7 @@ impl Scripts {
             .compile(&source)
             .map_err(|e| LoadError(format!("{}:{}: {}", path.display(), line_of(e.1), e.0)))?;
 
-        *self.host.current.borrow_mut() = file.clone();
+        *self.host.current.borrow_mut() = Rc::clone(&file);
         *self.host.collecting.borrow_mut() = Some(Collected::default());
         self.host
             .deadline
@@ -241,10 +240,7 @@ impl Scripts {
                 )));
             }
             if let Some(other) = self.keys.iter().find(|k| k.key == key) {
-                let other_file = self
-                    .scripts
-                    .get(other.script)
-                    .map_or("?", |s| s.file.as_str());
+                let other_file = self.scripts.get(other.script).map_or("?", |s| &*s.file);
                 return Err(LoadError(format!(
                     "{}: key \"{key}\" is already handled by {other_file}",
                     path.display()
@@ -277,7 +273,7 @@ impl Scripts {
 
     /// The file names of the loaded scripts.
     pub fn files(&self) -> Vec<&str> {
-        self.scripts.iter().map(|s| s.file.as_str()).collect()
+        self.scripts.iter().map(|s| &*s.file).collect()
     }
 
     /// Whether any script hooks an event.
@@ -290,13 +286,20 @@ impl Scripts {
         let Some(handler) = self.keys.get(index) else {
             return Reply::NotSupported;
         };
-        let key = handler.key.clone();
-        let func = handler.func.clone();
-        let script = handler.script;
-        let arg = to_dynamic(value);
-        let result = self.run(script, &func, arg, &format!("key \"{key}\""));
+        let Some(script) = self.scripts.get_mut(handler.script) else {
+            return Reply::NotSupported;
+        };
+        let result = run(
+            &self.engine,
+            &self.host,
+            &self.limits,
+            script,
+            &handler.func,
+            to_dynamic(value),
+            ("key", &handler.key),
+        );
         let reply = match result {
-            Ok(d) => self.reply_of(script, &key, d),
+            Ok(d) => self.reply_of(handler.script, &handler.key, d),
             Err(why) => Reply::Failed(why),
         };
         // A handler that started or stopped torrents answers once that is
@@ -427,55 +430,66 @@ impl Scripts {
     }
 
     fn fire(&mut self, name: &str, payload: Map) {
-        let Some(hooks) = self.hooks.get(name).cloned() else {
+        let Some(hooks) = self.hooks.get(name) else {
             return;
         };
         let payload = Dynamic::from_map(payload);
         for (script, func) in hooks {
+            let Some(script) = self.scripts.get_mut(*script) else {
+                continue;
+            };
             // A hook's failure is logged by run(); the event stands.
-            let _ = self.run(script, &func, payload.clone(), &format!("hook \"{name}\""));
+            let _ = run(
+                &self.engine,
+                &self.host,
+                &self.limits,
+                script,
+                func,
+                payload.clone(),
+                ("hook", name),
+            );
         }
     }
+}
 
-    /// Calls `func` of `script` with `arg` under every limit; the error
-    /// is logged and returned as the message a `failed` reply carries.
-    fn run(
-        &mut self,
-        script: usize,
-        func: &FnPtr,
-        arg: Dynamic,
-        what: &str,
-    ) -> Result<Dynamic, String> {
-        let Some(s) = self.scripts.get_mut(script) else {
-            return Err("script is gone".into());
-        };
-        *self.host.current.borrow_mut() = s.file.clone();
-        let mut args: Vec<Dynamic> = func.curry().to_vec();
-        args.push(arg);
-        let start = Instant::now();
-        self.host.deadline.set(Some(start + self.limits.timeout));
-        let options = CallFnOptions::new()
-            .eval_ast(false)
-            .rewind_scope(true)
-            .bind_this_ptr(&mut s.state);
-        let result = self.engine.call_fn_with_options::<Dynamic>(
-            options,
-            &mut Scope::new(),
-            &s.ast,
-            func.fn_name(),
-            args,
+/// Calls `func` of `script` with `arg` under every limit; the error is
+/// logged (naming `what`: a key or a hook) and returned as the message a
+/// `failed` reply carries.
+fn run(
+    engine: &Engine,
+    host: &Host,
+    limits: &Limits,
+    script: &mut Script,
+    func: &FnPtr,
+    arg: Dynamic,
+    what: (&str, &str),
+) -> Result<Dynamic, String> {
+    *host.current.borrow_mut() = Rc::clone(&script.file);
+    let mut args: Vec<Dynamic> = func.curry().to_vec();
+    args.push(arg);
+    let start = Instant::now();
+    host.deadline.set(Some(start + limits.timeout));
+    let options = CallFnOptions::new()
+        .eval_ast(false)
+        .rewind_scope(true)
+        .bind_this_ptr(&mut script.state);
+    let result = engine.call_fn_with_options::<Dynamic>(
+        options,
+        &mut Scope::new(),
+        &script.ast,
+        func.fn_name(),
+        args,
+    );
+    host.deadline.set(None);
+    result.map_err(|e| {
+        let elapsed = start.elapsed().as_secs_f64() * 1000.0;
+        let why = error_message(&e);
+        warn!(
+            "script {}: {} \"{}\" failed after {elapsed:.1} ms: {why}",
+            script.file, what.0, what.1
         );
-        self.host.deadline.set(None);
-        result.map_err(|e| {
-            let elapsed = start.elapsed().as_secs_f64() * 1000.0;
-            let why = error_message(&e);
-            warn!(
-                "script {}: {what} failed after {elapsed:.1} ms: {why}",
-                s.file
-            );
-            why
-        })
-    }
+        why
+    })
 }
 
 /// What a person should read for a script error: a thrown value as it is,
