@@ -307,3 +307,68 @@ fn a_corrupt_state_file_is_set_aside_with_a_clear_log_line() {
     assert_eq!(kept, &bytes[..bytes.len() / 2], "kept as it was");
     noop_works(&d);
 }
+
+/// A small tmpfs, unmounted on drop; `None` where mounting is not allowed.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().ok()?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallDisk { dir })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+#[test]
+fn a_full_disk_answers_failed_and_the_daemon_keeps_serving() {
+    let Some(disk) = SmallDisk::mount("1m") else {
+        eprintln!("skipped: cannot mount a tmpfs here (the simulated failure test still runs)");
+        return;
+    };
+    let state = disk.dir.path().join("state");
+    let d = Daemon::start_in(&state, &[]);
+    let mut c = d.client();
+    assert_eq!(c.call("port", &Value::Int(6000)).unwrap().key, "succeeded");
+
+    // Full: a filler takes every block left.
+    let filler = disk.dir.path().join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let r = c.call("port", &Value::Int(7000)).unwrap();
+    assert_eq!(r.key, "failed", "{r:?}");
+    assert!(
+        r.value
+            .as_str()
+            .unwrap()
+            .contains("No space left on device"),
+        "{r:?}"
+    );
+    assert_eq!(
+        c.call("get-port", &Value::empty()).unwrap().value,
+        Value::Int(6000)
+    );
+    noop_works(&d);
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(c.call("port", &Value::Int(7000)).unwrap().key, "succeeded");
+
+    // The daemon goes before the disk is unmounted.
+    drop(c);
+    drop(d);
+}
