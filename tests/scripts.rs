@@ -250,6 +250,13 @@ fn a_script_may_not_shadow_a_built_in_or_another_script() {
         err.contains("b.rhai") && err.contains("already handled by a.rhai"),
         "{err}"
     );
+
+    let setup = Setup::new(&[(
+        "twice.rhai",
+        "on_message(\"y\", |v| 1);\non_message(\"y\", |v| 2);\n",
+    )]);
+    let err = setup.try_start(&[]).err().expect("refused");
+    assert!(err.contains("already handled by twice.rhai"), "{err}");
 }
 
 #[test]

@@ -240,7 +240,8 @@ impl Scripts {
                 )));
             }
             if let Some(other) = self.keys.iter().find(|k| k.key == key) {
-                let other_file = self.scripts.get(other.script).map_or("?", |s| &*s.file);
+                // Not yet in `scripts`: the key repeats within this file.
+                let other_file = self.scripts.get(other.script).map_or(&*file, |s| &*s.file);
                 return Err(LoadError(format!(
                     "{}: key \"{key}\" is already handled by {other_file}",
                     path.display()
