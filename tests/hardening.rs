@@ -46,10 +46,16 @@ fn the_socket_is_private_by_default_and_takes_the_mode_and_group_asked() {
     assert!(err.contains("no such group: no-such-group-here"), "{err}");
 }
 
-/// Runs `tripc -l` as uid/gid 65534 against `socket`.
-fn tripc_as_nobody(socket: &Path) -> std::process::Output {
+/// Runs `tripc -l` as uid/gid 65534 against `socket`, from a copy of the
+/// binary in `open` (the checkout itself may be closed to other users).
+fn tripc_as_nobody(open: &Path, socket: &Path) -> std::process::Output {
     use std::os::unix::process::CommandExt;
-    Command::new(env!("CARGO_BIN_EXE_tripc"))
+    let tripc = open.join("tripc");
+    if !tripc.exists() {
+        std::fs::copy(env!("CARGO_BIN_EXE_tripc"), &tripc).unwrap();
+        std::fs::set_permissions(&tripc, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    Command::new(&tripc)
         .args(["--timeout", "30", "--socket"])
         .arg(socket)
         .arg("-l")
@@ -73,7 +79,7 @@ fn another_users_client_is_refused_before_the_handshake_unless_allowed() {
     let s = socket.to_str().unwrap();
 
     let mut d = Daemon::start_in(state.path(), &["--socket", s, "--socket-mode", "666"]);
-    let out = tripc_as_nobody(&socket);
+    let out = tripc_as_nobody(open.path(), &socket);
     assert!(!out.status.success(), "{out:?}");
     let line = d.wait_for_log("refused a client: uid 65534").unwrap();
     assert!(line.contains("gid 65534 pid "), "{line}");
@@ -84,7 +90,7 @@ fn another_users_client_is_refused_before_the_handshake_unless_allowed() {
         let mut args = vec!["--socket", s, "--socket-mode", "666"];
         args.extend(allow);
         let d = Daemon::start_in(state.path(), &args);
-        let out = tripc_as_nobody(&socket);
+        let out = tripc_as_nobody(open.path(), &socket);
         assert!(
             out.status.success(),
             "{allow:?}: {}",
