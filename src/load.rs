@@ -84,42 +84,55 @@ impl Report {
             .then(|| (b.saturating_sub(a) * 1024) as f64 / self.connections as f64)
     }
 
-    /// CSV header matching [`Report::csv`].
-    pub fn csv_header() -> &'static str {
-        "connections,depth,requests,errors,seconds,throughput,p50_us,p99_us,p999_us,max_us,connect_rate,rss_kib,bytes_per_conn"
+    /// Every figure, by name, as machines read them (`None`: not measured).
+    fn fields(&self) -> [(&'static str, serde_json::Value); 13] {
+        use serde_json::json;
+        [
+            ("connections", json!(self.connections)),
+            ("depth", json!(self.depth)),
+            ("requests", json!(self.requests)),
+            ("errors", json!(self.errors)),
+            ("seconds", json!((self.seconds * 1000.0).round() / 1000.0)),
+            ("throughput", json!(self.throughput.round() as u64)),
+            ("p50_us", json!(self.p50_us)),
+            ("p99_us", json!(self.p99_us)),
+            ("p999_us", json!(self.p999_us)),
+            ("max_us", json!(self.max_us)),
+            ("connect_rate", json!(self.connect_rate.round() as u64)),
+            ("rss_kib", json!(self.rss_kib)),
+            (
+                "bytes_per_connection",
+                json!(self.bytes_per_connection().map(|b| b.round() as u64)),
+            ),
+        ]
     }
 
-    /// One CSV line.
+    /// CSV header matching [`Report::csv`].
+    pub fn csv_header() -> String {
+        Report::default().fields().map(|(name, _)| name).join(",")
+    }
+
+    /// One CSV line (an unmeasured figure is empty).
     pub fn csv(&self) -> String {
-        format!(
-            "{},{},{},{},{:.3},{:.0},{},{},{},{},{:.0},{},{}",
-            self.connections,
-            self.depth,
-            self.requests,
-            self.errors,
-            self.seconds,
-            self.throughput,
-            self.p50_us,
-            self.p99_us,
-            self.p999_us,
-            self.max_us,
-            self.connect_rate,
-            self.rss_kib.map_or(String::new(), |r| r.to_string()),
-            self.bytes_per_connection()
-                .map_or(String::new(), |b| format!("{b:.0}")),
-        )
+        self.fields()
+            .map(|(_, v)| {
+                if v.is_null() {
+                    String::new()
+                } else {
+                    v.to_string()
+                }
+            })
+            .join(",")
     }
 
     /// A JSON object.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "connections": self.connections, "depth": self.depth,
-            "requests": self.requests, "errors": self.errors, "seconds": self.seconds,
-            "throughput": self.throughput.round(), "p50_us": self.p50_us, "p99_us": self.p99_us,
-            "p999_us": self.p999_us, "max_us": self.max_us,
-            "connect_rate": self.connect_rate.round(), "rss_kib": self.rss_kib,
-            "bytes_per_connection": self.bytes_per_connection().map(f64::round),
-        })
+        serde_json::Value::Object(
+            self.fields()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        )
     }
 
     /// Lines for a person.
