@@ -342,12 +342,13 @@ impl Reactor {
             self.drive(key, now);
         }
 
-        let mut to_flush = dirty;
-        let held: Vec<usize> = self
-            .conns
+        // Replies wait for a commit only within the turn that made them
+        // (every turn with one commits), so the held sessions are among
+        // those driven now: no need to look at every connection.
+        let held: Vec<usize> = dirty
             .iter()
-            .filter(|(_, c)| c.session.is_held())
-            .map(|(k, _)| k)
+            .copied()
+            .filter(|&k| self.conns.get(k).is_some_and(|c| c.session.is_held()))
             .collect();
         let retry_due = self.retry_commit.is_none_or(|t| now >= t);
         if (self.svc.registry().needs_commit() && retry_due) || !held.is_empty() {
@@ -358,13 +359,12 @@ impl Reactor {
                     conn.session.release(&result);
                 }
             }
-            to_flush.extend(held);
         }
         // Hooks see only what is durable; what they change is committed
         // next turn.
         self.svc.run_hooks();
 
-        for key in to_flush {
+        for key in dirty {
             self.flush(key);
         }
 
