@@ -242,6 +242,10 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`tripc -l | head -1`): nothing to say.
+        Err(remote::RemoteError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("tripc: {e}");
             ExitCode::FAILURE

@@ -1,6 +1,7 @@
 //! `tripcd-bench`: load generator, idle-connection holder and reference
 //! server. Parses arguments and calls `tripcd::load`.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -107,13 +108,15 @@ struct Common {
 }
 
 fn print(common: &Common, r: &Report) {
-    if common.csv {
-        println!("{}\n{}", Report::csv_header(), r.csv());
+    let text = if common.csv {
+        format!("{}\n{}", Report::csv_header(), r.csv())
     } else if common.json {
-        println!("{}", r.json());
+        r.json().to_string()
     } else {
-        println!("{}", r.text());
-    }
+        r.text()
+    };
+    // A reader that went away (`| head`) is not worth a panic.
+    let _ = writeln!(std::io::stdout(), "{text}");
 }
 
 fn main() -> ExitCode {
