@@ -18,7 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use log::info;
 use rhai::{Array, Dynamic, Engine, EvalAltResult, FnPtr, NativeCallContext};
 
-use super::{settings_map, to_dynamic, Host, EVENTS};
+use super::{settings_map, to_dynamic, Collected, Host, EVENTS};
 use crate::commands::full_description;
 
 /// What a handler asks to send.
@@ -56,34 +56,21 @@ pub(super) fn register(engine: &mut Engine, host: &Rc<Host>) {
     engine.register_fn(
         "on_message",
         move |ctx: NativeCallContext, key: &str, f: FnPtr| -> Fallible<()> {
-            let mut collecting = h.collecting.borrow_mut();
-            let Some(c) = collecting.as_mut() else {
-                return Err(script_error(
-                    &ctx,
-                    "on_message is only allowed at a script's top level".into(),
-                ));
-            };
             if key.is_empty() {
                 return Err(script_error(
                     &ctx,
                     "on_message needs a non-empty key".into(),
                 ));
             }
-            c.keys.push((key.to_string(), f));
-            Ok(())
+            collect(&h, &ctx, "on_message", |c| {
+                c.keys.push((key.to_string(), f))
+            })
         },
     );
     let h = Rc::clone(host);
     engine.register_fn(
         "on_event",
         move |ctx: NativeCallContext, name: &str, f: FnPtr| -> Fallible<()> {
-            let mut collecting = h.collecting.borrow_mut();
-            let Some(c) = collecting.as_mut() else {
-                return Err(script_error(
-                    &ctx,
-                    "on_event is only allowed at a script's top level".into(),
-                ));
-            };
             if !EVENTS.contains(&name) {
                 return Err(script_error(
                     &ctx,
@@ -93,8 +80,9 @@ pub(super) fn register(engine: &mut Engine, host: &Rc<Host>) {
                     ),
                 ));
             }
-            c.hooks.push((name.to_string(), f));
-            Ok(())
+            collect(&h, &ctx, "on_event", |c| {
+                c.hooks.push((name.to_string(), f))
+            })
         },
     );
 
@@ -163,6 +151,26 @@ pub(super) fn register(engine: &mut Engine, host: &Rc<Host>) {
                 Ok(true)
             },
         );
+    }
+}
+
+/// Records a registration made by a script's top level; anywhere else
+/// (inside a handler) registering is an error.
+fn collect(
+    host: &Host,
+    ctx: &NativeCallContext,
+    what: &str,
+    add: impl FnOnce(&mut Collected),
+) -> Fallible<()> {
+    match host.collecting.borrow_mut().as_mut() {
+        Some(c) => {
+            add(c);
+            Ok(())
+        }
+        None => Err(script_error(
+            ctx,
+            format!("{what} is only allowed at a script's top level"),
+        )),
     }
 }
 

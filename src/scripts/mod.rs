@@ -342,8 +342,7 @@ impl Scripts {
         }
     }
 
-    /// Tells the hooks of the registry's committed events, then of the
-    /// given client events.
+    /// Tells the hooks of the registry's committed events, in order.
     pub fn fire_registry_events(&mut self, events: Vec<Event>) {
         for event in events {
             let (name, payload) = self.describe_event(&event);
