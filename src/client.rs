@@ -7,7 +7,8 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::codec::{decode, split_frame, write_frame, Value, PROTOCOL_MAX};
+use crate::codec::{split_frame, Value, PROTOCOL_MAX};
+use crate::message::{self, Version};
 
 /// Why a request did not get the answer it wanted.
 #[derive(Debug)]
@@ -123,48 +124,29 @@ impl FrameReader {
     }
 }
 
-/// Parses a version 2 message payload.
+/// Parses a version 2 message payload (the one parser the daemon uses).
 pub fn parse_message(payload: &[u8]) -> Result<Message, ClientError> {
-    let v = decode(payload).map_err(|e| ClientError::Protocol(e.to_string()))?;
-    let bad = || ClientError::Protocol(format!("not a version 2 message: {v:?}"));
-    let list = v.as_list().ok_or_else(bad)?;
-    if list.len() < 2 {
-        return Err(bad());
-    }
-    let key = list[0].as_str().ok_or_else(bad)?.to_string();
-    let tag = list.get(2).and_then(Value::as_int);
+    let m = message::parse(payload).map_err(|e| ClientError::Protocol(e.to_string()))?;
     Ok(Message {
-        key,
-        value: list[1].clone(),
-        tag,
+        key: String::from_utf8_lossy(m.key).into_owned(),
+        value: m.value,
+        tag: m.tag,
     })
 }
 
 /// Encodes a version 2 message frame.
 pub fn encode_message(key: &str, value: &Value, tag: Option<i64>) -> Vec<u8> {
-    let payload =
-        crate::codec::bencode::encode_message(key.as_bytes(), value, tag).unwrap_or_default();
-    let mut out = Vec::with_capacity(payload.len() + 8);
-    write_frame(&mut out, &payload);
-    out
+    message::frame(key, value, tag)
 }
 
 /// The client's version message offering `min..=max`.
 pub fn version_frame(min: i64, max: i64) -> Vec<u8> {
-    let v = Value::dict([(
-        "version",
-        Value::dict([
-            (
-                "label",
-                Value::from(format!("tripc {}", env!("CARGO_PKG_VERSION"))),
-            ),
-            ("max", Value::Int(max)),
-            ("min", Value::Int(min)),
-        ]),
-    )]);
-    let mut out = Vec::new();
-    write_frame(&mut out, &v.to_bencode().unwrap_or_default());
-    out
+    Version {
+        min,
+        max,
+        label: format!("tripc {}", env!("CARGO_PKG_VERSION")),
+    }
+    .frame()
 }
 
 /// A connection to tripcd speaking version 2.
@@ -191,27 +173,14 @@ impl Client {
         };
         client.stream.write_all(&version_frame(1, 2))?;
         let payload = client.reader.read_payload(&mut client.stream)?;
-        let v = decode(&payload).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let version = v
-            .get("version")
-            .ok_or_else(|| ClientError::Protocol(format!("expected a version, got {v:?}")))?;
-        let (min, max) = match version {
-            Value::Int(n) => (*n, *n),
-            d => (
-                d.get("min").and_then(Value::as_int).unwrap_or(0),
-                d.get("max").and_then(Value::as_int).unwrap_or(0),
-            ),
-        };
-        if !(min..=max).contains(&2) {
+        let server = Version::parse(&payload).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if !(server.min..=server.max).contains(&2) {
             return Err(ClientError::Version(format!(
-                "the server speaks {min}..{max}, tripc needs 2"
+                "the server speaks {}..{}, tripc needs 2",
+                server.min, server.max
             )));
         }
-        client.server_label = version
-            .get("label")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
+        client.server_label = server.label;
         Ok(client)
     }
 

@@ -3,43 +3,41 @@
 //! Bytes go in with [`Session::receive`]; the bytes to send come out of
 //! [`Session::output`]. In between: framing, the version handshake,
 //! version 1 and version 2 messages, tags, and the reply rules of
-//! PROTOCOL.md 3. Replies to changes that must be durable first are held
-//! (with everything after them, to keep request order) until the reactor
-//! reports the commit with [`Session::release`].
+//! PROTOCOL.md 3. Messages are run by a [`Dispatch`] (the daemon's command
+//! service). Replies to changes that must be durable first are held (with
+//! everything after them, to keep request order) until the server reports
+//! the commit with [`Session::release`].
 
 use std::sync::OnceLock;
 
-use log::{debug, error, warn};
+use log::{debug, warn};
 
-use crate::codec::bencode::write_message_frame;
-use crate::codec::{decode, split_frame, write_frame, DecodeError, FrameError, Reader, Value};
-use crate::commands::{Reply, Service};
-
-/// Lowest and highest protocol versions spoken.
-pub const VERSIONS: (i64, i64) = (1, 2);
+use crate::codec::{decode, split_frame, FrameError, Value};
+use crate::message::{self, MessageError, Version, VERSIONS};
+use crate::reply::{Dispatched, Reply};
 
 /// Output queued beyond this stops the processing of further input until
 /// the client reads (a pipelining client is slowed down, not dropped).
 pub const OUTPUT_SOFT_LIMIT: usize = 256 << 10;
 
+/// What runs a session's messages.
+pub trait Dispatch {
+    /// Runs one message on a connection speaking `version`.
+    fn dispatch(&mut self, version: u8, key: &[u8], value: &Value, tagged: bool) -> Dispatched;
+    /// `quit` was received: stop running messages.
+    fn quitting(&self) -> bool;
+}
+
 /// The version message sent on accept.
 pub fn greeting() -> &'static [u8] {
     static GREETING: OnceLock<Vec<u8>> = OnceLock::new();
     GREETING.get_or_init(|| {
-        let version = Value::dict([
-            (
-                "label",
-                Value::from(format!("tripcd {}", env!("CARGO_PKG_VERSION"))),
-            ),
-            ("max", Value::Int(VERSIONS.1)),
-            ("min", Value::Int(VERSIONS.0)),
-        ]);
-        let payload = Value::dict([("version", version)])
-            .to_bencode()
-            .unwrap_or_default();
-        let mut out = Vec::new();
-        write_frame(&mut out, &payload);
-        out
+        Version {
+            min: VERSIONS.0,
+            max: VERSIONS.1,
+            label: format!("tripcd {}", env!("CARGO_PKG_VERSION")),
+        }
+        .frame()
     })
 }
 
@@ -48,21 +46,15 @@ pub fn greeting() -> &'static [u8] {
 pub enum ProtocolError {
     /// The byte stream is not frames.
     Frame(FrameError),
-    /// A payload is not strict bencode.
-    Decode(DecodeError),
-    /// The handshake failed.
-    Handshake(String),
-    /// A message has the wrong shape for the connection's version.
-    Shape(&'static str),
+    /// A payload is not a message (or version) of the right shape.
+    Message(MessageError),
 }
 
 impl std::fmt::Display for ProtocolError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ProtocolError::Frame(e) => e.fmt(f),
-            ProtocolError::Decode(e) => e.fmt(f),
-            ProtocolError::Handshake(m) => write!(f, "handshake: {m}"),
-            ProtocolError::Shape(m) => f.write_str(m),
+            ProtocolError::Message(e) => e.fmt(f),
         }
     }
 }
@@ -75,9 +67,15 @@ impl From<FrameError> for ProtocolError {
     }
 }
 
-impl From<DecodeError> for ProtocolError {
-    fn from(e: DecodeError) -> Self {
-        ProtocolError::Decode(e)
+impl From<MessageError> for ProtocolError {
+    fn from(e: MessageError) -> Self {
+        ProtocolError::Message(e)
+    }
+}
+
+impl From<crate::codec::DecodeError> for ProtocolError {
+    fn from(e: crate::codec::DecodeError) -> Self {
+        ProtocolError::Message(MessageError::Decode(e))
     }
 }
 
@@ -127,9 +125,9 @@ impl Session {
 
     /// Takes bytes from the client and runs every complete message, until
     /// the output passes [`OUTPUT_SOFT_LIMIT`] (the rest waits in the input
-    /// buffer for [`Session::resume`]) or a protocol error ends the
-    /// connection. After an error, further input is ignored.
-    pub fn receive(&mut self, bytes: &[u8], svc: &mut Service) -> Result<(), ProtocolError> {
+    /// buffer: call again with no bytes to go on) or a protocol error ends
+    /// the connection. After an error, further input is ignored.
+    pub fn receive(&mut self, bytes: &[u8], svc: &mut dyn Dispatch) -> Result<(), ProtocolError> {
         if self.failed {
             return Ok(());
         }
@@ -138,18 +136,9 @@ impl Session {
             // keep only an incomplete tail.
             let used = self.run_frames(bytes, svc)?;
             self.input.extend_from_slice(&bytes[used..]);
-        } else {
-            self.input.extend_from_slice(bytes);
-            self.resume(svc)?;
-        }
-        Ok(())
-    }
-
-    /// Runs messages already buffered (after output drained).
-    pub fn resume(&mut self, svc: &mut Service) -> Result<(), ProtocolError> {
-        if self.failed || self.input.is_empty() {
             return Ok(());
         }
+        self.input.extend_from_slice(bytes);
         let input = std::mem::take(&mut self.input);
         let result = self.run_frames(&input, svc);
         let used = match &result {
@@ -180,9 +169,9 @@ impl Session {
         self.input.len()
     }
 
-    fn run_frames(&mut self, buf: &[u8], svc: &mut Service) -> Result<usize, ProtocolError> {
+    fn run_frames(&mut self, buf: &[u8], svc: &mut dyn Dispatch) -> Result<usize, ProtocolError> {
         let mut used = 0;
-        while !self.is_backpressured() && !svc.control.quit {
+        while !self.is_backpressured() && !svc.quitting() {
             let rest = &buf[used..];
             let frame = split_frame(rest, self.max_message).map_err(|e| self.fail(e.into()))?;
             let Some(range) = frame else { break };
@@ -204,119 +193,42 @@ impl Session {
         e
     }
 
-    fn handle_payload(&mut self, payload: &[u8], svc: &mut Service) -> Result<(), ProtocolError> {
+    fn handle_payload(
+        &mut self,
+        payload: &[u8],
+        svc: &mut dyn Dispatch,
+    ) -> Result<(), ProtocolError> {
         match self.version {
-            None => self.handshake(payload),
+            None => {
+                let version = Version::parse(payload)?.agree(VERSIONS)? as u8;
+                debug!("client {}: speaking version {version}", self.id);
+                self.version = Some(version);
+                Ok(())
+            }
             Some(1) => self.run_v1(payload, svc),
-            Some(_) => self.run_v2(payload, svc),
+            Some(_) => {
+                let msg = message::parse(payload)?;
+                let done = svc.dispatch(2, msg.key, &msg.value, msg.tag.is_some());
+                self.emit(msg.key, done, msg.tag);
+                Ok(())
+            }
         }
     }
 
-    fn handshake(&mut self, payload: &[u8]) -> Result<(), ProtocolError> {
-        let hs = |m: &str| ProtocolError::Handshake(m.to_string());
-        let msg = decode(payload)?;
-        if msg.as_dict().is_none() {
-            return Err(hs("first message is not a version dict"));
-        }
-        let v = msg
-            .get("version")
-            .ok_or_else(|| hs("first message has no version"))?;
-        let (min, max) = match v {
-            Value::Int(n) => (*n, *n),
-            Value::Dict(_) => match (v.get("min"), v.get("max")) {
-                (Some(Value::Int(min)), Some(Value::Int(max))) => (*min, *max),
-                _ => return Err(hs("version needs integer min and max")),
-            },
-            _ => return Err(hs("version is neither an integer nor a dict")),
-        };
-        if min < 1 || max < min {
-            return Err(ProtocolError::Handshake(format!(
-                "bad version range {min}..{max}"
-            )));
-        }
-        if min > VERSIONS.1 || max < VERSIONS.0 {
-            return Err(ProtocolError::Handshake(format!(
-                "no common version: client {min}..{max}, server {}..{}",
-                VERSIONS.0, VERSIONS.1
-            )));
-        }
-        let version = max.min(VERSIONS.1) as u8;
-        debug!("client {}: speaking version {version}", self.id);
-        self.version = Some(version);
-        Ok(())
-    }
-
-    fn run_v1(&mut self, payload: &[u8], svc: &mut Service) -> Result<(), ProtocolError> {
+    fn run_v1(&mut self, payload: &[u8], svc: &mut dyn Dispatch) -> Result<(), ProtocolError> {
         let msg = decode(payload)?;
         let Value::Dict(pairs) = msg else {
-            return Err(ProtocolError::Shape("version 1 message is not a dict"));
+            return Err(MessageError::Shape("version 1 message is not a dict").into());
         };
         for (key, value) in &pairs {
-            if svc.control.quit {
+            if svc.quitting() {
                 break;
             }
             // Version 1 has no replies at all; failures are only logged.
-            match svc.dispatch(1, key, value, false) {
-                Reply::Failed(why) => self.log_untagged_failure(key, &why),
-                Reply::Durable(inner) => {
-                    if let Reply::Failed(why) = *inner {
-                        self.log_untagged_failure(key, &why);
-                    }
-                }
-                _ => {}
+            if let Reply::Failed(why) = svc.dispatch(1, key, value, false).reply {
+                self.log_untagged_failure(key, &why);
             }
         }
-        Ok(())
-    }
-
-    fn run_v2(&mut self, payload: &[u8], svc: &mut Service) -> Result<(), ProtocolError> {
-        let mut r = Reader::new(payload);
-        if r.peek() != Some(b'l') {
-            // Check it is bencode at all, for a precise log line.
-            r.skip()?;
-            r.finish()?;
-            return Err(ProtocolError::Shape("version 2 message is not a list"));
-        }
-        r.begin_list()?;
-        if r.at_end()? {
-            return Err(ProtocolError::Shape("message list is empty"));
-        }
-        let key = match r.peek() {
-            Some(b'0'..=b'9') => r.bytes()?,
-            _ => {
-                r.skip()?;
-                return Err(ProtocolError::Shape("message key is not a string"));
-            }
-        };
-        if r.at_end()? {
-            return Err(ProtocolError::Shape("message has no value"));
-        }
-        let value = r.value()?;
-        let mut tag = None;
-        // A list that stops right after its value, without its closing
-        // `e`, is read as an untagged [key, value]: the vector
-        // `noop-untagged` (cases.jsonl) requires it, and vectors win over
-        // the text. Anything else unterminated is still an error.
-        if r.peek().is_none() {
-            let reply = svc.dispatch(2, key, &value, false);
-            self.emit(key, reply, None);
-            return Ok(());
-        }
-        if !r.at_end()? {
-            match r.value()? {
-                Value::Int(t) => tag = Some(t),
-                _ => return Err(ProtocolError::Shape("message tag is not an integer")),
-            }
-            // Elements after the tag are ignored, but must be bencode.
-            while !r.at_end()? {
-                r.skip()?;
-            }
-        }
-        r.finish()?;
-        // A tag <= 0 counts as no tag (as the original did).
-        let tag = tag.filter(|t| *t > 0);
-        let reply = svc.dispatch(2, key, &value, tag.is_some());
-        self.emit(key, reply, tag);
         Ok(())
     }
 
@@ -328,18 +240,25 @@ impl Session {
         );
     }
 
-    /// Queues what `reply` sends for a message with this tag.
-    fn emit(&mut self, key: &[u8], reply: Reply, tag: Option<i64>) {
+    /// Queues what `done` sends for a message with this tag: now, or held
+    /// until the commit when it made a change.
+    fn emit(&mut self, key: &[u8], done: Dispatched, tag: Option<i64>) {
+        if done.durable {
+            self.held.push(Held::Pending {
+                reply: done.reply,
+                tag,
+            });
+            self.held_bytes += 32;
+            return;
+        }
+        self.send(key, done.reply, tag);
+    }
+
+    /// Queues the frame of `reply` (after any held output).
+    fn send(&mut self, key: &[u8], reply: Reply, tag: Option<i64>) {
         let empty = Value::empty();
         let failed;
         let (reply_key, value): (&str, &Value) = match &reply {
-            Reply::Durable(_) => {
-                if let Reply::Durable(inner) = reply {
-                    self.held.push(Held::Pending { reply: *inner, tag });
-                    self.held_bytes += 32;
-                }
-                return;
-            }
             Reply::Data(k, v) => (k, v),
             Reply::Done if tag.is_some() => ("succeeded", &empty),
             Reply::NotSupported if tag.is_some() => ("not-supported", &empty),
@@ -362,12 +281,7 @@ impl Session {
             _ => &mut self.output,
         };
         let before = out.len();
-        if let Err(e) = write_message_frame(out, reply_key.as_bytes(), value, tag) {
-            error!("client {}: {e}", self.id);
-            let reason = Value::str("internal error: reply could not be encoded");
-            // A short string always encodes.
-            let _ = write_message_frame(out, b"failed", &reason, tag);
-        }
+        message::write(out, reply_key.as_bytes(), value, tag);
         let written = out.len() - before;
         if !self.held.is_empty() {
             self.held_bytes += written;
@@ -381,7 +295,7 @@ impl Session {
 
     /// Sends the held replies now that the commit is done: as they were on
     /// success, or `failed` with the reason for each held change.
-    pub fn release(&mut self, commit: &Result<(), String>) {
+    pub fn release<E: std::fmt::Display>(&mut self, commit: &Result<(), E>) {
         self.held_bytes = 0;
         for held in std::mem::take(&mut self.held) {
             match held {
@@ -389,9 +303,9 @@ impl Session {
                 Held::Pending { reply, tag } => {
                     let reply = match commit {
                         Ok(()) => reply,
-                        Err(why) => Reply::Failed(why.clone()),
+                        Err(why) => Reply::Failed(why.to_string()),
                     };
-                    self.emit(b"(change)", reply, tag);
+                    self.send(b"(change)", reply, tag);
                 }
             }
         }
@@ -425,47 +339,40 @@ impl Session {
     }
 }
 
-/// What the reactor does for one connection on its own, for tests and
-/// fuzzing: hand `bytes` to the session, then turn after turn commit what
-/// changed, release held replies, append the output to `out`, and resume
-/// while input waits. Stops at a protocol error (returned) or at `quit`.
-pub fn serve_alone(
-    s: &mut Session,
-    svc: &mut Service,
-    bytes: &[u8],
-    out: &mut Vec<u8>,
-) -> Result<(), ProtocolError> {
-    let mut result = s.receive(bytes, svc);
-    loop {
-        if s.is_held() || svc.registry().needs_commit() {
-            let r = svc.registry_mut().commit();
-            s.release(&r);
-        }
-        out.extend_from_slice(s.output());
-        let n = s.output().len();
-        s.consume_output(n);
-        if result.is_err() || !s.has_pending_input() || svc.control.quit {
-            return result;
-        }
-        result = s.resume(svc);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::{Registry, Settings};
+    use crate::message::frame;
 
-    fn service(dir: &std::path::Path) -> Service {
-        let reg = Registry::open(dir, Settings::defaults("/downloads".into())).unwrap();
-        Service::new(reg)
+    /// A dispatcher standing in for the service: `noop` answers at once,
+    /// `change` makes a change (its reply waits for the commit), `get`
+    /// answers data, `fail` fails, `quit` quits.
+    #[derive(Default)]
+    struct Fake {
+        quit: bool,
+        seen: Vec<(u8, String)>,
     }
 
-    /// What the reactor does at the end of a loop turn.
-    fn end_turn(s: &mut Session, svc: &mut Service) {
-        if s.is_held() || svc.registry().needs_commit() {
-            let r = svc.registry_mut().commit();
-            s.release(&r);
+    impl Dispatch for Fake {
+        fn dispatch(&mut self, version: u8, key: &[u8], _: &Value, _: bool) -> Dispatched {
+            let key = String::from_utf8_lossy(key).into_owned();
+            self.seen.push((version, key.clone()));
+            let (reply, durable) = match key.as_str() {
+                "noop" => (Reply::Done, false),
+                "change" => (Reply::Done, true),
+                "get" => (Reply::data("port", Value::Int(9090)), false),
+                "fail" => (Reply::Failed("no".into()), false),
+                "quit" => {
+                    self.quit = true;
+                    (Reply::Done, false)
+                }
+                _ => (Reply::NotSupported, false),
+            };
+            Dispatched { reply, durable }
+        }
+
+        fn quitting(&self) -> bool {
+            self.quit
         }
     }
 
@@ -485,6 +392,22 @@ mod tests {
         out
     }
 
+    fn version(min: i64, max: i64) -> Vec<u8> {
+        Version {
+            min,
+            max,
+            label: "test".into(),
+        }
+        .frame()
+    }
+
+    fn session(max: i64, d: &mut Fake) -> Session {
+        let mut s = Session::new(1, 1 << 20);
+        take_output(&mut s);
+        s.receive(&version(1, max), d).unwrap();
+        s
+    }
+
     #[test]
     fn greeting_is_the_documented_version_message() {
         let g = String::from_utf8(greeting().to_vec()).unwrap();
@@ -497,23 +420,15 @@ mod tests {
     }
 
     #[test]
-    fn durable_replies_wait_for_the_commit_and_keep_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut svc = service(dir.path());
-        let mut s = Session::new(1, 1 << 20);
-        take_output(&mut s);
-        s.receive(&crate::client::version_frame(1, 2), &mut svc)
-            .unwrap();
-        let mut bytes = crate::client::encode_message("port", &Value::Int(7), Some(1));
-        bytes.extend(crate::client::encode_message(
-            "noop",
-            &Value::empty(),
-            Some(2),
-        ));
-        s.receive(&bytes, &mut svc).unwrap();
+    fn durable_replies_wait_for_the_release_and_keep_order() {
+        let mut d = Fake::default();
+        let mut s = session(2, &mut d);
+        let mut bytes = frame("change", &Value::empty(), Some(1));
+        bytes.extend(frame("noop", &Value::empty(), Some(2)));
+        s.receive(&bytes, &mut d).unwrap();
         assert!(s.output().is_empty(), "nothing before the commit");
         assert!(s.is_held());
-        end_turn(&mut s, &mut svc);
+        s.release::<String>(&Ok(()));
         assert_eq!(
             frames(&take_output(&mut s)),
             vec!["00000012l9:succeeded0:i1ee", "00000012l9:succeeded0:i2ee"]
@@ -521,60 +436,35 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_commit_answers_failed_and_undoes_the_change() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut svc = service(dir.path());
-        let mut s = Session::new(1, 1 << 20);
-        take_output(&mut s);
-        s.receive(&crate::client::version_frame(2, 2), &mut svc)
-            .unwrap();
-        // A directory where the temporary settings file must go.
-        std::fs::create_dir(dir.path().join(".settings.benc.tmp")).unwrap();
-        let mut bytes = crate::client::encode_message("port", &Value::Int(7), Some(1));
-        bytes.extend(crate::client::encode_message(
-            "get-port",
-            &Value::empty(),
-            Some(2),
-        ));
-        bytes.extend(crate::client::encode_message("port", &Value::Int(8), None));
-        s.receive(&bytes, &mut svc).unwrap();
-        end_turn(&mut s, &mut svc);
-        let out = frames(&take_output(&mut s));
-        assert_eq!(out.len(), 2, "{out:?}");
-        assert!(out[0][8..].starts_with("l6:failed"), "{}", out[0]);
-        assert!(out[0].contains("cannot save state"), "{}", out[0]);
-        assert_eq!(svc.registry().settings().port, 9090, "change undone");
-        std::fs::remove_dir(dir.path().join(".settings.benc.tmp")).unwrap();
-        s.receive(
-            &crate::client::encode_message("port", &Value::Int(7), Some(3)),
-            &mut svc,
-        )
-        .unwrap();
-        end_turn(&mut s, &mut svc);
+    fn a_failed_commit_answers_failed_for_the_change_only() {
+        let mut d = Fake::default();
+        let mut s = session(2, &mut d);
+        let mut bytes = frame("change", &Value::empty(), Some(1));
+        bytes.extend(frame("get", &Value::empty(), Some(2)));
+        s.receive(&bytes, &mut d).unwrap();
+        s.release(&Err("disk full"));
         assert_eq!(
             frames(&take_output(&mut s)),
-            vec!["00000012l9:succeeded0:i3ee"]
+            vec![
+                "00000018l6:failed9:disk fulli1ee",
+                "00000011l4:porti9090ei2ee"
+            ]
         );
-        assert_eq!(svc.registry().settings().port, 7);
     }
 
     #[test]
     fn output_over_the_soft_limit_pauses_input_until_drained() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut svc = service(dir.path());
-        let mut s = Session::new(1, 1 << 20);
-        take_output(&mut s);
-        s.receive(&crate::client::version_frame(1, 2), &mut svc)
-            .unwrap();
-        let one = crate::client::encode_message("get-port", &Value::empty(), Some(1));
+        let mut d = Fake::default();
+        let mut s = session(2, &mut d);
+        let one = frame("get", &Value::empty(), Some(1));
         let n = OUTPUT_SOFT_LIMIT / 10;
         let burst: Vec<u8> = one.iter().copied().cycle().take(one.len() * n).collect();
-        s.receive(&burst, &mut svc).unwrap();
+        s.receive(&burst, &mut d).unwrap();
         assert!(s.is_backpressured());
         assert!(s.has_pending_input());
         let mut replies = frames(&take_output(&mut s)).len();
         while s.has_pending_input() {
-            s.resume(&mut svc).unwrap();
+            s.receive(&[], &mut d).unwrap();
             replies += frames(&take_output(&mut s)).len();
         }
         assert_eq!(replies, n);
@@ -583,48 +473,43 @@ mod tests {
 
     #[test]
     fn nothing_runs_after_a_protocol_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut svc = service(dir.path());
-        let mut s = Session::new(1, 1 << 20);
-        take_output(&mut s);
-        s.receive(&crate::client::version_frame(1, 2), &mut svc)
-            .unwrap();
+        let mut d = Fake::default();
+        let mut s = session(2, &mut d);
         let mut bytes = b"0000000Fl4:noop0:i5eeXX".to_vec();
-        bytes.extend(crate::client::encode_message(
-            "port",
-            &Value::Int(1),
-            Some(1),
-        ));
-        assert!(s.receive(&bytes, &mut svc).is_err());
+        bytes.extend(frame("noop", &Value::empty(), Some(1)));
+        assert!(s.receive(&bytes, &mut d).is_err());
         assert!(
-            s.receive(b"garbage", &mut svc).is_ok(),
+            s.receive(b"garbage", &mut d).is_ok(),
             "ignored after the error"
         );
-        assert_eq!(svc.registry().settings().port, 9090);
+        assert!(d.seen.is_empty(), "{:?}", d.seen);
         assert!(s.output().is_empty());
     }
 
     #[test]
-    fn version_1_runs_duplicate_keys_in_order_and_ignores_v2_keys() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut svc = service(dir.path());
-        let mut s = Session::new(1, 1 << 20);
-        take_output(&mut s);
-        s.receive(&crate::client::version_frame(1, 1), &mut svc)
-            .unwrap();
-        let fixture = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/data/fixtures/hello.torrent"
+    fn version_1_runs_duplicate_keys_in_order_and_stops_at_quit() {
+        let mut d = Fake::default();
+        let mut s = session(1, &mut d);
+        let payload = b"d4:noop0:4:noop0:4:quit0:4:noop0:e";
+        let mut f = Vec::new();
+        crate::codec::write_frame(&mut f, payload);
+        s.receive(&f, &mut d).unwrap();
+        let keys: Vec<_> = d.seen.iter().map(|(v, k)| (*v, k.as_str())).collect();
+        assert_eq!(keys, [(1, "noop"), (1, "noop"), (1, "quit")]);
+        assert!(s.output().is_empty(), "version 1 has no replies");
+    }
+
+    #[test]
+    fn untagged_failures_send_nothing() {
+        let mut d = Fake::default();
+        let mut s = session(2, &mut d);
+        let mut bytes = frame("fail", &Value::empty(), None);
+        bytes.extend(frame("nope", &Value::empty(), None));
+        bytes.extend(frame("fail", &Value::empty(), Some(4)));
+        s.receive(&bytes, &mut d).unwrap();
+        assert_eq!(
+            frames(&take_output(&mut s)),
+            vec!["00000011l6:failed2:noi4ee"]
         );
-        let add = format!("l{}:{fixture}e", fixture.len());
-        let payload = format!("d4:porti1e8:addfiles{add}8:addfiles{add}4:quit0:e");
-        let mut frame = Vec::new();
-        write_frame(&mut frame, payload.as_bytes());
-        s.receive(&frame, &mut svc).unwrap();
-        end_turn(&mut s, &mut svc);
-        assert_eq!(svc.registry().torrents().len(), 1);
-        assert_eq!(svc.registry().settings().port, 9090);
-        assert!(svc.control.quit);
-        assert!(s.output().is_empty());
     }
 }

@@ -176,10 +176,9 @@ impl Value {
                     let mut sorted: Vec<&(Key, Value)> = pairs.iter().collect();
                     sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
                     if let Some(w) = sorted.windows(2).find(|w| w[0].0 == w[1].0) {
-                        return Err(EncodeError(format!(
-                            "dict key {:?} repeats",
-                            String::from_utf8_lossy(&w[0].0)
-                        )));
+                        return Err(EncodeError::RepeatedKey(
+                            String::from_utf8_lossy(&w[0].0).into_owned(),
+                        ));
                     }
                     for (k, v) in sorted {
                         write_bytes(out, k);
@@ -198,9 +197,7 @@ const MAX_OUTPUT_DEPTH: usize = MAX_DEPTH * 4;
 
 fn check_depth(depth: usize) -> Result<(), EncodeError> {
     if depth >= MAX_OUTPUT_DEPTH {
-        return Err(EncodeError(format!(
-            "nesting deeper than {MAX_OUTPUT_DEPTH}"
-        )));
+        return Err(EncodeError::TooDeep);
     }
     Ok(())
 }
@@ -283,9 +280,7 @@ pub fn write_message_frame(
     let len = out.len() - start - HEADER_LEN;
     if len > PROTOCOL_MAX {
         out.truncate(start);
-        return Err(EncodeError(format!(
-            "reply of {len} bytes exceeds the protocol's limit"
-        )));
+        return Err(EncodeError::TooLarge(len));
     }
     let mut header = Vec::with_capacity(HEADER_LEN);
     super::frame::write_header(&mut header, len);
@@ -351,11 +346,25 @@ impl fmt::Debug for Value {
 /// A value that cannot be sent: a dict built with a repeated key, nesting
 /// deeper than output allows, or a frame over the protocol's limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EncodeError(pub String);
+pub enum EncodeError {
+    /// A dict holds this key twice.
+    RepeatedKey(String),
+    /// Nesting deeper than output allows.
+    TooDeep,
+    /// A frame of this many bytes, over the protocol's limit.
+    TooLarge(usize),
+}
 
 impl fmt::Display for EncodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "cannot encode reply: {}", self.0)
+        f.write_str("cannot encode reply: ")?;
+        match self {
+            EncodeError::RepeatedKey(k) => write!(f, "dict key {k:?} repeats"),
+            EncodeError::TooDeep => write!(f, "nesting deeper than {MAX_OUTPUT_DEPTH}"),
+            EncodeError::TooLarge(n) => {
+                write!(f, "reply of {n} bytes exceeds the protocol's limit")
+            }
+        }
     }
 }
 

@@ -61,7 +61,7 @@ fn set_int(ctx: &mut Ctx<'_>, value: &Value, apply: fn(&mut Settings, i64) -> bo
             let mut ok = true;
             ctx.registry.update_settings(|s| ok = apply(s, i));
             if ok {
-                Reply::durable_done()
+                Reply::Done
             } else {
                 Reply::BadFormat
             }
@@ -130,7 +130,7 @@ fn set_directory(ctx: &mut Ctx<'_>, v: &Value) -> Reply {
     }
     let dir = PathBuf::from(std::ffi::OsString::from_vec(dir.to_vec()));
     ctx.registry.update_settings(|s| s.directory = dir);
-    Reply::durable_done()
+    Reply::Done
 }
 
 fn get_port(ctx: &mut Ctx<'_>, _: &Value) -> Reply {

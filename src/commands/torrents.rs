@@ -1,15 +1,16 @@
 //! Built-in torrent keys: adding, listing, looking up, starting, stopping,
 //! removing, and the info and status dictionaries (PROTOCOL.md 4 and 5).
 
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
 
 use log::info;
 
 use super::{Builtin, Ctx, Reply};
 use crate::codec::{IntoKey, Value};
-use crate::registry::metainfo::{parse_hash, Tracker};
-use crate::registry::{Phase, Registry, Torrent};
+use crate::registry::metainfo::parse_hash;
+use crate::registry::{Registry, Torrent};
+use crate::status::{info_field, status_field, INFO_TYPES, STATUS_TYPES};
 
 /// Key, lowest protocol version, handler.
 pub(super) const BUILTINS: &[(&str, u8, Builtin)] = &[
@@ -70,7 +71,7 @@ fn addfiles(ctx: &mut Ctx<'_>, value: &Value) -> Reply {
     if ids.is_empty() && !failures.is_empty() && ctx.tagged {
         return Reply::Failed(failures.join("; "));
     }
-    Reply::Durable(Box::new(Reply::data("info", id_list(&ids))))
+    Reply::data("info", id_list(&ids))
 }
 
 fn addfile_detailed(ctx: &mut Ctx<'_>, value: &Value) -> Reply {
@@ -107,7 +108,7 @@ fn addfile_detailed(ctx: &mut Ctx<'_>, value: &Value) -> Reply {
         _ => return Reply::BadFormat,
     };
     match added {
-        Ok(id) => Reply::Durable(Box::new(Reply::data("info", id_list(&[id])))),
+        Ok(id) => Reply::data("info", id_list(&[id])),
         Err(e) => Reply::Failed(e.to_string()),
     }
 }
@@ -130,54 +131,6 @@ fn ids_and_types(value: &Value) -> Option<(Vec<u64>, &[Value])> {
 }
 
 type Describe = fn(&Torrent, &str) -> Option<Value>;
-
-/// Every info type of PROTOCOL.md 5, sorted.
-pub(crate) const INFO_TYPES: &[&str] = &[
-    "comment", "creator", "date", "files", "hash", "name", "path", "private", "saved", "size",
-    "trackers",
-];
-
-/// Every status type of PROTOCOL.md 5, sorted.
-pub(crate) const STATUS_TYPES: &[&str] = &[
-    "completed",
-    "download-speed",
-    "download-total",
-    "download-valid",
-    "error",
-    "error-message",
-    "eta",
-    "peers-downloading",
-    "peers-from",
-    "peers-total",
-    "peers-uploading",
-    "running",
-    "scrape-completed",
-    "scrape-leechers",
-    "scrape-seeders",
-    "state",
-    "swarm-speed",
-    "tracker",
-    "upload-speed",
-    "upload-total",
-];
-
-/// Everything `get-info` and `get-status` can say of a torrent, in one
-/// dict with its `id` (what scripts see).
-pub(crate) fn full_description(t: &Torrent) -> Value {
-    let mut pairs: Vec<(&'static str, Value)> = vec![("id", Value::Int(t.id as i64))];
-    for &ty in INFO_TYPES {
-        if let Some(v) = info_field(t, ty) {
-            pairs.push((ty, v));
-        }
-    }
-    for &ty in STATUS_TYPES {
-        if let Some(v) = status_field(t, ty) {
-            pairs.push((ty, v));
-        }
-    }
-    pairs.sort_unstable_by_key(|(k, _)| *k);
-    Value::dict(pairs)
-}
 
 /// One dict per known torrent, with `id` and each known requested type.
 /// Types are resolved, deduplicated and sorted once, so each torrent's
@@ -318,14 +271,14 @@ fn act_on_ids(ctx: &mut Ctx<'_>, value: &Value, act: fn(&mut Registry, u64)) -> 
             act(ctx.registry, id);
         }
     }
-    Reply::durable_done()
+    Reply::Done
 }
 
 fn act_on_all(ctx: &mut Ctx<'_>, act: fn(&mut Registry, u64)) -> Reply {
     for id in ctx.registry.ids() {
         act(ctx.registry, id);
     }
-    Reply::durable_done()
+    Reply::Done
 }
 
 fn start(ctx: &mut Ctx<'_>, v: &Value) -> Reply {
@@ -350,92 +303,4 @@ fn stop_all(ctx: &mut Ctx<'_>, _: &Value) -> Reply {
 
 fn remove_all(ctx: &mut Ctx<'_>, _: &Value) -> Reply {
     act_on_all(ctx, Registry::remove)
-}
-
-fn bytes(b: &[u8]) -> Value {
-    Value::Bytes(b.to_vec())
-}
-
-fn path_value(p: &Path) -> Value {
-    bytes(p.as_os_str().as_bytes())
-}
-
-fn tracker_value(t: &Tracker) -> Value {
-    let mut pairs = vec![
-        ("address", Value::str(&t.address)),
-        ("announce", Value::str(&t.announce)),
-        ("port", Value::Int(t.port.into())),
-    ];
-    if let Some(s) = &t.scrape {
-        pairs.push(("scrape", Value::str(s)));
-    }
-    Value::dict(pairs)
-}
-
-/// The value of one info type, or `None` for an unknown type (skipped).
-pub(crate) fn info_field(t: &Torrent, ty: &str) -> Option<Value> {
-    let m = &t.meta;
-    Some(match ty {
-        "hash" => Value::from(m.hash_hex()),
-        "name" => bytes(&m.name),
-        "path" => path_value(&t.saved_path),
-        "saved" => Value::Int(1),
-        "private" => Value::Int(m.private.into()),
-        "trackers" => Value::List(
-            m.tiers
-                .iter()
-                .map(|tier| Value::List(tier.iter().map(tracker_value).collect()))
-                .collect(),
-        ),
-        "comment" => bytes(&m.comment),
-        "creator" => bytes(&m.creator),
-        "date" => Value::Int(m.creation_date?),
-        "size" => Value::Int(m.total_size() as i64),
-        "files" => Value::List(
-            m.files
-                .iter()
-                .map(|f| {
-                    Value::dict([
-                        ("name", Value::Bytes(f.display_path())),
-                        ("size", Value::Int(f.length as i64)),
-                    ])
-                })
-                .collect(),
-        ),
-        _ => return None,
-    })
-}
-
-/// The protocol's name for a phase.
-pub(crate) fn state_name(phase: Phase) -> &'static str {
-    match phase {
-        Phase::Paused => "paused",
-        Phase::WaitingCheck => "waiting to checking",
-        Phase::Checking => "checking",
-        Phase::Downloading => "downloading",
-        Phase::Seeding => "seeding",
-    }
-}
-
-/// The value of one status type, or `None` for an unknown type. What only
-/// a peer engine could know is 0 (or -1 where the protocol says unknown).
-pub(crate) fn status_field(t: &Torrent, ty: &str) -> Option<Value> {
-    Some(match ty {
-        "completed" | "download-valid" => Value::Int(t.completed as i64),
-        "download-speed" | "download-total" | "upload-speed" | "upload-total" | "swarm-speed"
-        | "peers-downloading" | "peers-uploading" | "peers-total" => Value::Int(0),
-        "peers-from" => Value::dict([
-            ("cache", Value::Int(0)),
-            ("incoming", Value::Int(0)),
-            ("pex", Value::Int(0)),
-            ("tracker", Value::Int(0)),
-        ]),
-        "eta" | "scrape-completed" | "scrape-leechers" | "scrape-seeders" => Value::Int(-1),
-        "error" => Value::str(t.error.as_ref().map_or("", |e| e.code)),
-        "error-message" => Value::str(t.error.as_ref().map_or("", |e| e.message.as_str())),
-        "running" => Value::Int(t.running.into()),
-        "state" => Value::str(state_name(t.phase)),
-        "tracker" => tracker_value(t.meta.tiers.first()?.first()?),
-        _ => return None,
-    })
 }

@@ -131,11 +131,28 @@ pub struct Metainfo {
 
 /// Why a metainfo file was refused, in words a person can act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MetainfoError(pub String);
+pub enum MetainfoError {
+    /// Over [`MAX_METAINFO_BYTES`].
+    TooLarge {
+        /// Its size in bytes.
+        size: usize,
+    },
+    /// Not strict bencode.
+    Decode(DecodeError),
+    /// Bencode, but not a valid metainfo: says what is wrong where.
+    Invalid(String),
+}
 
 impl fmt::Display for MetainfoError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            MetainfoError::TooLarge { size } => write!(
+                f,
+                "metainfo is {size} bytes, over the limit of {MAX_METAINFO_BYTES}"
+            ),
+            MetainfoError::Decode(e) => e.fmt(f),
+            MetainfoError::Invalid(m) => f.write_str(m),
+        }
     }
 }
 
@@ -143,12 +160,12 @@ impl std::error::Error for MetainfoError {}
 
 impl From<DecodeError> for MetainfoError {
     fn from(e: DecodeError) -> Self {
-        MetainfoError(e.to_string())
+        MetainfoError::Decode(e)
     }
 }
 
 fn bad(msg: impl Into<String>) -> MetainfoError {
-    MetainfoError(msg.into())
+    MetainfoError::Invalid(msg.into())
 }
 
 fn bytes_of<'v>(v: Option<&'v Value>, what: &str) -> Result<Option<&'v [u8]>, MetainfoError> {
@@ -187,102 +204,25 @@ impl Metainfo {
     /// Parses a metainfo file's bytes.
     pub fn parse(bytes: &[u8]) -> Result<Metainfo, MetainfoError> {
         if bytes.len() > MAX_METAINFO_BYTES {
-            return Err(bad(format!(
-                "metainfo is {} bytes, over the limit of {MAX_METAINFO_BYTES}",
-                bytes.len()
-            )));
+            return Err(MetainfoError::TooLarge { size: bytes.len() });
         }
-        let mut r = Reader::new(bytes);
-        if r.peek() != Some(b'd') {
-            // Decode anyway, for the byte-exact reason.
-            r.value()?;
-            return Err(bad("metainfo is not a dictionary"));
-        }
-        r.begin_dict()?;
-        let mut top = Vec::new();
-        let mut info_span: Option<&[u8]> = None;
-        while !r.at_end()? {
-            let key = r.key()?;
-            if key == b"info" && info_span.is_none() {
-                info_span = Some(r.skip()?);
-            } else {
-                top.push((key.to_vec().into(), r.value()?));
-            }
-        }
-        r.finish()?;
-        let info_bytes = info_span.ok_or_else(|| bad("metainfo has no info dictionary"))?;
+        let (top, info_bytes) = split_info(bytes)?;
         let info = crate::codec::decode(info_bytes)?;
         if info.as_dict().is_none() {
             return Err(bad("info is not a dictionary"));
         }
-        let top = Value::Dict(top);
         let info_hash: [u8; 20] = Sha1::digest(info_bytes).into();
 
         let name = bytes_of(info.get("name"), "info.name")?
             .ok_or_else(|| bad("info.name is missing"))?
             .to_vec();
         check_component(&name, "info.name")?;
-
         let piece_length = length_of(info.get("piece length"), "info.piece length")?;
         if piece_length == 0 {
             return Err(bad("info.piece length is 0"));
         }
-        let raw_pieces = bytes_of(info.get("pieces"), "info.pieces")?
-            .ok_or_else(|| bad("info.pieces is missing"))?;
-        if raw_pieces.len() % 20 != 0 {
-            return Err(bad("info.pieces length is not a multiple of 20"));
-        }
-        let pieces: Vec<[u8; 20]> = raw_pieces
-            .chunks_exact(20)
-            .map(|c| {
-                let mut h = [0u8; 20];
-                h.copy_from_slice(c);
-                h
-            })
-            .collect();
-
-        let (files, multi_file) = match (info.get("files"), info.get("length")) {
-            (Some(_), Some(_)) => return Err(bad("info has both files and length")),
-            (None, None) => return Err(bad("info has neither files nor length")),
-            (None, Some(_)) => {
-                let length = length_of(info.get("length"), "info.length")?;
-                let entry = FileEntry {
-                    path: vec![name.clone()],
-                    length,
-                };
-                (vec![entry], false)
-            }
-            (Some(list), None) => {
-                let list = list
-                    .as_list()
-                    .ok_or_else(|| bad("info.files is not a list"))?;
-                if list.is_empty() {
-                    return Err(bad("info.files is empty"));
-                }
-                let mut files = Vec::with_capacity(list.len());
-                for (i, f) in list.iter().enumerate() {
-                    let what = format!("info.files[{i}]");
-                    let length = length_of(f.get("length"), &format!("{what}.length"))?;
-                    let parts = f
-                        .get("path")
-                        .and_then(Value::as_list)
-                        .ok_or_else(|| bad(format!("{what}.path is not a list")))?;
-                    if parts.is_empty() {
-                        return Err(bad(format!("{what}.path is empty")));
-                    }
-                    let mut path = Vec::with_capacity(parts.len());
-                    for p in parts {
-                        let p = p
-                            .as_bytes()
-                            .ok_or_else(|| bad(format!("{what}.path has a non-string part")))?;
-                        check_component(p, &format!("{what}.path part"))?;
-                        path.push(p.to_vec());
-                    }
-                    files.push(FileEntry { path, length });
-                }
-                (files, true)
-            }
-        };
+        let pieces = parse_pieces(&info)?;
+        let (files, multi_file) = parse_files(&info, &name)?;
         let total = files
             .iter()
             .try_fold(0u64, |acc, f| acc.checked_add(f.length))
@@ -295,24 +235,18 @@ impl Metainfo {
             )));
         }
 
-        let private = int_of(info.get("private"), "info.private")?.unwrap_or(0) == 1;
-        let comment = bytes_of(top.get("comment"), "comment")?
-            .unwrap_or_default()
-            .to_vec();
-        let creator = bytes_of(top.get("created by"), "created by")?
-            .unwrap_or_default()
-            .to_vec();
-        let creation_date = int_of(top.get("creation date"), "creation date")?;
-        let tiers = parse_tiers(&top)?;
-
         Ok(Metainfo {
             info_hash,
             name,
-            tiers,
-            private,
-            comment,
-            creator,
-            creation_date,
+            tiers: parse_tiers(&top)?,
+            private: int_of(info.get("private"), "info.private")?.unwrap_or(0) == 1,
+            comment: bytes_of(top.get("comment"), "comment")?
+                .unwrap_or_default()
+                .to_vec(),
+            creator: bytes_of(top.get("created by"), "created by")?
+                .unwrap_or_default()
+                .to_vec(),
+            creation_date: int_of(top.get("creation date"), "creation date")?,
             piece_length,
             pieces,
             files,
@@ -336,6 +270,91 @@ impl Metainfo {
         self.piece_length
             .min(self.total_size().saturating_sub(start))
     }
+}
+
+/// The top-level dict without `info`, and the exact bytes of `info` (its
+/// hash is the torrent's identity, so it is never re-encoded).
+fn split_info(bytes: &[u8]) -> Result<(Value, &[u8]), MetainfoError> {
+    let mut r = Reader::new(bytes);
+    if r.peek() != Some(b'd') {
+        // Decode anyway, for the byte-exact reason.
+        r.value()?;
+        return Err(bad("metainfo is not a dictionary"));
+    }
+    r.begin_dict()?;
+    let mut top = Vec::new();
+    let mut info_span: Option<&[u8]> = None;
+    while !r.at_end()? {
+        let key = r.key()?;
+        if key == b"info" && info_span.is_none() {
+            info_span = Some(r.skip()?);
+        } else {
+            top.push((key.to_vec().into(), r.value()?));
+        }
+    }
+    r.finish()?;
+    let info = info_span.ok_or_else(|| bad("metainfo has no info dictionary"))?;
+    Ok((Value::Dict(top), info))
+}
+
+fn parse_pieces(info: &Value) -> Result<Vec<[u8; 20]>, MetainfoError> {
+    let raw = bytes_of(info.get("pieces"), "info.pieces")?
+        .ok_or_else(|| bad("info.pieces is missing"))?;
+    if raw.len() % 20 != 0 {
+        return Err(bad("info.pieces length is not a multiple of 20"));
+    }
+    Ok(raw
+        .chunks_exact(20)
+        .map(|c| {
+            let mut h = [0u8; 20];
+            h.copy_from_slice(c);
+            h
+        })
+        .collect())
+}
+
+/// The files, and whether the torrent is multi-file.
+fn parse_files(info: &Value, name: &[u8]) -> Result<(Vec<FileEntry>, bool), MetainfoError> {
+    let list = match (info.get("files"), info.get("length")) {
+        (Some(_), Some(_)) => return Err(bad("info has both files and length")),
+        (None, None) => return Err(bad("info has neither files nor length")),
+        (None, Some(_)) => {
+            let length = length_of(info.get("length"), "info.length")?;
+            let entry = FileEntry {
+                path: vec![name.to_vec()],
+                length,
+            };
+            return Ok((vec![entry], false));
+        }
+        (Some(list), None) => list
+            .as_list()
+            .ok_or_else(|| bad("info.files is not a list"))?,
+    };
+    if list.is_empty() {
+        return Err(bad("info.files is empty"));
+    }
+    let mut files = Vec::with_capacity(list.len());
+    for (i, f) in list.iter().enumerate() {
+        let what = format!("info.files[{i}]");
+        let length = length_of(f.get("length"), &format!("{what}.length"))?;
+        let parts = f
+            .get("path")
+            .and_then(Value::as_list)
+            .ok_or_else(|| bad(format!("{what}.path is not a list")))?;
+        if parts.is_empty() {
+            return Err(bad(format!("{what}.path is empty")));
+        }
+        let mut path = Vec::with_capacity(parts.len());
+        for p in parts {
+            let p = p
+                .as_bytes()
+                .ok_or_else(|| bad(format!("{what}.path has a non-string part")))?;
+            check_component(p, &format!("{what}.path part"))?;
+            path.push(p.to_vec());
+        }
+        files.push(FileEntry { path, length });
+    }
+    Ok((files, true))
 }
 
 fn parse_tiers(top: &Value) -> Result<Vec<Vec<Tracker>>, MetainfoError> {
@@ -406,7 +425,7 @@ mod tests {
     }
 
     fn err(bytes: &[u8]) -> String {
-        Metainfo::parse(bytes).unwrap_err().0
+        Metainfo::parse(bytes).unwrap_err().to_string()
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use log::{error, info, warn};
 
-use crate::codec::{decode, Value};
+use crate::codec::{decode, EncodeError, Value};
 pub use metainfo::{Metainfo, MetainfoError};
 pub use settings::Settings;
 pub use torrents::{CheckEvent, Phase, Torrent, TorrentError, Torrents};
@@ -40,13 +40,58 @@ impl fmt::Display for OpenError {
 
 impl std::error::Error for OpenError {}
 
+/// Why a commit failed; every change since the last commit was undone.
+#[derive(Debug)]
+pub enum CommitError {
+    /// A file of the state directory could not be written or synced.
+    Write {
+        /// The file (or directory) concerned.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// The state could not be encoded (a bug, not the disk).
+    Encode(EncodeError),
+}
+
+impl fmt::Display for CommitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CommitError::Write { path, source } => {
+                write!(f, "cannot save state: {}: {source}", path.display())
+            }
+            CommitError::Encode(e) => write!(f, "cannot save state: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for CommitError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CommitError::Write { source, .. } => Some(source),
+            CommitError::Encode(e) => Some(e),
+        }
+    }
+}
+
+impl From<EncodeError> for CommitError {
+    fn from(e: EncodeError) -> Self {
+        CommitError::Encode(e)
+    }
+}
+
 /// Why a torrent could not be added.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AddError {
     /// The metainfo file could not be read.
     Read(String),
     /// The metainfo is not valid.
-    Metainfo(MetainfoError),
+    Metainfo {
+        /// The file it came from, if it came from a file.
+        path: Option<PathBuf>,
+        /// What is wrong with it.
+        error: MetainfoError,
+    },
     /// The data directory is not an absolute path.
     RelativeDirectory(String),
 }
@@ -55,7 +100,11 @@ impl fmt::Display for AddError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             AddError::Read(m) => f.write_str(m),
-            AddError::Metainfo(e) => write!(f, "bad metainfo: {e}"),
+            AddError::Metainfo { path: None, error } => write!(f, "bad metainfo: {error}"),
+            AddError::Metainfo {
+                path: Some(p),
+                error,
+            } => write!(f, "bad metainfo: {}: {error}", p.display()),
             AddError::RelativeDirectory(d) => write!(f, "directory is not absolute: {d}"),
         }
     }
@@ -124,6 +173,10 @@ pub struct Registry {
     pending_events: Vec<Event>,
     /// Events of committed changes, not yet taken.
     events: Vec<Event>,
+    /// Changes made since the registry was opened (undone ones included):
+    /// the dispatcher compares it around a handler to know whether the
+    /// reply must wait for the commit.
+    changes: u64,
 }
 
 const SETTINGS_FILE: &str = "settings.benc";
@@ -150,6 +203,7 @@ impl Registry {
             recording: false,
             pending_events: Vec::new(),
             events: Vec::new(),
+            changes: 0,
         };
         if let Some(v) = reg.load_file(SETTINGS_FILE)? {
             match Settings::from_value(&v, defaults) {
@@ -258,6 +312,17 @@ impl Registry {
             .join(format!("{}.torrent", metainfo::hex(hash)))
     }
 
+    fn journal(&mut self, undo: Undo) {
+        self.journal.push(undo);
+        self.changes += 1;
+    }
+
+    /// How many changes were made so far: it moves exactly when a handler
+    /// changed something that a commit must make durable.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
     /// The state directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -298,7 +363,7 @@ impl Registry {
                 self.event(Event::SettingChanged { name });
             }
             let old = std::mem::replace(&mut self.settings, next);
-            self.journal.push(Undo::Settings(Box::new(old)));
+            self.journal(Undo::Settings(Box::new(old)));
             self.settings_dirty = true;
         }
     }
@@ -334,9 +399,10 @@ impl Registry {
         }
         let bytes = std::fs::read(path).map_err(read_err)?;
         self.add(bytes, directory, autostart).map_err(|e| match e {
-            AddError::Metainfo(m) => {
-                AddError::Metainfo(MetainfoError(format!("{}: {m}", path.display())))
-            }
+            AddError::Metainfo { error, .. } => AddError::Metainfo {
+                path: Some(path.to_path_buf()),
+                error,
+            },
             other => other,
         })
     }
@@ -350,7 +416,8 @@ impl Registry {
         directory: Option<PathBuf>,
         autostart: Option<bool>,
     ) -> Result<u64, AddError> {
-        let meta = Metainfo::parse(&bytes).map_err(AddError::Metainfo)?;
+        let meta =
+            Metainfo::parse(&bytes).map_err(|error| AddError::Metainfo { path: None, error })?;
         if let Some(id) = self.torrents.lookup(&meta.info_hash) {
             return Ok(id);
         }
@@ -362,7 +429,7 @@ impl Registry {
         self.old_copies.retain(|p| *p != copy);
         self.new_copies.push((copy.clone(), bytes));
         let id = self.torrents.insert(meta, copy, directory);
-        self.journal.push(Undo::Added(id));
+        self.journal(Undo::Added(id));
         self.event(Event::Added { id });
         if autostart.unwrap_or(self.settings.autostart) && self.torrents.start(id) {
             self.event(Event::Started { id });
@@ -374,7 +441,7 @@ impl Registry {
     /// ignored.
     pub fn start(&mut self, id: u64) {
         if self.torrents.start(id) {
-            self.journal.push(Undo::Running(id, false));
+            self.journal(Undo::Running(id, false));
             self.event(Event::Started { id });
         }
     }
@@ -382,7 +449,7 @@ impl Registry {
     /// Stops a torrent. Unknown ids are ignored.
     pub fn stop(&mut self, id: u64) {
         if self.torrents.stop(id) {
-            self.journal.push(Undo::Running(id, true));
+            self.journal(Undo::Running(id, true));
             self.event(Event::Stopped { id });
         }
     }
@@ -398,7 +465,7 @@ impl Registry {
                 hash: t.meta.hash_hex(),
                 name: String::from_utf8_lossy(&t.meta.name).into_owned(),
             });
-            self.journal.push(Undo::Removed(Box::new(t)));
+            self.journal(Undo::Removed(Box::new(t)));
         }
     }
 
@@ -432,7 +499,7 @@ impl Registry {
     /// Makes every change since the last commit durable. On failure every
     /// journalled change is undone, so memory matches the disk again, and
     /// the reason is returned.
-    pub fn commit(&mut self) -> Result<(), String> {
+    pub fn commit(&mut self) -> Result<(), CommitError> {
         if !self.needs_commit() {
             return Ok(());
         }
@@ -452,35 +519,34 @@ impl Registry {
                 Ok(())
             }
             Err(e) => {
-                let why = format!("cannot save state in {}: {e}", self.dir.display());
-                error!("{why}; undoing {} change(s)", self.journal.len());
+                error!("{e}; undoing {} change(s)", self.journal.len());
                 self.rollback();
-                Err(why)
+                Err(e)
             }
         }
     }
 
-    fn write(&mut self) -> io::Result<()> {
+    fn write(&mut self) -> Result<(), CommitError> {
+        let failed = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| CommitError::Write { path, source }
+        };
         for (path, bytes) in &self.new_copies {
-            store::replace_file(path, bytes)?;
+            store::replace_file(path, bytes).map_err(failed(path))?;
         }
+        let copies = self.dir.join(COPIES_DIR);
         if !self.new_copies.is_empty() {
-            store::sync_dir(&self.dir.join(COPIES_DIR))?;
+            store::sync_dir(&copies).map_err(failed(&copies))?;
         }
         if self.settings_dirty {
-            let bytes = self
-                .settings
-                .to_value()
-                .to_bencode()
-                .map_err(io::Error::other)?;
-            store::write_atomic(&self.dir.join(SETTINGS_FILE), &bytes)?;
+            let bytes = self.settings.to_value().to_bencode()?;
+            let path = self.dir.join(SETTINGS_FILE);
+            store::write_atomic(&path, &bytes).map_err(failed(&path))?;
         }
         if self.torrents_dirty || self.journal.iter().any(|u| !matches!(u, Undo::Settings(_))) {
-            let bytes = self
-                .torrents_value()
-                .to_bencode()
-                .map_err(io::Error::other)?;
-            store::write_atomic(&self.dir.join(TORRENTS_FILE), &bytes)?;
+            let bytes = self.torrents_value().to_bencode()?;
+            let path = self.dir.join(TORRENTS_FILE);
+            store::write_atomic(&path, &bytes).map_err(failed(&path))?;
         }
         self.new_copies.clear();
         Ok(())

@@ -19,7 +19,7 @@ use log::info;
 use rhai::{Array, Dynamic, Engine, EvalAltResult, FnPtr, NativeCallContext};
 
 use super::{settings_map, to_dynamic, Collected, Host, EVENTS};
-use crate::commands::full_description;
+use crate::status::full_description;
 
 /// What a handler asks to send.
 #[derive(Debug, Clone)]
@@ -42,6 +42,14 @@ fn script_error(ctx: &NativeCallContext, msg: String) -> Box<EvalAltResult> {
 
 /// Registers every host function on `engine`.
 pub(super) fn register(engine: &mut Engine, host: &Rc<Host>) {
+    register_replies(engine);
+    register_registration(engine, host);
+    register_utilities(engine, host);
+    register_state(engine, host);
+}
+
+/// `succeeded`, `failed`, `bad_format`, `reply`.
+fn register_replies(engine: &mut Engine) {
     engine.register_type_with_name::<ScriptReply>("Reply");
     engine.register_fn("succeeded", || ScriptReply::Succeeded);
     engine.register_fn("failed", |why: Dynamic| {
@@ -51,7 +59,10 @@ pub(super) fn register(engine: &mut Engine, host: &Rc<Host>) {
     engine.register_fn("reply", |key: &str, value: Dynamic| {
         ScriptReply::Data(key.to_string(), value)
     });
+}
 
+/// `on_message` and `on_event` (top level only).
+fn register_registration(engine: &mut Engine, host: &Rc<Host>) {
     let h = Rc::clone(host);
     engine.register_fn(
         "on_message",
@@ -85,7 +96,10 @@ pub(super) fn register(engine: &mut Engine, host: &Rc<Host>) {
             })
         },
     );
+}
 
+/// `log`, `now`, `uptime`.
+fn register_utilities(engine: &mut Engine, host: &Rc<Host>) {
     let h = Rc::clone(host);
     engine.register_fn("log", move |msg: Dynamic| {
         info!("script {}: {msg}", h.current.borrow());
@@ -99,7 +113,10 @@ pub(super) fn register(engine: &mut Engine, host: &Rc<Host>) {
     engine.register_fn("uptime", move || -> i64 {
         h.started.elapsed().as_secs() as i64
     });
+}
 
+/// `settings`, `torrents`, `torrent`, `start`, `stop`.
+fn register_state(engine: &mut Engine, host: &Rc<Host>) {
     let h = Rc::clone(host);
     engine.register_fn(
         "settings",

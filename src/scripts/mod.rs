@@ -38,40 +38,63 @@ use rhai::{
 };
 
 use crate::codec::Value;
-use crate::commands::Reply;
 use crate::registry::{CheckEvent, Event, Registry};
+use crate::reply::Reply;
 pub use api::ScriptReply;
 pub use convert::{to_dynamic, to_value};
 
 /// The bounds on every script call. Zero means no limit for the counts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Its defaults are written once, here, as the command line's.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct Limits {
-    /// Rhai operations per call (and for a script's top level at load).
+    /// Most Rhai operations one script call may run (0 = no limit)
+    #[arg(
+        long = "script-max-operations",
+        value_name = "N",
+        default_value_t = 1_000_000
+    )]
     pub max_operations: u64,
-    /// Wall-clock time per call.
-    pub timeout: Duration,
-    /// Nested function calls.
+    /// Longest time one script call may run, in milliseconds
+    #[arg(long = "script-timeout-ms", value_name = "MS", default_value_t = 50,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub timeout_ms: u64,
+    /// Deepest nesting of function calls in a script
+    #[arg(long = "script-max-call-depth", value_name = "N", default_value_t = 32)]
     pub max_call_depth: usize,
-    /// Expression nesting, checked when a script compiles.
+    /// Deepest nesting of expressions in a script (checked when it compiles)
+    #[arg(long = "script-max-expr-depth", value_name = "N", default_value_t = 64)]
     pub max_expr_depth: usize,
-    /// Bytes of one string.
+    /// Longest string a script may build, in bytes
+    #[arg(long = "script-max-string", value_name = "BYTES", default_value_t = 1 << 20)]
     pub max_string: usize,
-    /// Elements of one array (and bytes of one blob).
+    /// Most elements of an array (or bytes of a blob) a script may build
+    #[arg(long = "script-max-array", value_name = "N", default_value_t = 100_000)]
     pub max_array: usize,
-    /// Entries of one map.
+    /// Most entries of a map a script may build
+    #[arg(long = "script-max-map", value_name = "N", default_value_t = 10_000)]
     pub max_map: usize,
 }
 
+impl Limits {
+    /// Wall-clock time per call.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// The limits alone on a command line, to read their defaults.
+#[derive(clap::Parser)]
+struct BareLimits {
+    #[command(flatten)]
+    limits: Limits,
+}
+
 impl Default for Limits {
+    /// The command line's defaults (written once, in the attributes).
     fn default() -> Limits {
-        Limits {
-            max_operations: 1_000_000,
-            timeout: Duration::from_millis(50),
-            max_call_depth: 32,
-            max_expr_depth: 64,
-            max_string: 1 << 20,
-            max_array: 100_000,
-            max_map: 10_000,
+        match <BareLimits as clap::Parser>::try_parse_from(["tripcd"]) {
+            Ok(b) => b.limits,
+            Err(e) => unreachable!("the empty command line is valid: {e}"),
         }
     }
 }
@@ -91,11 +114,59 @@ pub const EVENTS: &[&str] = &[
 /// Why scripts could not be loaded: the file, the line when known, and
 /// what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LoadError(pub String);
+pub enum LoadError {
+    /// A file or the directory could not be read.
+    Read {
+        /// What could not be read.
+        path: PathBuf,
+        /// What the system said.
+        error: String,
+    },
+    /// A script does not compile, or its top level failed.
+    Script {
+        /// The script file.
+        path: PathBuf,
+        /// The line, "?" when unknown.
+        line: String,
+        /// Rhai's message.
+        error: String,
+    },
+    /// A script registers a key a built-in handles.
+    BuiltinKey {
+        /// The script file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+    },
+    /// Two registrations of one key.
+    DuplicateKey {
+        /// The script file registering it again.
+        path: PathBuf,
+        /// The key.
+        key: String,
+        /// The file that registered it first.
+        first: String,
+    },
+}
 
 impl fmt::Display for LoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            LoadError::Read { path, error } => write!(f, "{}: {error}", path.display()),
+            LoadError::Script { path, line, error } => {
+                write!(f, "{}:{line}: {error}", path.display())
+            }
+            LoadError::BuiltinKey { path, key } => write!(
+                f,
+                "{}: key \"{key}\" is a built-in key of tripcd; a script may not replace it",
+                path.display()
+            ),
+            LoadError::DuplicateKey { path, key, first } => write!(
+                f,
+                "{}: key \"{key}\" is already handled by {first}",
+                path.display()
+            ),
+        }
     }
 }
 
@@ -207,45 +278,49 @@ impl Scripts {
         let file: Rc<str> = path
             .file_name()
             .map_or(Rc::from(""), |f| Rc::from(f.to_string_lossy().as_ref()));
-        let source = std::fs::read_to_string(path)
-            .map_err(|e| LoadError(format!("{}: {e}", path.display())))?;
+        let source = std::fs::read_to_string(path).map_err(|e| LoadError::Read {
+            path: path.to_path_buf(),
+            error: e.to_string(),
+        })?;
         let ast = self
             .engine
             .compile(&source)
-            .map_err(|e| LoadError(format!("{}:{}: {}", path.display(), line_of(e.1), e.0)))?;
+            .map_err(|e| LoadError::Script {
+                path: path.to_path_buf(),
+                line: line_of(e.1),
+                error: e.0.to_string(),
+            })?;
 
         *self.host.current.borrow_mut() = Rc::clone(&file);
         *self.host.collecting.borrow_mut() = Some(Collected::default());
         self.host
             .deadline
-            .set(Some(Instant::now() + self.limits.timeout));
+            .set(Some(Instant::now() + self.limits.timeout()));
         let ran = self.engine.run_ast_with_scope(&mut Scope::new(), &ast);
         self.host.deadline.set(None);
         let collected = self.host.collecting.borrow_mut().take().unwrap_or_default();
-        ran.map_err(|e| {
-            LoadError(format!(
-                "{}:{}: {}",
-                path.display(),
-                line_of(e.position()),
-                e
-            ))
+        ran.map_err(|e| LoadError::Script {
+            path: path.to_path_buf(),
+            line: line_of(e.position()),
+            error: e.to_string(),
         })?;
 
         let index = self.scripts.len();
         for (key, func) in collected.keys {
             if is_builtin(&key) {
-                return Err(LoadError(format!(
-                    "{}: key \"{key}\" is a built-in key of tripcd; a script may not replace it",
-                    path.display()
-                )));
+                return Err(LoadError::BuiltinKey {
+                    path: path.to_path_buf(),
+                    key,
+                });
             }
             if let Some(other) = self.keys.iter().find(|k| k.key == key) {
                 // Not yet in `scripts`: the key repeats within this file.
                 let other_file = self.scripts.get(other.script).map_or(&*file, |s| &*s.file);
-                return Err(LoadError(format!(
-                    "{}: key \"{key}\" is already handled by {other_file}",
-                    path.display()
-                )));
+                return Err(LoadError::DuplicateKey {
+                    path: path.to_path_buf(),
+                    key,
+                    first: other_file.to_string(),
+                });
             }
             self.keys.push(KeyHandler {
                 key,
@@ -299,22 +374,9 @@ impl Scripts {
             to_dynamic(value),
             ("key", &handler.key),
         );
-        let reply = match result {
+        match result {
             Ok(d) => self.reply_of(handler.script, &handler.key, d),
             Err(why) => Reply::Failed(why),
-        };
-        // A handler that started or stopped torrents answers once that is
-        // durable, like the built-ins.
-        let changed = self
-            .host
-            .registry
-            .try_borrow()
-            .map(|r| r.needs_commit())
-            .unwrap_or(false);
-        if changed && !matches!(reply, Reply::Failed(_)) {
-            Reply::Durable(Box::new(reply))
-        } else {
-            reply
         }
     }
 
@@ -468,7 +530,7 @@ fn run(
     let mut args: Vec<Dynamic> = func.curry().to_vec();
     args.push(arg);
     let start = Instant::now();
-    host.deadline.set(Some(start + limits.timeout));
+    host.deadline.set(Some(start + limits.timeout()));
     let options = CallFnOptions::new()
         .eval_ast(false)
         .rewind_scope(true)
@@ -513,10 +575,10 @@ fn script_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => {
-            return Err(LoadError(format!(
-                "scripts directory {}: {e}",
-                dir.display()
-            )))
+            return Err(LoadError::Read {
+                path: dir.to_path_buf(),
+                error: format!("scripts directory: {e}"),
+            })
         }
     };
     let mut files: Vec<PathBuf> = entries

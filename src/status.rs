@@ -1,0 +1,146 @@
+//! The protocol's view of a torrent: the info and status types of
+//! PROTOCOL.md 5 and their values. Read by the command handlers and by the
+//! scripts' host functions alike.
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use crate::codec::Value;
+use crate::registry::metainfo::Tracker;
+use crate::registry::{Phase, Torrent};
+
+/// Every info type of PROTOCOL.md 5, sorted.
+pub const INFO_TYPES: &[&str] = &[
+    "comment", "creator", "date", "files", "hash", "name", "path", "private", "saved", "size",
+    "trackers",
+];
+
+/// Every status type of PROTOCOL.md 5, sorted.
+pub const STATUS_TYPES: &[&str] = &[
+    "completed",
+    "download-speed",
+    "download-total",
+    "download-valid",
+    "error",
+    "error-message",
+    "eta",
+    "peers-downloading",
+    "peers-from",
+    "peers-total",
+    "peers-uploading",
+    "running",
+    "scrape-completed",
+    "scrape-leechers",
+    "scrape-seeders",
+    "state",
+    "swarm-speed",
+    "tracker",
+    "upload-speed",
+    "upload-total",
+];
+
+/// Everything `get-info` and `get-status` can say of a torrent, in one
+/// dict with its `id` (what scripts see).
+pub fn full_description(t: &Torrent) -> Value {
+    let mut pairs: Vec<(&'static str, Value)> = vec![("id", Value::Int(t.id as i64))];
+    for &ty in INFO_TYPES {
+        if let Some(v) = info_field(t, ty) {
+            pairs.push((ty, v));
+        }
+    }
+    for &ty in STATUS_TYPES {
+        if let Some(v) = status_field(t, ty) {
+            pairs.push((ty, v));
+        }
+    }
+    pairs.sort_unstable_by_key(|(k, _)| *k);
+    Value::dict(pairs)
+}
+
+fn bytes(b: &[u8]) -> Value {
+    Value::Bytes(b.to_vec())
+}
+
+fn path_value(p: &Path) -> Value {
+    bytes(p.as_os_str().as_bytes())
+}
+
+fn tracker_value(t: &Tracker) -> Value {
+    let mut pairs = vec![
+        ("address", Value::str(&t.address)),
+        ("announce", Value::str(&t.announce)),
+        ("port", Value::Int(t.port.into())),
+    ];
+    if let Some(s) = &t.scrape {
+        pairs.push(("scrape", Value::str(s)));
+    }
+    Value::dict(pairs)
+}
+
+/// The value of one info type, or `None` for an unknown type (skipped).
+pub fn info_field(t: &Torrent, ty: &str) -> Option<Value> {
+    let m = &t.meta;
+    Some(match ty {
+        "hash" => Value::from(m.hash_hex()),
+        "name" => bytes(&m.name),
+        "path" => path_value(&t.saved_path),
+        "saved" => Value::Int(1),
+        "private" => Value::Int(m.private.into()),
+        "trackers" => Value::List(
+            m.tiers
+                .iter()
+                .map(|tier| Value::List(tier.iter().map(tracker_value).collect()))
+                .collect(),
+        ),
+        "comment" => bytes(&m.comment),
+        "creator" => bytes(&m.creator),
+        "date" => Value::Int(m.creation_date?),
+        "size" => Value::Int(m.total_size() as i64),
+        "files" => Value::List(
+            m.files
+                .iter()
+                .map(|f| {
+                    Value::dict([
+                        ("name", Value::Bytes(f.display_path())),
+                        ("size", Value::Int(f.length as i64)),
+                    ])
+                })
+                .collect(),
+        ),
+        _ => return None,
+    })
+}
+
+/// The protocol's name for a phase.
+pub fn state_name(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Paused => "paused",
+        Phase::WaitingCheck => "waiting to checking",
+        Phase::Checking => "checking",
+        Phase::Downloading => "downloading",
+        Phase::Seeding => "seeding",
+    }
+}
+
+/// The value of one status type, or `None` for an unknown type. What only
+/// a peer engine could know is 0 (or -1 where the protocol says unknown).
+pub fn status_field(t: &Torrent, ty: &str) -> Option<Value> {
+    Some(match ty {
+        "completed" | "download-valid" => Value::Int(t.completed as i64),
+        "download-speed" | "download-total" | "upload-speed" | "upload-total" | "swarm-speed"
+        | "peers-downloading" | "peers-uploading" | "peers-total" => Value::Int(0),
+        "peers-from" => Value::dict([
+            ("cache", Value::Int(0)),
+            ("incoming", Value::Int(0)),
+            ("pex", Value::Int(0)),
+            ("tracker", Value::Int(0)),
+        ]),
+        "eta" | "scrape-completed" | "scrape-leechers" | "scrape-seeders" => Value::Int(-1),
+        "error" => Value::str(t.error.as_ref().map_or("", |e| e.code)),
+        "error-message" => Value::str(t.error.as_ref().map_or("", |e| e.message.as_str())),
+        "running" => Value::Int(t.running.into()),
+        "state" => Value::str(state_name(t.phase)),
+        "tracker" => tracker_value(t.meta.tiers.first()?.first()?),
+        _ => return None,
+    })
+}
