@@ -5,9 +5,10 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tripcd::codec::{decode, split_frame, Value};
-use tripcd::commands::Service;
+use tripcd::config::Config;
 use tripcd::registry::{Registry, Settings};
-use tripcd::session::Session;
+use tripcd::server::Server;
+use tripcd::service::Service;
 
 fn framing(c: &mut Criterion) {
     let frame = b"0000000Dl4:noop0:i1ee";
@@ -69,12 +70,12 @@ fn encoding(c: &mut Criterion) {
 fn dispatch(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let reg = Registry::open(dir.path(), Settings::defaults("/tmp".into())).unwrap();
-    let mut svc = Service::new(reg);
-    let mut s = Session::new(1, 16 << 20);
-    let n = s.output().len();
-    s.consume_output(n);
-    s.receive(&tripcd::client::version_frame(1, 2), &mut svc)
-        .unwrap();
+    let mut server = Server::new(Service::new(reg), Config::default());
+    let now = std::time::Instant::now();
+    let id = server.connect(now);
+    server.receive(id, &tripcd::client::version_frame(1, 2), now);
+    let n = server.output(id).len();
+    server.consume_output(id, n);
     let noop = b"0000000Dl4:noop0:i1ee";
     let get_port = b"00000011l8:get-port0:i3ee";
     let mut g = c.benchmark_group("session");
@@ -85,9 +86,10 @@ fn dispatch(c: &mut Criterion) {
     ] {
         g.bench_function(name, |b| {
             b.iter(|| {
-                s.receive(black_box(msg), &mut svc).unwrap();
-                let n = s.output().len();
-                s.consume_output(n);
+                server.receive(id, black_box(msg), now);
+                server.end_turn(now);
+                let n = server.output(id).len();
+                server.consume_output(id, n);
             })
         });
     }

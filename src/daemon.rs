@@ -6,81 +6,18 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixStream as StdUnixStream;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
 use log::{info, warn};
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::stat::{umask, Mode};
 
 use crate::access::Policy;
-use crate::commands::Service;
-use crate::reactor::{Exit, Reactor, ReactorConfig};
+pub use crate::config::Config;
+use crate::reactor::{Exit, Reactor};
 use crate::registry::{Registry, Settings};
-use crate::scripts::Limits;
-
-/// Everything the daemon needs to start.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// The Unix socket clients connect to.
-    pub socket: PathBuf,
-    /// Where settings, torrents and the lock file live.
-    pub state_dir: PathBuf,
-    /// Default `directory` setting for a fresh state directory.
-    pub download_dir: PathBuf,
-    /// Largest payload accepted from a client.
-    pub max_message: usize,
-    /// Close clients silent for this long (`None`: never).
-    pub idle_timeout: Option<Duration>,
-    /// Longest time one slice of verification may hold the loop.
-    pub check_slice: Duration,
-    /// The scripts directory given on the command line (it must then
-    /// exist); `None`: `<state-dir>/scripts`, if it exists.
-    pub scripts: Option<PathBuf>,
-    /// Bounds on every script call.
-    pub script_limits: Limits,
-    /// Mode of the socket file.
-    pub socket_mode: u32,
-    /// Group of the socket file (name or number), if not the daemon's.
-    pub socket_group: Option<String>,
-    /// Users let in besides the daemon's own and root.
-    pub allow_uids: Vec<u32>,
-    /// Groups let in (by a client's primary group).
-    pub allow_gids: Vec<u32>,
-    /// Clients served at once (`None`: as many as descriptors allow).
-    pub max_clients: Option<usize>,
-    /// Close clients that send no version this long after connecting.
-    pub handshake_timeout: Option<Duration>,
-    /// Unread replies a client may leave queued before it is disconnected.
-    pub max_output: usize,
-    /// Bytes read from one client per loop turn.
-    pub read_budget: usize,
-}
-
-impl Config {
-    /// The original daemon's paths under `home`, and the other defaults.
-    pub fn defaults(home: &Path) -> Config {
-        let state_dir = home.join(".transmission").join("daemon");
-        Config {
-            socket: state_dir.join("socket"),
-            state_dir,
-            download_dir: home.join("Downloads"),
-            max_message: 16 << 20,
-            idle_timeout: Some(Duration::from_secs(60)),
-            check_slice: Duration::from_millis(5),
-            scripts: None,
-            script_limits: Limits::default(),
-            socket_mode: 0o600,
-            socket_group: None,
-            allow_uids: Vec::new(),
-            allow_gids: Vec::new(),
-            max_clients: None,
-            handshake_timeout: Some(Duration::from_secs(10)),
-            max_output: 64 << 20,
-            read_budget: crate::reactor::READ_BUDGET_PER_TURN,
-        }
-    }
-}
+use crate::server::Server;
+use crate::service::Service;
 
 /// Why the daemon could not start or run.
 #[derive(Debug)]
@@ -100,49 +37,42 @@ fn err(context: impl fmt::Display, e: impl fmt::Display) -> DaemonError {
 
 /// Runs the daemon until `quit` or SIGINT/SIGTERM.
 pub fn run(config: &Config) -> Result<Exit, DaemonError> {
-    create_private_dir(&config.state_dir)?;
-    let _lock = lock_state_dir(&config.state_dir)?;
-    let registry = Registry::open(
-        &config.state_dir,
-        Settings::defaults(config.download_dir.clone()),
-    )
-    .map_err(|e| DaemonError(e.to_string()))?;
+    if !config.has_paths() {
+        return Err(DaemonError(
+            "HOME is not set; give --state-dir and --download-dir".into(),
+        ));
+    }
+    let state_dir = config.state_dir();
+    let socket = config.socket();
+    create_private_dir(state_dir)?;
+    let _lock = lock_state_dir(state_dir)?;
+    let registry = Registry::open(state_dir, Settings::defaults(config.download_dir()))
+        .map_err(|e| DaemonError(e.to_string()))?;
     let mut svc = Service::new(registry);
     load_scripts(config, &mut svc)?;
     let capacity = raise_fd_limit();
-    let max_clients = config
-        .max_clients
-        .unwrap_or(capacity as usize)
-        .min(capacity as usize);
+    let max_clients = config.max_clients.unwrap_or(capacity).min(capacity) as usize;
     let group = config.socket_group.as_deref().map(group_id).transpose()?;
-    let listener = bind(&config.socket, config.socket_mode, group)?;
-    let reactor_config = ReactorConfig {
-        max_message: config.max_message,
-        idle_timeout: config.idle_timeout,
-        check_slice: config.check_slice,
-        access: Policy {
-            own_uid: nix::unistd::getuid().as_raw(),
-            allow_uids: config.allow_uids.clone(),
-            allow_gids: config.allow_gids.clone(),
-        },
-        max_clients,
-        handshake_timeout: config.handshake_timeout,
-        max_output: config.max_output,
-        read_budget: config.read_budget,
+    let listener = bind(&socket, config.socket_mode, group)?;
+    let access = Policy {
+        own_uid: nix::unistd::getuid().as_raw(),
+        allow_uids: config.allow_uids.clone(),
+        allow_gids: config.allow_gids.clone(),
     };
-    let result = Reactor::new(listener, svc, reactor_config).and_then(|mut reactor| {
+    let server = Server::new(svc, config.clone());
+    let result = Reactor::new(listener, server, access, max_clients).and_then(|mut reactor| {
         // Only now are signals handled: "ready" means SIGTERM is safe.
         info!(
             "tripcd {} ready on {} (state in {}, room for about {capacity} clients, serving at most {max_clients})",
             env!("CARGO_PKG_VERSION"),
-            config.socket.display(),
-            config.state_dir.display(),
+            socket.display(),
+            state_dir.display(),
         );
         reactor.run()
     });
     // The socket goes whatever happened, so the next start finds no stale file.
-    if let Err(e) = fs::remove_file(&config.socket) {
-        warn!("cannot remove {}: {e}", config.socket.display());
+    if let Err(e) = fs::remove_file(&socket) {
+        warn!("cannot remove {}: {e}", socket.display());
     }
     let exit = result.map_err(|e| err("event loop failed", e))?;
     info!("tripcd stopped ({exit:?})");
@@ -158,7 +88,7 @@ fn load_scripts(config: &Config, svc: &mut Service) -> Result<(), DaemonError> {
             )))
         }
         Some(dir) => dir.clone(),
-        None => config.state_dir.join("scripts"),
+        None => config.state_dir().join("scripts"),
     };
     let files = svc
         .load_scripts(&dir, config.script_limits.clone())

@@ -1,11 +1,18 @@
 //! tripcd: a daemon speaking the bencoded Unix-socket IPC protocol of the
 //! Transmission BitTorrent client (versions 1 and 2).
 //!
-//! Layers, each knowing only the ones below it:
+//! Layers, each knowing only the ones above it in this list:
 //! - [`codec`]: frames and bencode, pure functions over bytes;
-//! - [`session`]: one connection's protocol state, bytes in, bytes out;
-//! - [`commands`]: the table of keys and their handlers;
+//! - [`message`]: the version 2 message and the version handshake;
+//! - [`reply`]: what a handler answers;
 //! - [`registry`]: settings, torrents and their persistence;
+//! - [`status`]: the protocol's view of a torrent;
+//! - [`session`]: one connection's protocol state, bytes in, bytes out;
+//! - [`commands`]: the table of keys and the built-in handlers;
+//! - [`scripts`]: Rhai scripts: keys, hooks, host functions;
+//! - [`config`]: every option and its default;
+//! - [`service`]: runs messages against the table, handlers and scripts;
+//! - [`server`]: the sans-IO core: sessions and the order of a loop turn;
 //! - [`reactor`]: the mio event loop, the only part touching sockets;
 //! - [`daemon`]: start-up and shutdown around the reactor.
 
@@ -13,11 +20,17 @@ pub mod access;
 pub mod client;
 pub mod codec;
 pub mod commands;
+pub mod config;
 pub mod daemon;
 pub mod load;
+pub mod message;
 pub mod reactor;
 pub mod registry;
 pub mod remote;
+pub mod reply;
 pub mod scripts;
+pub mod server;
+pub mod service;
 pub mod session;
+pub mod status;
 pub mod sys;

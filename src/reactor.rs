@@ -1,17 +1,8 @@
-//! The event loop: one mio `Poll`, one listening Unix socket, a slab of
-//! connections. It only moves bytes between sockets and the sans-IO
-//! [`Session`]s, and drives timers, signals and the registry's slices of
-//! background work.
-//!
-//! One loop turn:
-//! 1. wait for readiness (not at all when work is pending);
-//! 2. accept, and read from every ready connection into a shared scratch
-//!    buffer, running complete messages as they arrive;
-//! 3. run one bounded slice of torrent verification;
-//! 4. commit every change of the turn in one durable write, then release
-//!    the replies that waited for it;
-//! 5. write out every connection's output (many replies, one syscall);
-//! 6. close the connections queued for closing: the one safe point.
+//! The event loop: one mio `Poll`, the listening Unix socket, one stream
+//! per client. It only moves bytes between sockets and the sans-IO
+//! [`Server`], handles readiness, signals and the timer, and applies the
+//! server's decisions (close, write interest). The order of a loop turn is
+//! the server's (see [`crate::server`]).
 
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
@@ -22,11 +13,9 @@ use mio::{Events, Interest, Poll, Token};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
-use slab::Slab;
 
 use crate::access::{Peer, Policy};
-use crate::commands::Service;
-use crate::session::Session;
+use crate::server::{ClientId, Server};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
@@ -34,38 +23,8 @@ const SIGNALS: Token = Token(usize::MAX - 2);
 /// Size of the shared read buffer.
 const SCRATCH: usize = 64 << 10;
 
-/// Bytes read from one client per loop turn, so that one flooding client
-/// cannot starve the others; the rest is read on the next turn.
-pub const READ_BUDGET_PER_TURN: usize = 256 << 10;
-
 /// How long shutdown waits for clients to take their last replies.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
-
-/// Bytes hashed per step of a verification slice: small enough that the
-/// slice ends close to its time budget (about 0.2 ms of SHA-1 here).
-const CHECK_STEP: u64 = 256 << 10;
-
-/// Tunables of the loop.
-#[derive(Debug, Clone)]
-pub struct ReactorConfig {
-    /// Largest payload accepted from a client.
-    pub max_message: usize,
-    /// Close clients silent for this long (`None`: never).
-    pub idle_timeout: Option<Duration>,
-    /// Longest time one slice of verification may hold the loop.
-    pub check_slice: Duration,
-    /// Who may connect.
-    pub access: Policy,
-    /// Clients served at once; more are accepted and closed at once.
-    pub max_clients: usize,
-    /// Close clients that have not sent their version this long after
-    /// connecting (`None`: never).
-    pub handshake_timeout: Option<Duration>,
-    /// Unread replies a client may leave queued before it is disconnected.
-    pub max_output: usize,
-    /// Bytes read from one client per loop turn (fairness).
-    pub read_budget: usize,
-}
 
 /// Why the loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,49 +35,45 @@ pub enum Exit {
     Signal(i32),
 }
 
+/// A client's socket and what the reactor knows of its readiness. Its
+/// slot is the server's [`ClientId`], which is also its mio token.
 struct Conn {
     stream: UnixStream,
-    session: Session,
-    serial: u64,
-    connected_at: Instant,
-    last_active: Instant,
     /// Read readiness not yet used up (readiness is edge-triggered).
     readable: bool,
-    /// Closing: no more input; close once output is written.
-    closing: bool,
     /// WRITABLE interest is registered.
     write_interest: bool,
     /// Listed in `Reactor::dirty` this turn.
     dirty: bool,
 }
 
-/// The event loop and everything it owns.
+/// The event loop and the sockets it owns.
 pub struct Reactor {
     poll: Poll,
     listener: Option<UnixListener>,
     signals: Signals,
-    conns: Slab<Conn>,
-    svc: Service,
-    config: ReactorConfig,
+    /// Sockets by client id (the server hands the ids out).
+    conns: Vec<Option<Conn>>,
+    server: Server,
+    access: Policy,
+    max_clients: usize,
     scratch: Vec<u8>,
-    /// Connections to drive this turn (ready, or with work left over).
-    dirty: Vec<usize>,
-    /// Connections to drive again next turn without waiting for an event.
-    again: Vec<usize>,
-    next_serial: u64,
-    next_sweep: Option<Instant>,
+    /// Clients to drive this turn (ready, or with work left over).
+    dirty: Vec<ClientId>,
+    /// Clients to drive again next turn without waiting for an event.
+    again: Vec<ClientId>,
     accept_paused_until: Option<Instant>,
-    /// Longest verification slice since the queue last ran dry (logged
-    /// then, so the bound on pauses is visible in the log).
-    longest_slice: Duration,
-    /// After a failed commit, when to try again unasked (a client's
-    /// change still triggers a commit at once).
-    retry_commit: Option<Instant>,
 }
 
 impl Reactor {
-    /// A reactor serving `listener` with `svc`.
-    pub fn new(listener: UnixListener, svc: Service, config: ReactorConfig) -> io::Result<Reactor> {
+    /// A reactor serving `listener` for `server`; at most `max_clients`
+    /// at once, each admitted by `access`.
+    pub fn new(
+        listener: UnixListener,
+        server: Server,
+        access: Policy,
+        max_clients: usize,
+    ) -> io::Result<Reactor> {
         let poll = Poll::new()?;
         let mut listener = listener;
         poll.registry()
@@ -130,23 +85,20 @@ impl Reactor {
             poll,
             listener: Some(listener),
             signals,
-            conns: Slab::new(),
-            svc,
-            config,
+            conns: Vec::new(),
+            server,
+            access,
+            max_clients,
             scratch: vec![0; SCRATCH],
             dirty: Vec::new(),
             again: Vec::new(),
-            next_serial: 1,
-            next_sweep: None,
             accept_paused_until: None,
-            longest_slice: Duration::ZERO,
-            retry_commit: None,
         })
     }
 
-    /// The service (for inspection after the loop ends).
-    pub fn service(&self) -> &Service {
-        &self.svc
+    /// The server (for inspection after the loop ends).
+    pub fn server(&self) -> &Server {
+        &self.server
     }
 
     /// Runs until `quit` or a terminating signal, then flushes queued
@@ -164,8 +116,8 @@ impl Reactor {
 
     /// One loop turn: wait for readiness (or a timer), then serve.
     fn step(&mut self, events: &mut Events) -> io::Result<Option<Exit>> {
-        let timeout = self.timeout(Instant::now());
-        if let Err(e) = self.poll.poll(events, timeout) {
+        let now = Instant::now();
+        if let Err(e) = self.poll.poll(events, self.timeout(now)) {
             if e.kind() == io::ErrorKind::Interrupted {
                 return Ok(None);
             }
@@ -177,12 +129,12 @@ impl Reactor {
             match event.token() {
                 LISTENER => self.accept(now),
                 SIGNALS => exit = exit.or(self.signals()),
-                Token(key) => {
-                    if let Some(conn) = self.conns.get_mut(key) {
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            conn.readable = true;
-                        }
-                        mark(&mut self.dirty, conn, key);
+                Token(id) => {
+                    let readable =
+                        event.is_readable() || event.is_read_closed() || event.is_error();
+                    if let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) {
+                        conn.readable |= readable;
+                        mark(&mut self.dirty, conn, id);
                     }
                 }
             }
@@ -192,22 +144,18 @@ impl Reactor {
             self.accept(now);
         }
         self.turn(now);
-        if self.svc.control.quit {
+        if self.server.quit_requested() {
             exit = exit.or(Some(Exit::Quit));
         }
         Ok(exit)
     }
 
     fn timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.again.is_empty()
-            || self.svc.registry().has_work()
-            || (self.svc.registry().needs_commit() && self.retry_commit.is_none())
-        {
+        if !self.again.is_empty() {
             return Some(Duration::ZERO);
         }
-        let deadlines = [self.next_sweep, self.accept_paused_until, self.retry_commit];
-        deadlines
-            .iter()
+        [self.server.poll_timeout(now), self.accept_paused_until]
+            .into_iter()
             .flatten()
             .min()
             .map(|d| d.saturating_duration_since(now))
@@ -217,14 +165,7 @@ impl Reactor {
         let mut exit = None;
         for sig in self.signals.pending() {
             match sig {
-                SIGHUP => match self.svc.reload_scripts() {
-                    Ok(files) => info!(
-                        "SIGHUP: reloaded {} script(s): {}",
-                        files.len(),
-                        files.join(", ")
-                    ),
-                    Err(e) => warn!("SIGHUP: reload failed, previous scripts kept: {e}"),
-                },
+                SIGHUP => self.server.reload_scripts(),
                 sig => {
                     info!("signal {sig}: shutting down");
                     exit = Some(Exit::Signal(sig));
@@ -238,11 +179,9 @@ impl Reactor {
     /// policy admits. Refusals are logged; the caller drops the stream,
     /// which closes it before any byte is exchanged.
     fn admit(&self, stream: &UnixStream) -> bool {
-        if self.conns.len() >= self.config.max_clients {
-            info!(
-                "refused a client: {} clients connected (--max-clients)",
-                self.conns.len()
-            );
+        let clients = self.server.client_count();
+        if clients >= self.max_clients {
+            info!("refused a client: {clients} clients connected (--max-clients)");
             return false;
         }
         let cred = match getsockopt(stream, PeerCredentials) {
@@ -257,7 +196,7 @@ impl Reactor {
             uid: cred.uid(),
             gid: cred.gid(),
         };
-        if !self.config.access.admits(&peer) {
+        if !self.access.admits(&peer) {
             info!(
                 "refused a client: uid {} gid {} pid {} is not allowed (see --allow-uid, --allow-gid)",
                 peer.uid, peer.gid, peer.pid
@@ -267,55 +206,16 @@ impl Reactor {
         true
     }
 
-    /// How often to look for clients past a timeout, if any is set.
-    fn sweep_period(&self) -> Option<Duration> {
-        [self.config.idle_timeout, self.config.handshake_timeout]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(sweep_period)
-    }
-
     fn accept(&mut self, now: Instant) {
-        let Some(listener) = &self.listener else {
-            return;
-        };
         loop {
+            let Some(listener) = &self.listener else {
+                return;
+            };
             match listener.accept() {
-                Ok((mut stream, _)) => {
-                    if !self.admit(&stream) {
-                        continue; // dropping the stream closes it
-                    }
-                    let entry = self.conns.vacant_entry();
-                    let key = entry.key();
-                    if let Err(e) =
-                        self.poll
-                            .registry()
-                            .register(&mut stream, Token(key), Interest::READABLE)
-                    {
-                        warn!("cannot register a new client: {e}");
-                        continue;
-                    }
-                    let serial = self.next_serial;
-                    self.next_serial += 1;
-                    debug!("client {serial}: connected");
-                    let conn = entry.insert(Conn {
-                        stream,
-                        session: Session::new(serial, self.config.max_message),
-                        serial,
-                        connected_at: now,
-                        last_active: now,
-                        // Data may have arrived with the connection.
-                        readable: true,
-                        closing: false,
-                        write_interest: false,
-                        dirty: false,
-                    });
-                    mark(&mut self.dirty, conn, key);
-                    self.svc.client_event(serial, true);
-                    if let (None, Some(period)) = (self.next_sweep, self.sweep_period()) {
-                        self.next_sweep = Some(now + period);
-                    }
+                Ok((stream, _)) => {
+                    if self.admit(&stream) {
+                        self.add_client(stream, now);
+                    } // else dropping the stream closes it
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -330,176 +230,114 @@ impl Reactor {
         }
     }
 
-    /// Steps 2 to 6 of a loop turn.
+    fn add_client(&mut self, mut stream: UnixStream, now: Instant) {
+        let id = self.server.connect(now);
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, Token(id), Interest::READABLE)
+        {
+            warn!("cannot register a new client: {e}");
+            self.server.disconnect(id);
+            return;
+        }
+        if self.conns.len() <= id {
+            self.conns.resize_with(id + 1, || None);
+        }
+        let conn = self.conns[id].insert(Conn {
+            stream,
+            // Data may have arrived with the connection.
+            readable: true,
+            write_interest: false,
+            dirty: false,
+        });
+        mark(&mut self.dirty, conn, id);
+    }
+
+    /// A loop turn after readiness: read and run, end the turn (commit,
+    /// held replies, hooks), write, verify a slice, timers, closes.
     fn turn(&mut self, now: Instant) {
-        for key in std::mem::take(&mut self.again) {
-            if let Some(conn) = self.conns.get_mut(key) {
-                mark(&mut self.dirty, conn, key);
+        for id in std::mem::take(&mut self.again) {
+            if let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) {
+                mark(&mut self.dirty, conn, id);
             }
         }
         let dirty = std::mem::take(&mut self.dirty);
-        for &key in &dirty {
-            self.drive(key, now);
+        for &id in &dirty {
+            self.drive(id, now);
         }
-
-        // Replies wait for a commit only within the turn that made them
-        // (every turn with one commits), so the held sessions are among
-        // those driven now: no need to look at every connection.
-        let held: Vec<usize> = dirty
-            .iter()
-            .copied()
-            .filter(|&k| self.conns.get(k).is_some_and(|c| c.session.is_held()))
-            .collect();
-        let retry_due = self.retry_commit.is_none_or(|t| now >= t);
-        if (self.svc.registry().needs_commit() && retry_due) || !held.is_empty() {
-            let result = self.svc.registry_mut().commit();
-            self.retry_commit = result.is_err().then(|| now + Duration::from_secs(1));
-            for &key in &held {
-                if let Some(conn) = self.conns.get_mut(key) {
-                    conn.session.release(&result);
-                }
-            }
+        self.server.end_turn(now);
+        for &id in &dirty {
+            self.flush(id);
         }
-        // Hooks see only what is durable; what they change is committed
-        // next turn.
-        self.svc.run_hooks();
-
-        for key in dirty {
-            self.flush(key);
-        }
-
-        // Hashing comes after the flush, so a reply made this turn never
-        // waits behind a slice; what the slice changes is committed at
-        // the start of the next turn (the loop does not sleep meanwhile).
-        self.verify_slice();
-
-        if self.next_sweep.is_some_and(|t| now >= t) {
-            self.sweep(now);
+        self.server.run_slice(&mut Instant::now);
+        self.server.handle_timeout(now);
+        while let Some(id) = self.server.poll_close() {
+            self.close(id);
         }
     }
 
-    /// Runs verification for at most `check_slice`: in steps of
-    /// [`CHECK_STEP`] bytes, stopping before a step that would likely
-    /// overrun (the previous step's time is the estimate).
-    fn verify_slice(&mut self) {
-        if !self.svc.registry().has_work() {
-            return;
-        }
-        let start = Instant::now();
-        let mut step = Duration::ZERO;
-        let mut events = Vec::new();
-        while self.svc.registry().has_work() {
-            let elapsed = start.elapsed();
-            if elapsed > Duration::ZERO && elapsed + step > self.config.check_slice {
-                break;
-            }
-            let t = Instant::now();
-            events.extend(self.svc.registry_mut().work(CHECK_STEP));
-            step = t.elapsed();
-        }
-        self.longest_slice = self.longest_slice.max(start.elapsed());
-        for ev in events {
-            info!("{ev}");
-        }
-        if !self.svc.registry().has_work() {
-            info!(
-                "verification queue empty; longest slice {:.2} ms",
-                self.longest_slice.as_secs_f64() * 1000.0
-            );
-            self.longest_slice = Duration::ZERO;
-        }
-    }
-
-    /// Reads what the client sent (within this turn's budget) and runs it.
-    fn drive(&mut self, key: usize, now: Instant) {
-        let Some(conn) = self.conns.get_mut(key) else {
+    /// Reads what the client sent (within this turn's budget) and hands it
+    /// to the server.
+    fn drive(&mut self, id: ClientId, now: Instant) {
+        let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) else {
             return;
         };
         conn.dirty = false;
-        if conn.closing {
-            return;
-        }
-        let svc = &mut self.svc;
-        if let Err(e) = conn.session.resume(svc) {
-            protocol_error(conn, &e);
-            return;
-        }
-        let mut budget = self.config.read_budget;
-        while conn.readable && !conn.closing && !conn.session.is_backpressured() && budget > 0 {
+        // Input left buffered by an earlier turn runs first.
+        self.server.receive(id, &[], now);
+        let mut budget = self.server.config().read_budget();
+        while conn.readable && budget > 0 && self.server.wants_input(id) {
             let cap = budget.min(self.scratch.len());
             match conn.stream.read(&mut self.scratch[..cap]) {
                 Ok(0) => {
-                    debug!("client {}: hung up", conn.serial);
                     conn.readable = false;
-                    conn.closing = true;
+                    self.server.hang_up(id);
                 }
                 Ok(n) => {
                     budget = budget.saturating_sub(n);
-                    conn.last_active = now;
-                    trace!("client {}: read {n} bytes", conn.serial);
-                    if let Err(e) = conn.session.receive(&self.scratch[..n], svc) {
-                        protocol_error(conn, &e);
-                    }
+                    trace!("client {id}: read {n} bytes");
+                    self.server.receive(id, &self.scratch[..n], now);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.readable = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    debug!("client {}: read failed: {e}", conn.serial);
+                    debug!("client {id}: read failed: {e}");
                     conn.readable = false;
-                    conn.closing = true;
+                    self.server.hang_up(id);
                 }
-            }
-            if svc.control.quit {
-                break;
             }
         }
     }
 
-    /// Writes queued output; manages WRITABLE interest; closes the
-    /// connection if it is done.
-    fn flush(&mut self, key: usize) {
-        let Some(conn) = self.conns.get_mut(key) else {
+    /// Writes queued output, then applies what the server decides: close,
+    /// write interest, another turn for input left waiting.
+    fn flush(&mut self, id: ClientId) {
+        let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) else {
             return;
         };
-        let mut broken = false;
-        while !conn.session.output().is_empty() {
-            match conn.stream.write(conn.session.output()) {
-                Ok(0) => {
-                    broken = true;
-                    break;
-                }
+        loop {
+            let out = self.server.output(id);
+            if out.is_empty() {
+                break;
+            }
+            match conn.stream.write(out) {
+                Ok(0) => return self.close(id),
                 Ok(n) => {
-                    trace!("client {}: wrote {n} bytes", conn.serial);
-                    conn.session.consume_output(n);
+                    trace!("client {id}: wrote {n} bytes");
+                    self.server.consume_output(id, n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    debug!("client {}: write failed: {e}", conn.serial);
-                    broken = true;
-                    break;
+                    debug!("client {id}: write failed: {e}");
+                    return self.close(id);
                 }
             }
         }
-        let pending = !conn.session.output().is_empty();
-        if broken || (conn.closing && !pending && !conn.session.is_held()) {
-            self.close(key);
-            return;
-        }
-        // Input stops being read past the soft limit; this catches a
-        // client that asked for more than the hard limit and reads none.
-        if conn.session.queued_output() > self.config.max_output {
-            warn!(
-                "client {}: {} bytes of replies unread, over --max-output {}: disconnecting",
-                conn.serial,
-                conn.session.queued_output(),
-                self.config.max_output
-            );
-            self.close(key);
-            return;
-        }
-        if pending != conn.write_interest {
-            let interest = if pending {
+        let f = self.server.flushed(id);
+        if f.pending_output != conn.write_interest {
+            let interest = if f.pending_output {
                 Interest::READABLE | Interest::WRITABLE
             } else {
                 Interest::READABLE
@@ -507,68 +345,26 @@ impl Reactor {
             if let Err(e) = self
                 .poll
                 .registry()
-                .reregister(&mut conn.stream, Token(key), interest)
+                .reregister(&mut conn.stream, Token(id), interest)
             {
-                error!("client {}: cannot change interest: {e}", conn.serial);
-                self.close(key);
-                return;
+                error!("client {id}: cannot change interest: {e}");
+                return self.close(id);
             }
-            conn.write_interest = pending;
+            conn.write_interest = f.pending_output;
         }
         // Input left waiting (read budget used up, or paused while output
         // was over the limit and now drained): come back next turn.
-        if !conn.closing
-            && !conn.session.is_backpressured()
-            && (conn.readable || conn.session.has_pending_input())
-        {
-            self.again.push(key);
+        if f.wants_input && (conn.readable || f.more_input) {
+            self.again.push(id);
         }
     }
 
-    fn close(&mut self, key: usize) {
-        if let Some(mut conn) = self.conns.try_remove(key) {
+    fn close(&mut self, id: ClientId) {
+        if let Some(mut conn) = self.conns.get_mut(id).and_then(Option::take) {
             let _ = self.poll.registry().deregister(&mut conn.stream);
-            debug!("client {}: closed", conn.serial);
-            self.svc.client_event(conn.serial, false);
         }
-        self.again.retain(|k| *k != key);
-    }
-
-    /// Closes clients idle for longer than the idle timeout, and those
-    /// that have not sent their version within the handshake timeout.
-    fn sweep(&mut self, now: Instant) {
-        let Some(period) = self.sweep_period() else {
-            return;
-        };
-        let (idle, handshake) = (self.config.idle_timeout, self.config.handshake_timeout);
-        let mut stale = Vec::new();
-        for (key, c) in self.conns.iter() {
-            if handshake.is_some_and(|t| {
-                c.session.version().is_none() && now.duration_since(c.connected_at) >= t
-            }) {
-                info!(
-                    "client {}: no version after {} ms, closing",
-                    c.serial,
-                    handshake.map_or(0, |t| t.as_millis())
-                );
-                stale.push(key);
-            } else if idle.is_some_and(|t| now.duration_since(c.last_active) >= t) {
-                info!(
-                    "client {}: idle for {}s, closing",
-                    c.serial,
-                    idle.map_or(0, |t| t.as_secs())
-                );
-                stale.push(key);
-            }
-        }
-        for key in stale {
-            self.close(key);
-        }
-        self.next_sweep = if self.conns.is_empty() {
-            None
-        } else {
-            Some(now + period)
-        };
+        self.server.disconnect(id);
+        self.again.retain(|k| *k != id);
     }
 
     /// Stops accepting, writes what clients are owed (for a while), saves,
@@ -577,60 +373,46 @@ impl Reactor {
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
-        for (_, conn) in self.conns.iter_mut() {
-            conn.closing = true;
-        }
-        if let Err(e) = self.svc.registry_mut().commit() {
-            error!("final save failed: {e}");
-        }
-        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-        for key in keys {
-            self.flush(key);
+        self.server.begin_shutdown();
+        for id in self.server.clients() {
+            self.flush(id);
         }
         let deadline = Instant::now() + SHUTDOWN_FLUSH;
         let mut events = Events::with_capacity(1024);
-        while !self.conns.is_empty() {
+        while self.server.client_count() > 0 {
+            while let Some(id) = self.server.poll_close() {
+                self.close(id);
+            }
             let now = Instant::now();
+            if self.server.client_count() == 0 {
+                break;
+            }
             if now >= deadline {
                 warn!(
                     "{} client(s) did not take their last replies",
-                    self.conns.len()
+                    self.server.client_count()
                 );
                 break;
             }
             if self.poll.poll(&mut events, Some(deadline - now)).is_err() {
                 continue;
             }
-            let keys: Vec<usize> = events
-                .iter()
-                .map(|e| e.token().0)
-                .filter(|k| self.conns.contains(*k))
-                .collect();
-            for key in keys {
-                self.flush(key);
+            let ids: Vec<ClientId> = events.iter().map(|e| e.token().0).collect();
+            for id in ids {
+                self.flush(id);
             }
         }
-        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-        for key in keys {
-            self.close(key);
+        for id in self.server.clients() {
+            self.close(id);
         }
     }
 }
 
-fn mark(dirty: &mut Vec<usize>, conn: &mut Conn, key: usize) {
+fn mark(dirty: &mut Vec<ClientId>, conn: &mut Conn, id: ClientId) {
     if !conn.dirty {
         conn.dirty = true;
-        dirty.push(key);
+        dirty.push(id);
     }
-}
-
-fn protocol_error(conn: &mut Conn, e: &crate::session::ProtocolError) {
-    warn!("client {}: protocol error: {e}; closing", conn.serial);
-    conn.closing = true;
-}
-
-fn sweep_period(idle: Duration) -> Duration {
-    (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
 }
 
 #[cfg(test)]
@@ -639,20 +421,8 @@ mod tests {
     use crate::client::{encode_message, parse_message, version_frame, FrameReader};
     use crate::codec::Value;
     use crate::registry::{Registry, Settings};
+    use crate::service::Service;
     use std::os::unix::net::UnixStream as StdStream;
-
-    fn config(read_budget: usize) -> ReactorConfig {
-        ReactorConfig {
-            max_message: 1 << 20,
-            idle_timeout: None,
-            check_slice: Duration::from_millis(5),
-            access: Policy::owner_only(nix::unistd::getuid().as_raw()),
-            max_clients: 100,
-            handshake_timeout: None,
-            max_output: 64 << 20,
-            read_budget,
-        }
-    }
 
     /// Client A floods N tagged noops, client B sends one; one loop turn
     /// runs. Returns how many of A's were answered in that turn, and
@@ -663,7 +433,15 @@ mod tests {
         let listener = UnixListener::bind(&path).unwrap();
         let state = dir.path().join("state");
         let reg = Registry::open(&state, Settings::defaults(state.clone())).unwrap();
-        let mut r = Reactor::new(listener, Service::new(reg), config(read_budget)).unwrap();
+        let config = crate::config::Config {
+            read_budget: read_budget as u64,
+            idle_timeout: 0,
+            handshake_timeout: 0,
+            ..Default::default()
+        };
+        let server = Server::new(Service::new(reg), config);
+        let access = Policy::owner_only(nix::unistd::getuid().as_raw());
+        let mut r = Reactor::new(listener, server, access, 100).unwrap();
 
         let mut a = StdStream::connect(&path).unwrap();
         let mut b = StdStream::connect(&path).unwrap();
@@ -679,7 +457,7 @@ mod tests {
         // Both are in the backlog with their bytes: the turn that accepts
         // them also serves them.
         let mut events = Events::with_capacity(64);
-        while r.conns.len() < 2 {
+        while r.server.client_count() < 2 {
             r.step(&mut events).unwrap();
         }
 

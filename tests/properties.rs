@@ -1,12 +1,12 @@
 //! Property tests: canonical bencode survives a round trip both ways, and
-//! however a valid stream is cut, a session answers it the same.
+//! however a valid stream is cut, the server core answers it the same.
 
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
+mod common;
+
+use common::Core;
 use tripcd::codec::{decode, split_frame, Value, PROTOCOL_MAX};
-use tripcd::commands::Service;
-use tripcd::registry::{Registry, Settings};
-use tripcd::session::{greeting, serve_alone, Session};
 
 /// Canonical values: dict keys unique and sorted (a `BTreeMap` gives both).
 fn value() -> impl Strategy<Value = Value> {
@@ -61,28 +61,22 @@ fn message() -> impl Strategy<Value = (String, Value, Option<i64>)> {
     (key, value(), proptest::option::of(any::<i64>())).prop_map(|(k, v, t)| (k.to_string(), v, t))
 }
 
-/// What a session answers to `stream` fed in the given pieces, doing what
-/// the reactor does between reads.
+/// What the real server core answers to `stream` fed in the given pieces.
 fn answers(stream: &[u8], cuts: &[usize]) -> (Vec<u8>, bool) {
-    let dir = tempfile::tempdir().unwrap();
-    let reg = Registry::open(dir.path(), Settings::defaults("/downloads".into())).unwrap();
-    let mut svc = Service::new(reg);
-    let mut s = Session::new(1, 16 << 20);
-    s.consume_output(greeting().len());
+    let mut core = Core::new();
     let mut out = Vec::new();
-    let mut failed = false;
     let mut start = 0;
     let mut points: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
     points.sort_unstable();
     points.push(stream.len());
     for end in points {
-        if end < start || failed || svc.control.quit {
+        if end < start || core.failed() || core.quit() {
             continue;
         }
-        failed = serve_alone(&mut s, &mut svc, &stream[start..end], &mut out).is_err();
+        core.feed(&stream[start..end], &mut out);
         start = end;
     }
-    (out, failed)
+    (out, core.failed())
 }
 
 proptest! {

@@ -1,35 +1,26 @@
 //! Every vector of `tests/data/cases.jsonl`, through the sans-IO session
-//! (whole, one byte at a time, cut at every point) and over a real socket
+//! (the real server core: whole, one byte at a time, cut at every point) and over a real socket
 //! against the real daemon binary (whole and one byte per write).
 
 mod common;
 
-use common::{assert_frames, cases, Case, Daemon, Raw};
+use common::{assert_frames, cases, Case, Core, Daemon, Raw};
 use tripcd::codec::{split_frame, PROTOCOL_MAX};
-use tripcd::commands::Service;
-use tripcd::registry::{Registry, Settings};
-use tripcd::session::{greeting, serve_alone, Session};
 
-/// Runs a case through a session, its bytes cut into `pieces`, doing what
-/// the reactor does between reads. Returns frames, failed, quit.
+/// Runs a case through one client of the real server core, its bytes cut
+/// into `pieces`. Returns frames, failed, quit.
 fn run_sans_io(case: &Case, pieces: &[&[u8]]) -> (Vec<String>, bool, bool) {
-    let dir = tempfile::tempdir().unwrap();
-    let reg = Registry::open(dir.path(), Settings::defaults("/downloads".into())).unwrap();
-    let mut svc = Service::new(reg);
-    let mut s = Session::new(1, 16 << 20);
-    assert_eq!(s.output(), greeting());
-    s.consume_output(greeting().len());
+    let mut core = Core::new();
+    let mut out = Vec::new();
     if case.handshake > 0 {
         let hs = tripcd::client::version_frame(1, case.handshake);
-        s.receive(&hs, &mut svc).unwrap();
+        core.feed(&hs, &mut out);
     }
-    let mut out = Vec::new();
-    let mut failed = false;
     for piece in pieces {
-        if failed || svc.control.quit {
+        if core.failed() || core.quit() {
             break; // the reactor closes the connection here
         }
-        failed = serve_alone(&mut s, &mut svc, piece, &mut out).is_err();
+        core.feed(piece, &mut out);
     }
     let mut frames = Vec::new();
     let mut rest = &out[..];
@@ -38,7 +29,7 @@ fn run_sans_io(case: &Case, pieces: &[&[u8]]) -> (Vec<String>, bool, bool) {
         rest = &rest[r.end..];
     }
     assert!(rest.is_empty(), "{}: partial frame in output", case.name);
-    (frames, failed, svc.control.quit)
+    (frames, core.failed(), core.quit())
 }
 
 fn check_sans_io(case: &Case, pieces: &[&[u8]], how: &str) {

@@ -1,23 +1,24 @@
-//! Bytes from a client, in two pieces, through a session and the real
-//! command table: it must never panic, and what it sends must be whole
-//! frames.
+//! Bytes from a client, in two pieces, through the real server core (its
+//! sessions, command table and turn): it must never panic, and what it
+//! sends must be whole frames.
 #![no_main]
 
 use std::cell::RefCell;
 
 use libfuzzer_sys::fuzz_target;
 use tripcd::codec::{split_frame, PROTOCOL_MAX};
-use tripcd::commands::Service;
+use tripcd::config::Config;
 use tripcd::registry::{Registry, Settings};
-use tripcd::session::{serve_alone, Session};
+use tripcd::server::Server;
+use tripcd::service::Service;
 
 thread_local! {
     // One service for the whole run; its state directory is on tmpfs
     // where one exists, so commits cost no real fsync.
-    static SERVICE: RefCell<(tempfile::TempDir, Service)> = RefCell::new({
+    static SERVER: RefCell<(tempfile::TempDir, Server)> = RefCell::new({
         let dir = tempfile::tempdir_in("/dev/shm").or_else(|_| tempfile::tempdir()).unwrap();
         let reg = Registry::open(dir.path(), Settings::defaults("/downloads".into())).unwrap();
-        (dir, Service::new(reg))
+        (dir, Server::new(Service::new(reg), Config::default()))
     });
 }
 
@@ -35,16 +36,29 @@ fuzz_target!(|data: &[u8]| {
     };
     stream.extend_from_slice(body);
     let cut = (cut as usize).min(stream.len());
-    SERVICE.with(|cell| {
-        let (_, svc) = &mut *cell.borrow_mut();
-        svc.control.quit = false;
-        let mut s = Session::new(1, 1 << 20);
+    SERVER.with(|cell| {
+        let (_, server) = &mut *cell.borrow_mut();
+        server.service_mut().control.quit = false;
+        let now = std::time::Instant::now();
+        let id = server.connect(now);
         let mut out = Vec::new();
         for piece in [&stream[..cut], &stream[cut..]] {
-            if serve_alone(&mut s, svc, piece, &mut out).is_err() || svc.control.quit {
+            server.receive(id, piece, now);
+            loop {
+                server.end_turn(now);
+                out.extend_from_slice(server.output(id));
+                let n = server.output(id).len();
+                server.consume_output(id, n);
+                if !server.flushed(id).more_input {
+                    break;
+                }
+                server.receive(id, &[], now);
+            }
+            if !server.wants_input(id) {
                 break;
             }
         }
+        server.disconnect(id);
         let mut rest = &out[..];
         while !rest.is_empty() {
             let r = split_frame(rest, PROTOCOL_MAX)

@@ -323,3 +323,65 @@ pub fn make_torrent(dir: &Path, name: &str, data: &[u8], piece_length: usize) ->
     std::fs::write(&path, meta.to_bencode().unwrap()).unwrap();
     path
 }
+
+/// One client of a real sans-IO [`tripcd::server::Server`], driven as the
+/// reactor drives it, with no socket: for the vector and property tests.
+pub struct Core {
+    pub server: tripcd::server::Server,
+    pub id: tripcd::server::ClientId,
+    _dir: tempfile::TempDir,
+}
+
+impl Core {
+    /// A server on a fresh state directory, one client connected, its
+    /// greeting taken.
+    pub fn new() -> Core {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = tripcd::registry::Registry::open(
+            dir.path(),
+            tripcd::registry::Settings::defaults("/downloads".into()),
+        )
+        .unwrap();
+        let svc = tripcd::service::Service::new(reg);
+        let mut server = tripcd::server::Server::new(svc, tripcd::config::Config::default());
+        let now = std::time::Instant::now();
+        let id = server.connect(now);
+        let greeting = server.output(id).to_vec();
+        assert_eq!(greeting, tripcd::session::greeting());
+        server.consume_output(id, greeting.len());
+        Core {
+            server,
+            id,
+            _dir: dir,
+        }
+    }
+
+    /// Bytes in; turn after turn (commit, release, output) until no
+    /// complete input waits; what the client would read is appended to
+    /// `out`.
+    pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        let s = &mut self.server;
+        let now = std::time::Instant::now();
+        s.receive(self.id, bytes, now);
+        loop {
+            s.end_turn(now);
+            let o = s.output(self.id).to_vec();
+            s.consume_output(self.id, o.len());
+            out.extend(o);
+            if !s.flushed(self.id).more_input {
+                break;
+            }
+            s.receive(self.id, &[], now);
+        }
+    }
+
+    /// `quit` was received.
+    pub fn quit(&self) -> bool {
+        self.server.quit_requested()
+    }
+
+    /// The connection is closing for a protocol error (or a hang-up).
+    pub fn failed(&self) -> bool {
+        !self.quit() && !self.server.wants_input(self.id)
+    }
+}

@@ -1,0 +1,206 @@
+//! The daemon's configuration: every option, its default written once
+//! (clap reads both from this type), passed down whole.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser};
+
+use crate::scripts::Limits;
+
+/// Bytes read from one client per loop turn, so that one flooding client
+/// cannot starve the others; the rest is read on the next turn.
+pub const READ_BUDGET_PER_TURN: usize = 256 << 10;
+
+/// Everything the daemon needs to start.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Socket to listen on [default: <state-dir>/socket]
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// State directory: settings, torrents, lock [default: ~/.transmission/daemon]
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Default download directory of a fresh state directory [default: ~/Downloads]
+    #[arg(long, value_name = "DIR")]
+    pub download_dir: Option<PathBuf>,
+    /// Largest message payload accepted, in bytes
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20,
+          value_parser = clap::value_parser!(u64).range(1..=0x7FFF_FFF8))]
+    pub max_message: u64,
+    /// Close clients silent for this many seconds (0 = never)
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub idle_timeout: u64,
+    /// Longest time one slice of hash checking may hold the event loop, in milliseconds
+    #[arg(long, value_name = "MS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub check_slice_ms: u64,
+    /// Mode of the socket file, in octal; the daemon also checks each
+    /// client's credentials (see --allow-uid)
+    #[arg(long, value_name = "MODE", default_value = "600", value_parser = parse_mode)]
+    pub socket_mode: u32,
+    /// Group of the socket file (name or number)
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
+    /// Also let in this user id (the daemon's own user and root always are); repeatable
+    #[arg(long = "allow-uid", value_name = "UID")]
+    pub allow_uids: Vec<u32>,
+    /// Also let in clients whose primary group is this id; repeatable
+    #[arg(long = "allow-gid", value_name = "GID")]
+    pub allow_gids: Vec<u32>,
+    /// Clients served at once; past it new ones are closed at once [default: what the open-file limit allows]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_clients: Option<u64>,
+    /// Close clients that send no version within this many seconds (0 = never)
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub handshake_timeout: u64,
+    /// Unread reply bytes a client may leave queued before it is disconnected
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+    pub max_output: u64,
+    /// Bytes read from one client per loop turn, so a flood cannot starve others
+    #[arg(long, value_name = "BYTES", default_value_t = READ_BUDGET_PER_TURN as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub read_budget: u64,
+    /// Directory of *.rhai scripts [default: <state-dir>/scripts, if it exists]
+    #[arg(long, value_name = "DIR")]
+    pub scripts: Option<PathBuf>,
+    /// Bounds on every script call.
+    #[command(flatten)]
+    pub script_limits: Limits,
+}
+
+/// An octal file mode such as `600` or `0660`.
+fn parse_mode(s: &str) -> Result<u32, String> {
+    match u32::from_str_radix(s, 8) {
+        Ok(m) if m <= 0o777 => Ok(m),
+        _ => Err(format!("{s:?} is not an octal mode like 600 or 660")),
+    }
+}
+
+/// The command line with nothing given, for [`defaults`].
+#[derive(Parser)]
+struct Bare {
+    #[command(flatten)]
+    config: Config,
+}
+
+/// Every option at its default.
+pub fn defaults() -> Config {
+    // Parsing an empty command line cannot fail: every option is optional.
+    match Bare::try_parse_from(["tripcd"]) {
+        Ok(b) => b.config,
+        Err(e) => unreachable!("the empty command line is valid: {e}"),
+    }
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        defaults()
+    }
+}
+
+fn seconds(n: u64) -> Option<Duration> {
+    (n > 0).then(|| Duration::from_secs(n))
+}
+
+impl Config {
+    /// Every option at its default, with the original daemon's paths under
+    /// `home` (state in `~/.transmission/daemon`, data in `~/Downloads`).
+    pub fn under_home(home: &Path) -> Config {
+        Config::default().with_home(home)
+    }
+
+    /// Fills the paths not given with the original daemon's, under `home`.
+    pub fn with_home(mut self, home: &Path) -> Config {
+        let state = self
+            .state_dir
+            .get_or_insert_with(|| home.join(".transmission").join("daemon"))
+            .clone();
+        self.socket.get_or_insert_with(|| state.join("socket"));
+        self.download_dir
+            .get_or_insert_with(|| home.join("Downloads"));
+        self
+    }
+
+    /// Whether every path is known (given, or filled from a home).
+    pub fn has_paths(&self) -> bool {
+        self.state_dir.is_some() && self.download_dir.is_some()
+    }
+
+    /// The state directory ("." if unknown: see [`Config::has_paths`]).
+    pub fn state_dir(&self) -> &Path {
+        self.state_dir.as_deref().unwrap_or(Path::new("."))
+    }
+
+    /// The socket: as given, else `<state-dir>/socket`.
+    pub fn socket(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(|| self.state_dir().join("socket"))
+    }
+
+    /// The default `directory` setting of a fresh state directory.
+    pub fn download_dir(&self) -> PathBuf {
+        self.download_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir().join("downloads"))
+    }
+
+    /// Largest payload accepted from a client.
+    pub fn max_message(&self) -> usize {
+        usize::try_from(self.max_message).unwrap_or(usize::MAX)
+    }
+
+    /// Close clients silent for this long (`None`: never).
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        seconds(self.idle_timeout)
+    }
+
+    /// Close clients that have not sent their version this long after
+    /// connecting (`None`: never).
+    pub fn handshake_timeout(&self) -> Option<Duration> {
+        seconds(self.handshake_timeout)
+    }
+
+    /// Longest time one slice of verification may hold the loop.
+    pub fn check_slice(&self) -> Duration {
+        Duration::from_millis(self.check_slice_ms)
+    }
+
+    /// Unread replies a client may leave queued before it is disconnected.
+    pub fn max_output(&self) -> usize {
+        usize::try_from(self.max_output).unwrap_or(usize::MAX)
+    }
+
+    /// Bytes read from one client per loop turn.
+    pub fn read_budget(&self) -> usize {
+        usize::try_from(self.read_budget).unwrap_or(usize::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_command_lines() {
+        let c = Config::under_home(Path::new("/home/u"));
+        assert_eq!(c.state_dir(), Path::new("/home/u/.transmission/daemon"));
+        assert_eq!(
+            c.socket(),
+            PathBuf::from("/home/u/.transmission/daemon/socket")
+        );
+        assert_eq!(c.download_dir(), PathBuf::from("/home/u/Downloads"));
+        assert_eq!(c.idle_timeout(), Some(Duration::from_secs(60)));
+        assert_eq!(c.handshake_timeout(), Some(Duration::from_secs(10)));
+        assert_eq!(c.max_message(), 16 << 20);
+        assert_eq!(c.read_budget(), READ_BUDGET_PER_TURN);
+        assert_eq!(c.script_limits.timeout(), Duration::from_millis(50));
+        let given = Config {
+            state_dir: Some("/s".into()),
+            ..Config::default()
+        }
+        .with_home(Path::new("/h"));
+        assert_eq!(given.socket(), PathBuf::from("/s/socket"));
+    }
+}

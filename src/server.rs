@@ -1,0 +1,585 @@
+//! The server core: every client's session, the command service and the
+//! registry, and the order of a loop turn, without any I/O.
+//!
+//! The reactor moves bytes and readiness; this decides everything else.
+//! Time comes in as arguments, never from a clock (quinn-proto's
+//! `Connection` is the model): bytes in with [`Server::receive`], output
+//! out with [`Server::output`], decisions out with [`Server::poll_close`]
+//! and [`Server::flushed`], and [`Server::poll_timeout`] says when to call
+//! [`Server::handle_timeout`].
+//!
+//! One loop turn, as the reactor drives it:
+//! 1. [`Server::connect`] for new clients, [`Server::receive`] for what
+//!    ready clients sent (messages run as they complete);
+//! 2. [`Server::end_turn`]: commit every change of the turn in one durable
+//!    write, release the replies that waited for it, run the hooks;
+//! 3. the reactor writes each client's output and reports
+//!    [`Server::flushed`];
+//! 4. [`Server::run_slice`]: one bounded slice of verification (after the
+//!    flush, so no reply waits behind it);
+//! 5. [`Server::handle_timeout`], then the reactor closes what
+//!    [`Server::poll_close`] names: the one safe point for closing.
+
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use slab::Slab;
+
+use crate::config::Config;
+use crate::service::Service;
+use crate::session::Session;
+
+/// A client's handle: stable while it is connected, reused after.
+pub type ClientId = usize;
+
+/// Bytes hashed per step of a verification slice: small enough that the
+/// slice ends close to its time budget (about 0.2 ms of SHA-1 here).
+const CHECK_STEP: u64 = 256 << 10;
+
+/// How long to wait before retrying a failed commit unasked (a client's
+/// change still triggers a commit at once).
+const COMMIT_RETRY: Duration = Duration::from_secs(1);
+
+struct Client {
+    session: Session,
+    serial: u64,
+    connected_at: Instant,
+    last_active: Instant,
+    /// No more input; close once output is written.
+    closing: bool,
+}
+
+/// What the reactor should do with a client after writing its output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flushed {
+    /// Output is still waiting: keep write interest.
+    pub pending_output: bool,
+    /// The client may be read from (not closing, not over its output).
+    pub wants_input: bool,
+    /// Complete input waits in the session: drive it again next turn.
+    pub more_input: bool,
+}
+
+/// The sans-IO server: sessions, service, the turn's order.
+pub struct Server {
+    svc: Service,
+    config: Config,
+    clients: Slab<Client>,
+    /// Clients whose replies wait for this turn's commit.
+    held: Vec<ClientId>,
+    /// Clients to close at the end of the turn.
+    to_close: Vec<ClientId>,
+    next_serial: u64,
+    next_sweep: Option<Instant>,
+    /// After a failed commit, when to try again unasked.
+    retry_commit: Option<Instant>,
+    /// Longest verification slice since the queue last ran dry (logged
+    /// then, so the bound on pauses is visible in the log).
+    longest_slice: Duration,
+}
+
+impl Server {
+    /// A server running `svc` with the limits of `config`.
+    pub fn new(svc: Service, config: Config) -> Server {
+        Server {
+            svc,
+            config,
+            clients: Slab::new(),
+            held: Vec::new(),
+            to_close: Vec::new(),
+            next_serial: 1,
+            next_sweep: None,
+            retry_commit: None,
+            longest_slice: Duration::ZERO,
+        }
+    }
+
+    /// The command service (state, scripts).
+    pub fn service(&self) -> &Service {
+        &self.svc
+    }
+
+    /// The command service, to change (scripts reload, tests).
+    pub fn service_mut(&mut self) -> &mut Service {
+        &mut self.svc
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Clients connected.
+    pub fn client_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// A `quit` was received: the reactor flushes and stops.
+    pub fn quit_requested(&self) -> bool {
+        self.svc.control.quit
+    }
+
+    /// A new client. Its output already holds the version message.
+    pub fn connect(&mut self, now: Instant) -> ClientId {
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        debug!("client {serial}: connected");
+        let id = self.clients.insert(Client {
+            session: Session::new(serial, self.config.max_message()),
+            serial,
+            connected_at: now,
+            last_active: now,
+            closing: false,
+        });
+        self.svc.client_event(serial, true);
+        if let (None, Some(period)) = (self.next_sweep, self.sweep_period()) {
+            self.next_sweep = Some(now + period);
+        }
+        id
+    }
+
+    /// Bytes from client `id` (none: go on with input already buffered).
+    /// Messages run as they complete; a protocol error closes the client
+    /// once its earlier replies are written.
+    pub fn receive(&mut self, id: ClientId, bytes: &[u8], now: Instant) {
+        let Some(c) = self.clients.get_mut(id) else {
+            return;
+        };
+        if c.closing {
+            return;
+        }
+        if !bytes.is_empty() {
+            c.last_active = now;
+        }
+        if let Err(e) = c.session.receive(bytes, &mut self.svc) {
+            warn!("client {}: protocol error: {e}; closing", c.serial);
+            c.closing = true;
+        }
+        if c.session.is_held() && !self.held.contains(&id) {
+            self.held.push(id);
+        }
+    }
+
+    /// The client hung up (or its socket failed): no more input. What it
+    /// sent before is still run, and its replies written if it reads.
+    pub fn hang_up(&mut self, id: ClientId) {
+        if let Some(c) = self.clients.get_mut(id) {
+            debug!("client {}: hung up", c.serial);
+            c.closing = true;
+        }
+    }
+
+    /// Whether the reactor should read more from client `id` now.
+    pub fn wants_input(&self, id: ClientId) -> bool {
+        self.clients
+            .get(id)
+            .is_some_and(|c| !c.closing && !c.session.is_backpressured())
+            && !self.quit_requested()
+    }
+
+    /// The end of the turn's input: commit what changed (once for the
+    /// whole turn), release the replies that waited for it, run the hooks
+    /// of what is now durable (what they change is committed next turn).
+    pub fn end_turn(&mut self, now: Instant) {
+        let held = std::mem::take(&mut self.held);
+        let retry_due = self.retry_commit.is_none_or(|t| now >= t);
+        if (self.svc.registry().needs_commit() && retry_due) || !held.is_empty() {
+            let result = self.svc.registry_mut().commit();
+            self.retry_commit = result.is_err().then(|| now + COMMIT_RETRY);
+            for id in held {
+                if let Some(c) = self.clients.get_mut(id) {
+                    c.session.release(&result);
+                }
+            }
+        }
+        self.svc.run_hooks();
+    }
+
+    /// Output waiting for client `id`.
+    pub fn output(&self, id: ClientId) -> &[u8] {
+        self.clients.get(id).map_or(&[], |c| c.session.output())
+    }
+
+    /// `n` bytes of [`Server::output`] were written.
+    pub fn consume_output(&mut self, id: ClientId, n: usize) {
+        if let Some(c) = self.clients.get_mut(id) {
+            c.session.consume_output(n);
+        }
+    }
+
+    /// The reactor wrote what it could for `id`: decides whether the
+    /// client is done (queued for [`Server::poll_close`]) or goes on.
+    pub fn flushed(&mut self, id: ClientId) -> Flushed {
+        let done = Flushed {
+            pending_output: false,
+            wants_input: false,
+            more_input: false,
+        };
+        let Some(c) = self.clients.get(id) else {
+            return done;
+        };
+        let pending_output = !c.session.output().is_empty();
+        if c.closing && !pending_output && !c.session.is_held() {
+            self.to_close.push(id);
+            return done;
+        }
+        // Input stops being read past the soft limit; this catches a
+        // client that asked for more than the hard limit and reads none.
+        if c.session.queued_output() > self.config.max_output() {
+            warn!(
+                "client {}: {} bytes of replies unread, over --max-output {}: disconnecting",
+                c.serial,
+                c.session.queued_output(),
+                self.config.max_output()
+            );
+            self.to_close.push(id);
+            return done;
+        }
+        let wants_input = !c.closing && !c.session.is_backpressured();
+        Flushed {
+            pending_output,
+            wants_input,
+            more_input: wants_input && c.session.has_pending_input(),
+        }
+    }
+
+    /// Runs verification for at most the configured slice, in steps of
+    /// [`CHECK_STEP`] bytes, stopping before a step that would likely
+    /// overrun (the previous step's time is the estimate); the first step
+    /// always runs. `clock` tells
+    /// the time: the slice's bound is about time actually spent.
+    pub fn run_slice(&mut self, clock: &mut dyn FnMut() -> Instant) {
+        if !self.svc.registry().has_work() {
+            return;
+        }
+        let budget = self.config.check_slice();
+        let start = clock();
+        let mut step = None;
+        let mut events = Vec::new();
+        while self.svc.registry().has_work() {
+            let t = clock();
+            // At least one step per slice, so that work always advances.
+            if step.is_some_and(|step| t.saturating_duration_since(start) + step > budget) {
+                break;
+            }
+            events.extend(self.svc.registry_mut().work(CHECK_STEP));
+            step = Some(clock().saturating_duration_since(t));
+        }
+        self.longest_slice = self
+            .longest_slice
+            .max(clock().saturating_duration_since(start));
+        for ev in events {
+            info!("{ev}");
+        }
+        if !self.svc.registry().has_work() {
+            info!(
+                "verification queue empty; longest slice {:.2} ms",
+                self.longest_slice.as_secs_f64() * 1000.0
+            );
+            self.longest_slice = Duration::ZERO;
+        }
+    }
+
+    /// When the server next needs a turn without any input: `now` when
+    /// work is waiting, `None` when only input can bring work.
+    pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
+        let reg = self.svc.registry();
+        if reg.has_work() || (reg.needs_commit() && self.retry_commit.is_none()) {
+            return Some(now);
+        }
+        [self.next_sweep, self.retry_commit]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Timers: closes clients idle for longer than the idle timeout, and
+    /// those that have not sent their version within the handshake
+    /// timeout (their output is abandoned).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.next_sweep.is_none_or(|t| now < t) {
+            return;
+        }
+        let Some(period) = self.sweep_period() else {
+            self.next_sweep = None;
+            return;
+        };
+        let idle = self.config.idle_timeout();
+        let handshake = self.config.handshake_timeout();
+        for (id, c) in self.clients.iter() {
+            if let Some(t) = handshake.filter(|t| {
+                c.session.version().is_none() && now.duration_since(c.connected_at) >= *t
+            }) {
+                info!(
+                    "client {}: no version after {} ms, closing",
+                    c.serial,
+                    t.as_millis()
+                );
+                self.to_close.push(id);
+            } else if let Some(t) = idle.filter(|t| now.duration_since(c.last_active) >= *t) {
+                info!("client {}: idle for {}s, closing", c.serial, t.as_secs());
+                self.to_close.push(id);
+            }
+        }
+        self.next_sweep = (!self.clients.is_empty()).then(|| now + period);
+    }
+
+    /// The next client to close (its output, if any, is abandoned). The
+    /// reactor closes its socket and then calls [`Server::disconnect`].
+    pub fn poll_close(&mut self) -> Option<ClientId> {
+        self.to_close.pop()
+    }
+
+    /// Client `id` is gone: forget it.
+    pub fn disconnect(&mut self, id: ClientId) {
+        if let Some(c) = self.clients.try_remove(id) {
+            debug!("client {}: closed", c.serial);
+            self.svc.client_event(c.serial, false);
+        }
+        self.held.retain(|h| *h != id);
+        self.to_close.retain(|h| *h != id);
+    }
+
+    /// The clients connected now.
+    pub fn clients(&self) -> Vec<ClientId> {
+        self.clients.iter().map(|(id, _)| id).collect()
+    }
+
+    /// Shutting down: no more input from anyone; every change is saved and
+    /// every held reply released, so what clients are owed can be written.
+    pub fn begin_shutdown(&mut self) {
+        for (_, c) in self.clients.iter_mut() {
+            c.closing = true;
+        }
+        let result = self.svc.registry_mut().commit();
+        if let Err(e) = &result {
+            log::error!("final save failed: {e}");
+        }
+        for id in std::mem::take(&mut self.held) {
+            if let Some(c) = self.clients.get_mut(id) {
+                c.session.release(&result);
+            }
+        }
+    }
+
+    /// Reloads the scripts (on SIGHUP), logging the outcome.
+    pub fn reload_scripts(&mut self) {
+        match self.svc.reload_scripts() {
+            Ok(files) => info!(
+                "SIGHUP: reloaded {} script(s): {}",
+                files.len(),
+                files.join(", ")
+            ),
+            Err(e) => warn!("SIGHUP: reload failed, previous scripts kept: {e}"),
+        }
+    }
+
+    /// How often to look for clients past a timeout, if any is set.
+    fn sweep_period(&self) -> Option<Duration> {
+        [self.config.idle_timeout(), self.config.handshake_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|t| (t / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{split_frame, Value, PROTOCOL_MAX};
+    use crate::message::{frame, Version};
+    use crate::registry::{Registry, Settings};
+    use crate::scripts::Limits;
+
+    fn server(dir: &std::path::Path) -> Server {
+        let reg = Registry::open(dir, Settings::defaults("/downloads".into())).unwrap();
+        let config = Config {
+            idle_timeout: 60,
+            handshake_timeout: 10,
+            ..Config::default()
+        };
+        Server::new(Service::new(reg), config)
+    }
+
+    fn hello() -> Vec<u8> {
+        Version {
+            min: 1,
+            max: 2,
+            label: "test".into(),
+        }
+        .frame()
+    }
+
+    /// Takes the client's output as frames (what a socket would get).
+    fn take(s: &mut Server, id: ClientId) -> Vec<String> {
+        let out = s.output(id).to_vec();
+        s.consume_output(id, out.len());
+        let mut frames = Vec::new();
+        let mut rest = &out[..];
+        while let Ok(Some(r)) = split_frame(rest, PROTOCOL_MAX) {
+            frames.push(String::from_utf8_lossy(&rest[..r.end]).into_owned());
+            rest = &rest[r.end..];
+        }
+        assert!(rest.is_empty(), "partial frame");
+        frames
+    }
+
+    fn connect(s: &mut Server, now: Instant) -> ClientId {
+        let id = s.connect(now);
+        s.receive(id, &hello(), now);
+        take(s, id); // the greeting
+        id
+    }
+
+    #[test]
+    fn a_turn_holds_changes_until_the_commit_and_read_only_replies_never() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = server(dir.path());
+        let t0 = Instant::now();
+        let a = connect(&mut s, t0);
+        let b = connect(&mut s, t0);
+
+        // Turn 1: A changes the port and asks for it; B only reads.
+        let mut bytes = frame("port", &Value::Int(7), Some(1));
+        bytes.extend(frame("get-port", &Value::empty(), Some(2)));
+        s.receive(a, &bytes, t0);
+        s.receive(b, &frame("get-port", &Value::empty(), Some(3)), t0);
+        assert!(
+            take(&mut s, a).is_empty(),
+            "A's replies wait for the commit"
+        );
+        assert_eq!(
+            take(&mut s, b),
+            ["0000000El4:porti7ei3ee"],
+            "B's read-only reply is not held by A's change"
+        );
+        s.end_turn(t0);
+        assert_eq!(
+            take(&mut s, a),
+            ["00000012l9:succeeded0:i1ee", "0000000El4:porti7ei2ee"]
+        );
+        assert_eq!(
+            Registry::open(dir.path(), Settings::defaults("/d".into()))
+                .map(|r| r.settings().port)
+                .ok(),
+            Some(7),
+            "durable"
+        );
+
+        // Turn 2: the disk refuses; A's change is answered failed and
+        // undone, and a retry is scheduled a second later.
+        let t1 = t0 + Duration::from_millis(10);
+        std::fs::create_dir(dir.path().join(".settings.benc.tmp")).unwrap();
+        s.receive(a, &frame("port", &Value::Int(8), Some(4)), t1);
+        s.end_turn(t1);
+        let out = take(&mut s, a);
+        assert_eq!(out.len(), 1);
+        assert!(
+            out[0].contains("l6:failed") && out[0].contains("cannot save state"),
+            "{out:?}"
+        );
+        assert_eq!(s.service().registry().settings().port, 7, "undone");
+        assert!(!s.service().registry().needs_commit());
+        // Noop turns do not commit again, and the server is idle.
+        s.end_turn(t1);
+        assert!(s.poll_timeout(t1).is_some_and(|t| t > t1));
+
+        // Turn 3: the disk is back; the same change goes through.
+        std::fs::remove_dir(dir.path().join(".settings.benc.tmp")).unwrap();
+        s.receive(a, &frame("port", &Value::Int(8), Some(5)), t1);
+        s.end_turn(t1);
+        assert_eq!(take(&mut s, a), ["00000012l9:succeeded0:i5ee"]);
+        assert_eq!(s.service().registry().settings().port, 8);
+        assert_eq!(
+            s.flushed(a),
+            Flushed {
+                pending_output: false,
+                wants_input: true,
+                more_input: false
+            }
+        );
+    }
+
+    #[test]
+    fn a_read_only_script_reply_is_not_held_by_another_clients_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let scripts = tempfile::tempdir().unwrap();
+        std::fs::write(
+            scripts.path().join("peek.rhai"),
+            r#"on_message("peek", |v| reply("peek", settings().port));"#,
+        )
+        .unwrap();
+        let mut s = server(dir.path());
+        s.service_mut()
+            .load_scripts(scripts.path(), Limits::default())
+            .unwrap();
+        let t0 = Instant::now();
+        let a = connect(&mut s, t0);
+        let b = connect(&mut s, t0);
+        s.receive(a, &frame("port", &Value::Int(7), Some(1)), t0);
+        s.receive(b, &frame("peek", &Value::empty(), Some(2)), t0);
+        assert_eq!(take(&mut s, b), ["0000000El4:peeki7ei2ee"]);
+        s.end_turn(t0);
+        assert_eq!(take(&mut s, a), ["00000012l9:succeeded0:i1ee"]);
+    }
+
+    #[test]
+    fn clients_are_closed_by_the_timers_and_after_their_last_reply() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = server(dir.path());
+        let t0 = Instant::now();
+        let quiet = s.connect(t0); // never sends its version
+        let talker = connect(&mut s, t0);
+        let deadline = s.poll_timeout(t0).unwrap();
+        assert!(deadline > t0);
+        s.handle_timeout(t0 + Duration::from_secs(11));
+        assert_eq!(s.poll_close(), Some(quiet), "no version within 10 s");
+        assert_eq!(s.poll_close(), None);
+        s.disconnect(quiet);
+
+        // A client that hangs up after a request is answered, then closed.
+        s.receive(talker, &frame("get-port", &Value::empty(), Some(1)), t0);
+        s.hang_up(talker);
+        s.end_turn(t0);
+        assert!(!s.wants_input(talker));
+        let f = s.flushed(talker);
+        assert!(f.pending_output);
+        assert_eq!(s.poll_close(), None, "not before its reply is written");
+        assert_eq!(take(&mut s, talker), ["00000011l4:porti9090ei1ee"]);
+        s.flushed(talker);
+        assert_eq!(s.poll_close(), Some(talker));
+        s.disconnect(talker);
+        assert_eq!(s.client_count(), 0);
+    }
+
+    #[test]
+    fn verification_slices_follow_the_clock_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        std::fs::write(data.path().join("hello.txt"), b"hello").unwrap();
+        let mut s = server(dir.path());
+        let torrent = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/fixtures/hello.torrent"
+        ))
+        .unwrap();
+        s.service_mut()
+            .registry_mut()
+            .add(torrent, Some(data.path().to_path_buf()), Some(true))
+            .unwrap();
+        let t0 = Instant::now();
+        assert_eq!(s.poll_timeout(t0), Some(t0), "work waits");
+        // A clock that jumps a whole slice per reading: one step only.
+        let mut t = t0;
+        let mut clock = || {
+            t += Duration::from_millis(6);
+            t
+        };
+        while s.service().registry().has_work() {
+            s.run_slice(&mut clock);
+        }
+        s.end_turn(t0);
+        assert!(s.poll_timeout(t0).is_none_or(|d| d > t0), "idle again");
+    }
+}
