@@ -13,7 +13,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use tripcd::codec::Value;
-use tripcd::load::{self, LoadConfig, Report};
+// The load tool is private to the `tripcd-bench` binary; the bench builds
+// the same source in-process, so its figures come from the very code the
+// binary runs, without a subprocess between measurement and table.
+#[allow(dead_code, unused_imports)]
+#[path = "../src/bin/tripcd-bench/load/mod.rs"]
+mod load;
+
+use load::{LoadConfig, Report};
 
 /// A server process (tripcd or the echo reference), killed on drop.
 struct Server {

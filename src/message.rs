@@ -59,6 +59,24 @@ pub struct Message<'a> {
 /// (cases.jsonl) requires it, and vectors win over the text. Anything else
 /// unterminated is an error.
 pub fn parse(payload: &[u8]) -> Result<Message<'_>, MessageError> {
+    let (key, value, tag) = read(payload, true)?;
+    Ok(Message {
+        key,
+        value: value.unwrap_or_else(Value::empty),
+        tag,
+    })
+}
+
+/// The key and tag of a message, its value checked but not decoded (for a
+/// load generator reading large replies).
+pub fn peek(payload: &[u8]) -> Result<(&[u8], Option<i64>), MessageError> {
+    let (key, _, tag) = read(payload, false)?;
+    Ok((key, tag))
+}
+
+type Parts<'a> = (&'a [u8], Option<Value>, Option<i64>);
+
+fn read(payload: &[u8], decode_value: bool) -> Result<Parts<'_>, MessageError> {
     let shape = |m| Err(MessageError::Shape(m));
     let mut r = Reader::new(payload);
     if r.peek() != Some(b'l') {
@@ -81,13 +99,14 @@ pub fn parse(payload: &[u8]) -> Result<Message<'_>, MessageError> {
     if r.at_end()? {
         return shape("message has no value");
     }
-    let value = r.value()?;
+    let value = if decode_value {
+        Some(r.value()?)
+    } else {
+        r.skip()?;
+        None
+    };
     if r.peek().is_none() {
-        return Ok(Message {
-            key,
-            value,
-            tag: None,
-        });
+        return Ok((key, value, None));
     }
     let mut tag = None;
     if !r.at_end()? {
@@ -100,11 +119,7 @@ pub fn parse(payload: &[u8]) -> Result<Message<'_>, MessageError> {
         }
     }
     r.finish()?;
-    Ok(Message {
-        key,
-        value,
-        tag: tag.filter(|t| *t > 0),
-    })
+    Ok((key, value, tag.filter(|t| *t > 0)))
 }
 
 /// Appends one frame holding `[key, value(, tag)]`. A value too large for
@@ -212,6 +227,11 @@ mod tests {
         assert_eq!(parse(b"l4:noop0:i0ee").unwrap().tag, None, "tag 0 is none");
         assert_eq!(parse(b"l4:noop0:").unwrap().tag, None, "unterminated");
         assert_eq!(parse(b"l4:noop0:i5e3:xyze").unwrap().tag, Some(5));
+        assert_eq!(peek(b"l4:porti7ei3ee").unwrap(), (&b"port"[..], Some(3)));
+        assert!(
+            peek(b"l4:porti7xi3ee").is_err(),
+            "the value is still checked"
+        );
     }
 
     #[test]

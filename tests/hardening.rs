@@ -10,7 +10,12 @@ use std::process::Command;
 use common::{Daemon, Raw};
 use tripcd::client::Client;
 use tripcd::codec::Value;
-use tripcd::load::torrents::synthetic_torrent;
+// The load tool's torrent maker, private to `tripcd-bench`, built here too.
+#[allow(dead_code)]
+#[path = "../src/bin/tripcd-bench/load/torrents.rs"]
+mod torrents;
+
+use torrents::synthetic_torrent;
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()

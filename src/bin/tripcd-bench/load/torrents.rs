@@ -7,8 +7,8 @@ use std::path::Path;
 
 use sha1::{Digest, Sha1};
 
-use crate::client::{parse_message, Client, ClientError, FrameReader};
-use crate::codec::Value;
+use tripcd::client::{parse_message, Client, ClientError, FrameReader};
+use tripcd::codec::Value;
 
 /// Builds a single-file torrent for `data`, hashing it piece by piece.
 pub fn torrent_for_file(data: &Path, piece_length: u64) -> io::Result<Vec<u8>> {
@@ -90,7 +90,7 @@ pub fn populate(socket: &Path, count: u64, progress: bool) -> Result<u64, Client
                 ("autostart", Value::Int(0)),
                 ("data", Value::Bytes(synthetic_torrent(i))),
             ]);
-            out.extend_from_slice(&crate::client::encode_message(
+            out.extend_from_slice(&tripcd::client::encode_message(
                 "addfile-detailed",
                 &value,
                 Some(i as i64 + 1),
@@ -123,7 +123,7 @@ pub fn populate(socket: &Path, count: u64, progress: bool) -> Result<u64, Client
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::metainfo::Metainfo;
+    use tripcd::registry::metainfo::Metainfo;
 
     #[test]
     fn synthetic_torrents_are_valid_and_distinct() {

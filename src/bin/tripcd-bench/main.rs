@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use tripcd::load::{self, LoadConfig, Report};
+mod load;
+
+use load::{LoadConfig, Report};
 
 /// Load generator for tripcd (and any Transmission IPC server).
 #[derive(Parser, Debug)]
@@ -131,7 +133,7 @@ fn main() -> ExitCode {
         } => {
             let value = match value.map(|v| serde_json::from_str(&v)) {
                 None => Ok(tripcd::codec::Value::empty()),
-                Some(Ok(j)) => tripcd::remote::from_json(&j),
+                Some(Ok(j)) => tripcd::codec::json::from_json(&j),
                 Some(Err(e)) => Err(format!("value is not JSON: {e}")),
             };
             let value = match value {

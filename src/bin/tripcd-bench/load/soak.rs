@@ -18,8 +18,8 @@ use mio::net::UnixStream;
 use mio::{Events, Interest, Poll, Token};
 
 use super::{raise_fd_limit, reply_tag, rss_kib};
-use crate::client::{encode_message, version_frame};
-use crate::codec::{split_frame, Value, PROTOCOL_MAX};
+use tripcd::client::{encode_message, version_frame};
+use tripcd::codec::{split_frame, Value, PROTOCOL_MAX};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -355,7 +355,7 @@ pub fn run_soak(config: &SoakConfig) -> io::Result<SoakReport> {
     // The daemon should answer, and give back what the clients held once
     // it has seen them go (it closes a descriptor in the turn that reads
     // the hang-up).
-    report.alive = crate::client::Client::connect(&config.socket)
+    report.alive = tripcd::client::Client::connect(&config.socket)
         .and_then(|mut c| c.call("noop", &Value::empty()))
         .is_ok_and(|m| m.key == "succeeded");
     let settle = Instant::now();

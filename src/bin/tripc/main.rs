@@ -9,7 +9,9 @@ use std::time::Duration;
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand};
 use clap_complete::Shell;
 use tripcd::client::Client;
-use tripcd::remote::{self, Action, Style, Target};
+mod remote;
+
+use remote::{Action, Style, Target};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -176,7 +178,7 @@ fn actions(args: &Args, m: &clap::ArgMatches) -> Result<Vec<Action>, String> {
             Some(text) => {
                 let j: serde_json::Value =
                     serde_json::from_str(text).map_err(|e| format!("value is not JSON: {e}"))?;
-                remote::from_json(&j)?
+                tripcd::codec::json::from_json(&j)?
             }
         };
         actions.push(Action::Call(key.clone(), value));

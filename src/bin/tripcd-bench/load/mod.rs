@@ -21,8 +21,9 @@ use mio::net::{UnixListener, UnixStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use crate::client::{encode_message, version_frame};
-use crate::codec::{split_frame, write_frame, Reader, Value, PROTOCOL_MAX};
+use tripcd::client::{encode_message, version_frame};
+use tripcd::codec::{split_frame, Value, PROTOCOL_MAX};
+use tripcd::message;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -183,7 +184,7 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-pub use crate::sys::raise_fd_limit;
+pub use tripcd::sys::raise_fd_limit;
 
 struct LoadConn {
     stream: UnixStream,
@@ -304,9 +305,7 @@ fn read_into(stream: &mut UnixStream, buf: &mut Vec<u8>) -> io::Result<bool> {
 /// The tag of a reply frame's payload, if it is a `[key, value, tag]` list
 /// whose key is not an error.
 fn reply_tag(payload: &[u8], expect_key: Option<&[u8]>) -> Option<i64> {
-    let mut r = Reader::new(payload);
-    r.begin_list().ok()?;
-    let key = r.bytes().ok()?;
+    let (key, tag) = message::peek(payload).ok()?;
     if let Some(want) = expect_key {
         if key != want {
             return None;
@@ -314,8 +313,7 @@ fn reply_tag(payload: &[u8], expect_key: Option<&[u8]>) -> Option<i64> {
     } else if matches!(key, b"failed" | b"bad-format" | b"not-supported") {
         return None;
     }
-    r.skip().ok()?;
-    r.value().ok()?.as_int()
+    tag
 }
 
 /// Runs the load and reports.
@@ -509,7 +507,7 @@ impl EchoServer {
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         let mut scratch = vec![0u8; 64 << 10];
-        let greeting = crate::session::greeting().to_vec();
+        let greeting = tripcd::session::greeting().to_vec();
         loop {
             self.poll.poll(&mut events, None)?;
             for ev in events.iter() {
@@ -554,10 +552,7 @@ impl EchoServer {
                         continue;
                     }
                     let tag = reply_tag_any(payload);
-                    let reply =
-                        crate::codec::bencode::encode_message(b"succeeded", &Value::empty(), tag)
-                            .unwrap_or_default();
-                    write_frame(out, &reply);
+                    message::write(out, b"succeeded", &Value::empty(), tag);
                 }
                 input.drain(..used);
                 // Blocking write of the batch: the reference never queues.
@@ -586,11 +581,7 @@ impl EchoServer {
 
 /// The third element of a `[key, value, tag]` list, if any.
 fn reply_tag_any(payload: &[u8]) -> Option<i64> {
-    let mut r = Reader::new(payload);
-    r.begin_list().ok()?;
-    r.skip().ok()?;
-    r.skip().ok()?;
-    r.value().ok()?.as_int()
+    message::peek(payload).ok()?.1
 }
 
 #[cfg(test)]
