@@ -198,6 +198,51 @@ struct LoadConn {
 }
 
 impl LoadConn {
+    /// Reads what arrived, records each reply's latency, and (unless
+    /// stopping) sends a new request for each.
+    fn serve(
+        &mut self,
+        counters: &mut Counters,
+        stopping: bool,
+        frame_for: &dyn Fn(i64) -> Vec<u8>,
+    ) {
+        match read_into(&mut self.stream, &mut self.input) {
+            Ok(true) => {}
+            Ok(false) | Err(_) => {
+                self.dead = true;
+                counters.errors += 1 + self.in_flight.len() as u64;
+                self.in_flight.clear();
+                return;
+            }
+        }
+        let mut used = 0;
+        let now = Instant::now();
+        while let Ok(Some(r)) = split_frame(&self.input[used..], PROTOCOL_MAX) {
+            let payload = &self.input[used + r.start..used + r.end];
+            used += r.end;
+            let Some((want, sent_at)) = self.in_flight.pop_front() else {
+                counters.errors += 1;
+                continue;
+            };
+            if reply_tag(payload, None) != Some(want) {
+                counters.errors += 1;
+            }
+            let us = now.duration_since(sent_at).as_micros() as u64;
+            counters.hist.saturating_record(us.max(1));
+            counters.replies += 1;
+            if !stopping {
+                let tag = self.next_tag;
+                self.next_tag += 1;
+                self.output.extend_from_slice(&frame_for(tag));
+                self.in_flight.push_back((tag, now));
+            }
+        }
+        self.input.drain(..used);
+        if self.flush().is_err() {
+            self.dead = true;
+        }
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         while self.sent < self.output.len() {
             match self.stream.write(&self.output[self.sent..]) {
@@ -219,6 +264,36 @@ struct Counters {
     hist: Histogram<u64>,
     replies: u64,
     errors: u64,
+}
+
+impl Counters {
+    /// The figures of a run that started at `start`.
+    fn report(
+        &self,
+        config: &LoadConfig,
+        connections: usize,
+        start: Instant,
+        connect_rate: f64,
+        rss_before: Option<u64>,
+    ) -> Report {
+        let seconds = start.elapsed().as_secs_f64();
+        let h = &self.hist;
+        Report {
+            connections,
+            depth: config.depth,
+            requests: self.replies,
+            errors: self.errors,
+            seconds,
+            throughput: self.replies as f64 / seconds,
+            p50_us: h.value_at_quantile(0.5),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+            connect_rate,
+            rss_kib: config.pid.and_then(rss_kib),
+            rss_before_kib: rss_before,
+        }
+    }
 }
 
 /// Connects `n` clients and handshakes each; returns them and the
@@ -379,41 +454,7 @@ pub fn run_load(config: &LoadConfig) -> io::Result<Report> {
             if c.dead {
                 continue;
             }
-            match read_into(&mut c.stream, &mut c.input) {
-                Ok(true) => {}
-                Ok(false) | Err(_) => {
-                    c.dead = true;
-                    counters.errors += 1 + c.in_flight.len() as u64;
-                    c.in_flight.clear();
-                    continue;
-                }
-            }
-            let mut used = 0;
-            let now = Instant::now();
-            while let Ok(Some(r)) = split_frame(&c.input[used..], PROTOCOL_MAX) {
-                let payload = &c.input[used + r.start..used + r.end];
-                used += r.end;
-                let Some((want, sent_at)) = c.in_flight.pop_front() else {
-                    counters.errors += 1;
-                    continue;
-                };
-                if reply_tag(payload, None) != Some(want) {
-                    counters.errors += 1;
-                }
-                let us = now.duration_since(sent_at).as_micros() as u64;
-                counters.hist.saturating_record(us.max(1));
-                counters.replies += 1;
-                if !stopping {
-                    let tag = c.next_tag;
-                    c.next_tag += 1;
-                    c.output.extend_from_slice(&frames_for(tag));
-                    c.in_flight.push_back((tag, now));
-                }
-            }
-            c.input.drain(..used);
-            if c.flush().is_err() {
-                c.dead = true;
-            }
+            c.serve(&mut counters, stopping, &frames_for);
         }
         if config.progress && last_progress.elapsed() >= Duration::from_secs(1) {
             let secs = start.elapsed().as_secs_f64();
@@ -427,26 +468,10 @@ pub fn run_load(config: &LoadConfig) -> io::Result<Report> {
             last_progress = Instant::now();
         }
     }
-    let seconds = start.elapsed().as_secs_f64();
     if config.progress {
         eprintln!();
     }
-    let h = &counters.hist;
-    Ok(Report {
-        connections: conns.len(),
-        depth: config.depth,
-        requests: counters.replies,
-        errors: counters.errors,
-        seconds,
-        throughput: counters.replies as f64 / seconds,
-        p50_us: h.value_at_quantile(0.5),
-        p99_us: h.value_at_quantile(0.99),
-        p999_us: h.value_at_quantile(0.999),
-        max_us: h.max(),
-        connect_rate,
-        rss_kib: config.pid.and_then(rss_kib),
-        rss_before_kib: rss_before,
-    })
+    Ok(counters.report(config, conns.len(), start, connect_rate, rss_before))
 }
 
 /// Opens and handshakes `n` connections, measures the daemon's memory,

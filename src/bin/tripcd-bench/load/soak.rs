@@ -156,6 +156,210 @@ pub fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
+/// What valid clients ask, in turn.
+fn requests() -> [(&'static str, Value); 4] {
+    [
+        ("noop", Value::empty()),
+        ("get-port", Value::empty()),
+        ("pex", Value::Int(1)),
+        ("get-status-all", Value::List(vec![Value::str("state")])),
+    ]
+}
+
+impl Client {
+    fn new(i: usize) -> Client {
+        Client {
+            role: role(i),
+            stream: None,
+            input: Vec::new(),
+            output: Vec::new(),
+            greeted: false,
+            in_flight: VecDeque::new(),
+            next_tag: 1,
+            readable: false,
+            spent: false,
+        }
+    }
+
+    /// Connects client `i` and queues its version.
+    fn connect(&mut self, socket: &std::path::Path, poll: &Poll, i: usize) -> io::Result<()> {
+        match UnixStream::connect(socket) {
+            Ok(mut s) => {
+                poll.registry()
+                    .register(&mut s, Token(i), Interest::READABLE)?;
+                self.stream = Some(s);
+                self.input.clear();
+                self.output = version_frame(1, 2);
+                self.greeted = false;
+                self.readable = true;
+                self.spent = false;
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                Err(io::Error::other("the daemon refuses connections"))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads all that is there, or 512 bytes a tick for slow clients.
+    /// Returns whether the daemon closed the connection.
+    fn read(&mut self, ending: bool) -> bool {
+        let Some(stream) = self.stream.as_mut() else {
+            return false;
+        };
+        if !self.readable && self.role != Role::Slow {
+            return false;
+        }
+        let limit = if self.role == Role::Slow && !ending {
+            512
+        } else {
+            usize::MAX
+        };
+        let mut got = 0;
+        let mut buf = [0u8; 16 << 10];
+        while got < limit {
+            let want = buf.len().min(limit - got);
+            match stream.read(&mut buf[..want]) {
+                Ok(0) => return true,
+                Ok(n) => {
+                    got += n;
+                    self.input.extend_from_slice(&buf[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.readable = false;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return true,
+            }
+        }
+        false
+    }
+
+    /// Matches the replies read against the tags in flight.
+    fn take_replies(&mut self, report: &mut SoakReport) {
+        let mut used = 0;
+        while let Ok(Some(r)) = split_frame(&self.input[used..], PROTOCOL_MAX) {
+            let payload = &self.input[used + r.start..used + r.end];
+            used += r.end;
+            if !self.greeted {
+                self.greeted = true;
+                continue;
+            }
+            match (self.in_flight.pop_front(), reply_tag(payload, None)) {
+                (Some(want), Some(got)) if want == got => report.answered += 1,
+                _ => report.errors += 1,
+            }
+        }
+        self.input.drain(..used);
+    }
+
+    /// The daemon closed us: expected for garbage, an error for others.
+    fn closed(&mut self, poll: &Poll, report: &mut SoakReport) {
+        match self.role {
+            Role::Garbage => report.garbage_closed += 1,
+            Role::Abrupt => {}
+            Role::Valid | Role::Slow => report.errors += 1,
+        }
+        report.errors += self.in_flight.len() as u64;
+        self.in_flight.clear();
+        if let Some(mut s) = self.stream.take() {
+            let _ = poll.registry().deregister(&mut s);
+        }
+    }
+
+    /// Queues what this client's role sends next; an abrupt client writes
+    /// half a frame and hangs up here.
+    fn send(&mut self, i: usize, poll: &Poll, report: &mut SoakReport) {
+        match self.role {
+            Role::Valid | Role::Slow => {
+                let requests = requests();
+                let depth = if self.role == Role::Valid { 4 } else { 64 };
+                while self.in_flight.len() < depth {
+                    let (key, value) = &requests[(self.next_tag as usize + i) % requests.len()];
+                    self.output
+                        .extend(encode_message(key, value, Some(self.next_tag)));
+                    self.in_flight.push_back(self.next_tag);
+                    self.next_tag += 1;
+                    report.requests += 1;
+                }
+            }
+            Role::Garbage if !self.spent => {
+                self.spent = true;
+                // Half the time a bad header, half a bad payload.
+                if self.next_tag % 2 == 0 {
+                    self.output.extend_from_slice(b"zz000010l4:noop0:e");
+                } else {
+                    self.output.extend_from_slice(b"00000006i12xee");
+                }
+                self.next_tag += 1;
+                report.garbage += 1;
+            }
+            Role::Abrupt => {
+                if let Some(mut stream) = self.stream.take() {
+                    // Half a frame, then gone.
+                    let _ = stream.write(b"00000011l4:noop0:i");
+                    report.abrupt += 1;
+                    let _ = poll.registry().deregister(&mut stream);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Writes what is queued, as far as the socket takes it.
+    fn flush(&mut self) {
+        let Some(stream) = self.stream.as_mut() else {
+            return;
+        };
+        while !self.output.is_empty() {
+            match stream.write(&self.output) {
+                Ok(n) => {
+                    self.output.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break, // seen as closed on the next read
+            }
+        }
+    }
+
+    /// One tick of client `i`: (re)connect when due, read, match replies,
+    /// send more.
+    fn tick(
+        &mut self,
+        i: usize,
+        tick: usize,
+        ending: bool,
+        config: &SoakConfig,
+        poll: &Poll,
+        report: &mut SoakReport,
+    ) -> io::Result<()> {
+        // Everyone connects at the start; garbage and abrupt clients come
+        // back again and again, every tenth tick, spread out.
+        let due = matches!(self.role, Role::Valid | Role::Slow) || tick % 10 == i % 10;
+        if self.stream.is_none() && !ending && due {
+            self.connect(&config.socket, poll, i)?;
+        }
+        if self.stream.is_none() {
+            return Ok(());
+        }
+        let closed = self.read(ending);
+        self.take_replies(report);
+        if closed {
+            self.closed(poll, report);
+            return Ok(());
+        }
+        if self.greeted && !ending {
+            self.send(i, poll, report);
+        }
+        self.flush();
+        Ok(())
+    }
+}
+
 /// Runs the soak.
 pub fn run_soak(config: &SoakConfig) -> io::Result<SoakReport> {
     raise_fd_limit();
@@ -167,181 +371,26 @@ pub fn run_soak(config: &SoakConfig) -> io::Result<SoakReport> {
     let fds_before = fd_count(config.pid);
     let mut poll = Poll::new()?;
     let mut events = Events::with_capacity(4096);
-    let mut clients: Vec<Client> = (0..config.clients)
-        .map(|i| Client {
-            role: role(i),
-            stream: None,
-            input: Vec::new(),
-            output: Vec::new(),
-            greeted: false,
-            in_flight: VecDeque::new(),
-            next_tag: 1,
-            readable: false,
-            spent: false,
-        })
-        .collect();
-    let requests = [
-        ("noop", Value::empty()),
-        ("get-port", Value::empty()),
-        ("pex", Value::Int(1)),
-        ("get-status-all", Value::List(vec![Value::str("state")])),
-    ];
+    let mut clients: Vec<Client> = (0..config.clients).map(Client::new).collect();
     let start = Instant::now();
-    let mut ending = false;
     let mut end_deadline = None;
-    let mut tick = 0usize;
-    loop {
-        tick += 1;
-        let elapsed = start.elapsed();
-        if !ending && elapsed >= config.duration {
-            ending = true;
+    for tick in 1.. {
+        if end_deadline.is_none() && start.elapsed() >= config.duration {
             end_deadline = Some(Instant::now() + Duration::from_secs(60));
             report.rss_kib.1 = rss_kib(config.pid).unwrap_or(0);
             report.fds.1 = fd_count(config.pid);
         }
-        if ending {
+        let ending = end_deadline.is_some();
+        if let Some(deadline) = end_deadline {
             let waiting = clients
                 .iter()
                 .any(|c| c.stream.is_some() && !c.in_flight.is_empty());
-            if !waiting || end_deadline.is_some_and(|d| Instant::now() >= d) {
+            if !waiting || Instant::now() >= deadline {
                 break;
             }
         }
         for (i, c) in clients.iter_mut().enumerate() {
-            // (Re)connect: everyone at the start, garbage and abrupt
-            // clients again and again.
-            // Churning clients come back every tenth tick, spread out.
-            let due = matches!(c.role, Role::Valid | Role::Slow) || tick % 10 == i % 10;
-            if c.stream.is_none() && !ending && due {
-                match UnixStream::connect(&config.socket) {
-                    Ok(mut s) => {
-                        poll.registry()
-                            .register(&mut s, Token(i), Interest::READABLE)?;
-                        c.stream = Some(s);
-                        c.input.clear();
-                        c.output = version_frame(1, 2);
-                        c.greeted = false;
-                        c.readable = true;
-                        c.spent = false;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                        return Err(io::Error::other("the daemon refuses connections"))
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            let Some(stream) = c.stream.as_mut() else {
-                continue;
-            };
-            // Read: all that is there, or 512 bytes a tick for slow ones.
-            let mut closed = false;
-            if c.readable || c.role == Role::Slow {
-                let limit = if c.role == Role::Slow && !ending {
-                    512
-                } else {
-                    usize::MAX
-                };
-                let mut got = 0;
-                let mut buf = [0u8; 16 << 10];
-                while got < limit {
-                    let want = buf.len().min(limit - got);
-                    match stream.read(&mut buf[..want]) {
-                        Ok(0) => {
-                            closed = true;
-                            break;
-                        }
-                        Ok(n) => {
-                            got += n;
-                            c.input.extend_from_slice(&buf[..n]);
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            c.readable = false;
-                            break;
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(_) => {
-                            closed = true;
-                            break;
-                        }
-                    }
-                }
-            }
-            // Frames in.
-            let mut used = 0;
-            while let Ok(Some(r)) = split_frame(&c.input[used..], PROTOCOL_MAX) {
-                let payload = &c.input[used + r.start..used + r.end];
-                used += r.end;
-                if !c.greeted {
-                    c.greeted = true;
-                    continue;
-                }
-                match (c.in_flight.pop_front(), reply_tag(payload, None)) {
-                    (Some(want), Some(got)) if want == got => report.answered += 1,
-                    _ => report.errors += 1,
-                }
-            }
-            c.input.drain(..used);
-            if closed {
-                match c.role {
-                    Role::Garbage => report.garbage_closed += 1,
-                    Role::Abrupt => {}
-                    Role::Valid | Role::Slow => report.errors += 1,
-                }
-                report.errors += c.in_flight.len() as u64;
-                c.in_flight.clear();
-                if let Some(mut s) = c.stream.take() {
-                    let _ = poll.registry().deregister(&mut s);
-                }
-                continue;
-            }
-            // Frames out.
-            if c.greeted && !ending {
-                match c.role {
-                    Role::Valid | Role::Slow => {
-                        let depth = if c.role == Role::Valid { 4 } else { 64 };
-                        while c.in_flight.len() < depth {
-                            let (key, value) =
-                                &requests[(c.next_tag as usize + i) % requests.len()];
-                            c.output
-                                .extend(encode_message(key, value, Some(c.next_tag)));
-                            c.in_flight.push_back(c.next_tag);
-                            c.next_tag += 1;
-                            report.requests += 1;
-                        }
-                    }
-                    Role::Garbage if !c.spent => {
-                        c.spent = true;
-                        // Half the time a bad header, half a bad payload.
-                        if c.next_tag % 2 == 0 {
-                            c.output.extend_from_slice(b"zz000010l4:noop0:e");
-                        } else {
-                            c.output.extend_from_slice(b"00000006i12xee");
-                        }
-                        c.next_tag += 1;
-                        report.garbage += 1;
-                    }
-                    Role::Abrupt => {
-                        // Half a frame, then gone.
-                        let _ = stream.write(b"00000011l4:noop0:i");
-                        report.abrupt += 1;
-                        let _ = poll.registry().deregister(stream);
-                        c.stream = None;
-                        continue;
-                    }
-                    _ => {}
-                }
-            }
-            while !c.output.is_empty() {
-                match stream.write(&c.output) {
-                    Ok(n) => {
-                        c.output.drain(..n);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => break, // seen as closed on the next read
-                }
-            }
+            c.tick(i, tick, ending, config, &poll, &mut report)?;
         }
         poll.poll(&mut events, Some(Duration::from_millis(50)))?;
         for ev in events.iter() {
@@ -351,10 +400,14 @@ pub fn run_soak(config: &SoakConfig) -> io::Result<SoakReport> {
         }
     }
     drop(clients);
+    settle(config, &mut report, fds_before, rss_before);
+    Ok(report)
+}
 
-    // The daemon should answer, and give back what the clients held once
-    // it has seen them go (it closes a descriptor in the turn that reads
-    // the hang-up).
+/// The daemon should answer, and give back what the clients held once it
+/// has seen them go (it closes a descriptor in the turn that reads the
+/// hang-up).
+fn settle(config: &SoakConfig, report: &mut SoakReport, fds_before: usize, rss_before: u64) {
     report.alive = tripcd::client::Client::connect(&config.socket)
         .and_then(|mut c| c.call("noop", &Value::empty()))
         .is_ok_and(|m| m.key == "succeeded");
@@ -366,5 +419,4 @@ pub fn run_soak(config: &SoakConfig) -> io::Result<SoakReport> {
     report.fds.2 = fd_count(config.pid);
     report.rss_kib.0 = rss_before;
     report.rss_kib.2 = rss_kib(config.pid).unwrap_or(0);
-    Ok(report)
 }
