@@ -121,40 +121,22 @@ fn print(common: &Common, r: &Report) {
     let _ = writeln!(std::io::stdout(), "{text}");
 }
 
+/// What a command ended with.
+enum Outcome {
+    Done,
+    /// A check failed (already printed): exit status 1.
+    ChecksFailed,
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let result = match args.cmd {
+    let result = match Args::parse().cmd {
         Cmd::Load {
             common,
             depth,
             seconds,
             key,
             value,
-        } => {
-            let value = match value.map(|v| serde_json::from_str(&v)) {
-                None => Ok(tripcd::codec::Value::empty()),
-                Some(Ok(j)) => tripcd::codec::json::from_json(&j),
-                Some(Err(e)) => Err(format!("value is not JSON: {e}")),
-            };
-            let value = match value {
-                Ok(v) => v,
-                Err(e) => {
-                    eprintln!("tripcd-bench: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let config = LoadConfig {
-                socket: common.socket.clone(),
-                connections: common.connections,
-                depth: depth.max(1),
-                duration: Duration::from_secs_f64(seconds.max(0.0)),
-                key,
-                value,
-                pid: common.pid,
-                progress: !common.quiet,
-            };
-            load::run_load(&config).map(|r| print(&common, &r))
-        }
+        } => load(common, depth, seconds, key, value),
         Cmd::Idle { common, hold } => load::run_idle(
             &common.socket,
             common.connections,
@@ -170,27 +152,10 @@ fn main() -> ExitCode {
             clients,
             seconds,
         } => {
-            let config = load::soak::SoakConfig {
-                socket,
-                pid,
-                clients,
-                duration: Duration::from_secs_f64(seconds.max(0.0)),
-            };
-            match load::soak::run_soak(&config) {
-                Ok(report) => {
-                    println!("{}", report.text());
-                    let failures = report.failures();
-                    if failures.is_empty() {
-                        println!("soak passed");
-                        Ok(())
-                    } else {
-                        for f in &failures {
-                            println!("FAILED: {f}");
-                        }
-                        return ExitCode::FAILURE;
-                    }
-                }
-                Err(e) => Err(e),
+            return match soak(socket, pid, clients, seconds) {
+                Ok(Outcome::Done) => ExitCode::SUCCESS,
+                Ok(Outcome::ChecksFailed) => ExitCode::FAILURE,
+                Err(e) => fail(e),
             }
         }
         Cmd::Mktorrent { file, piece_length } => {
@@ -210,9 +175,59 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("tripcd-bench: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => fail(e),
     }
+}
+
+fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("tripcd-bench: {e}");
+    ExitCode::FAILURE
+}
+
+/// `load`: the value given as JSON, then the run.
+fn load(
+    common: Common,
+    depth: usize,
+    seconds: f64,
+    key: String,
+    value: Option<String>,
+) -> std::io::Result<()> {
+    let value = match value.map(|v| serde_json::from_str(&v)) {
+        None => Ok(tripcd::codec::Value::empty()),
+        Some(Ok(j)) => tripcd::codec::json::from_json(&j),
+        Some(Err(e)) => Err(format!("value is not JSON: {e}")),
+    }
+    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let config = LoadConfig {
+        socket: common.socket.clone(),
+        connections: common.connections,
+        depth: depth.max(1),
+        duration: Duration::from_secs_f64(seconds.max(0.0)),
+        key,
+        value,
+        pid: common.pid,
+        progress: !common.quiet,
+    };
+    load::run_load(&config).map(|r| print(&common, &r))
+}
+
+/// `soak`: the run, its report, and each failed check.
+fn soak(socket: PathBuf, pid: u32, clients: usize, seconds: f64) -> std::io::Result<Outcome> {
+    let config = load::soak::SoakConfig {
+        socket,
+        pid,
+        clients,
+        duration: Duration::from_secs_f64(seconds.max(0.0)),
+    };
+    let report = load::soak::run_soak(&config)?;
+    println!("{}", report.text());
+    let failures = report.failures();
+    if failures.is_empty() {
+        println!("soak passed");
+        return Ok(Outcome::Done);
+    }
+    for f in &failures {
+        println!("FAILED: {f}");
+    }
+    Ok(Outcome::ChecksFailed)
 }
