@@ -6,6 +6,7 @@
 //! - [`message`]: the version 2 message and the version handshake;
 //! - [`reply`]: what a handler answers;
 //! - [`registry`]: settings, torrents and their persistence;
+//! - [`engine`]: pieces, storage, piece picking, choking, rates;
 //! - [`status`]: the protocol's view of a torrent;
 //! - [`session`]: one connection's protocol state, bytes in, bytes out;
 //! - [`commands`]: the table of keys and the built-in handlers;
@@ -22,6 +23,7 @@ pub mod codec;
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod engine;
 pub mod message;
 pub mod reactor;
 pub mod registry;

@@ -1,0 +1,9 @@
+//! The BitTorrent engine's domain logic: pieces, storage, piece picking,
+//! choking and rates. Nothing here knows of sockets or the wire; time and
+//! randomness are passed in, so every decision is testable.
+
+pub mod bitfield;
+pub mod choker;
+pub mod picker;
+pub mod rate;
+pub mod storage;

@@ -1,0 +1,510 @@
+//! Mapping pieces onto files and positioned, lazily-created file I/O.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+/// Maximum number of open file handles kept by [`Storage`]; torrents can
+/// have tens of thousands of files and fds are a shared, limited resource.
+pub const MAX_OPEN_FILES: usize = 16;
+
+/// Geometry of a torrent: piece length and the lengths of its files, in
+/// metainfo order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Nominal piece length (the last piece may be shorter).
+    pub piece_length: u64,
+    /// Length of every file, in order.
+    pub files: Vec<u64>,
+}
+
+/// A contiguous run of bytes inside one file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    /// Index into [`Layout::files`].
+    pub file: usize,
+    /// Byte offset inside that file.
+    pub offset: u64,
+    /// Number of bytes (never zero).
+    pub len: u64,
+}
+
+impl Layout {
+    /// Total size of all files (saturating, so absurd input cannot panic).
+    pub fn total(&self) -> u64 {
+        self.files.iter().fold(0u64, |a, &b| a.saturating_add(b))
+    }
+
+    /// Number of pieces (0 when `piece_length` is 0).
+    pub fn piece_count(&self) -> u64 {
+        if self.piece_length == 0 {
+            return 0;
+        }
+        self.total().div_ceil(self.piece_length)
+    }
+
+    /// Size of piece `i`; 0 if `i` is out of range.
+    pub fn piece_size(&self, i: u64) -> u64 {
+        if i >= self.piece_count() {
+            return 0;
+        }
+        let start = i * self.piece_length;
+        self.piece_length.min(self.total() - start)
+    }
+
+    /// Maps `len` bytes at `begin` inside `piece` onto file spans, in order,
+    /// skipping zero-length files. Returns an empty vector if the range is
+    /// empty or does not lie entirely inside the piece.
+    ///
+    /// Linear in the number of files; fine for the sizes metainfo parsing
+    /// admits, and it keeps `Layout` a plain value.
+    pub fn spans(&self, piece: u64, begin: u64, len: u64) -> Vec<Span> {
+        let size = self.piece_size(piece);
+        let end_in_piece = match begin.checked_add(len) {
+            Some(e) => e,
+            None => return Vec::new(),
+        };
+        if len == 0 || end_in_piece > size {
+            return Vec::new();
+        }
+        // piece < piece_count and begin+len <= piece size, so no overflow.
+        let mut pos = piece * self.piece_length + begin;
+        let end = pos + len;
+        let mut out = Vec::new();
+        let mut file_start = 0u64;
+        for (file, &flen) in self.files.iter().enumerate() {
+            let file_end = file_start + flen;
+            if pos < file_end && flen > 0 {
+                let take = file_end.min(end) - pos;
+                out.push(Span {
+                    file,
+                    offset: pos - file_start,
+                    len: take,
+                });
+                pos += take;
+                if pos == end {
+                    break;
+                }
+            }
+            file_start = file_end;
+        }
+        out
+    }
+}
+
+/// An I/O failure on a particular file.
+#[derive(Debug)]
+pub struct StorageError {
+    /// File the operation failed on (empty if the range was invalid).
+    pub path: PathBuf,
+    /// Underlying error.
+    pub source: io::Error,
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.source)
+    }
+}
+
+impl std::error::Error for StorageError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+struct OpenFile {
+    file_index: usize,
+    file: File,
+    writable: bool,
+    last_used: u64,
+}
+
+/// Piece-addressed reads and writes over a torrent's files.
+///
+/// Files (and their parent directories) are created on first write and
+/// never preallocated, so they stay sparse until data arrives.
+pub struct Storage {
+    layout: Layout,
+    paths: Vec<PathBuf>,
+    open: Vec<OpenFile>,
+    clock: u64,
+}
+
+impl Storage {
+    /// Storage for `layout`, with `paths[i]` the on-disk path of file `i`.
+    /// Nothing is touched on disk until the first write.
+    pub fn new(layout: Layout, paths: Vec<PathBuf>) -> Self {
+        Storage {
+            layout,
+            paths,
+            open: Vec::new(),
+            clock: 0,
+        }
+    }
+
+    /// The layout this storage was built with.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Number of currently open file handles (at most [`MAX_OPEN_FILES`]).
+    pub fn open_files(&self) -> usize {
+        self.open.len()
+    }
+
+    fn spans_or_err(&self, piece: u32, begin: u32, len: usize) -> Result<Vec<Span>, StorageError> {
+        let spans = self.layout.spans(piece as u64, begin as u64, len as u64);
+        if spans.is_empty() && len > 0 {
+            return Err(StorageError {
+                path: PathBuf::new(),
+                source: io::Error::new(io::ErrorKind::InvalidInput, "range outside piece"),
+            });
+        }
+        Ok(spans)
+    }
+
+    fn path(&self, file: usize) -> Result<PathBuf, StorageError> {
+        self.paths.get(file).cloned().ok_or_else(|| StorageError {
+            path: PathBuf::new(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "no path for file"),
+        })
+    }
+
+    /// Returns a cached handle for `file`, opening (and for writes, creating)
+    /// it if needed and evicting the least recently used handle when full.
+    fn handle(&mut self, file: usize, write: bool) -> Result<&File, StorageError> {
+        self.clock += 1;
+        let clock = self.clock;
+        if let Some(i) = self
+            .open
+            .iter()
+            .position(|o| o.file_index == file && (o.writable || !write))
+        {
+            self.open[i].last_used = clock;
+            return Ok(&self.open[i].file);
+        }
+        // A read-only handle cannot serve a write: drop it and reopen.
+        self.open.retain(|o| o.file_index != file);
+        let path = self.path(file)?;
+        let err = |source| StorageError {
+            path: path.clone(),
+            source,
+        };
+        let (f, writable) = if write {
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent).map_err(err)?;
+            }
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(err)?;
+            (f, true)
+        } else {
+            // Prefer read-write so a later write can reuse the handle, but
+            // fall back to read-only (seeding from read-only media).
+            match OpenOptions::new().read(true).write(true).open(&path) {
+                Ok(f) => (f, true),
+                Err(_) => (File::open(&path).map_err(err)?, false),
+            }
+        };
+        if self.open.len() >= MAX_OPEN_FILES {
+            if let Some(lru) = self
+                .open
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, o)| o.last_used)
+                .map(|(i, _)| i)
+            {
+                self.open.swap_remove(lru);
+            }
+        }
+        self.open.push(OpenFile {
+            file_index: file,
+            file: f,
+            writable,
+            last_used: clock,
+        });
+        let last = self.open.len() - 1;
+        Ok(&self.open[last].file)
+    }
+
+    /// Writes `data` at `begin` inside `piece`.
+    pub fn write(&mut self, piece: u32, begin: u32, data: &[u8]) -> Result<(), StorageError> {
+        let spans = self.spans_or_err(piece, begin, data.len())?;
+        let mut rest = data;
+        for s in spans {
+            let (chunk, tail) = rest.split_at((s.len as usize).min(rest.len()));
+            rest = tail;
+            let path = self.path(s.file)?;
+            self.handle(s.file, true)?
+                .write_all_at(chunk, s.offset)
+                .map_err(|source| StorageError { path, source })?;
+        }
+        Ok(())
+    }
+
+    /// Fills `buf` from `begin` inside `piece`. Reading a never-written file
+    /// or past the written end is an error (callers only read verified data).
+    pub fn read(&mut self, piece: u32, begin: u32, buf: &mut [u8]) -> Result<(), StorageError> {
+        let spans = self.spans_or_err(piece, begin, buf.len())?;
+        let mut rest = buf;
+        for s in spans {
+            let n = (s.len as usize).min(rest.len());
+            let (chunk, tail) = std::mem::take(&mut rest).split_at_mut(n);
+            rest = tail;
+            let path = self.path(s.file)?;
+            self.handle(s.file, false)?
+                .read_exact_at(chunk, s.offset)
+                .map_err(|source| StorageError { path, source })?;
+        }
+        Ok(())
+    }
+
+    /// Creates the zero-length files (which no write ever touches), e.g. once
+    /// the download completes.
+    pub fn create_empty_files(&mut self) -> Result<(), StorageError> {
+        for (i, &len) in self.layout.files.iter().enumerate() {
+            if len != 0 {
+                continue;
+            }
+            let path = self.path(i)?;
+            let err = |source| StorageError {
+                path: path.clone(),
+                source,
+            };
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent).map_err(err)?;
+            }
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// Closes every cached handle (torrent stopped or removed).
+    pub fn close_all(&mut self) {
+        self.open.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Brute-force reference: the file and offset of absolute byte `a`.
+    fn locate(files: &[u64], mut a: u64) -> (usize, u64) {
+        for (i, &l) in files.iter().enumerate() {
+            if a < l {
+                return (i, a);
+            }
+            a -= l;
+        }
+        panic!("past end");
+    }
+
+    fn check_layout(layout: &Layout) {
+        let total = layout.total();
+        let n = layout.piece_count();
+        let sum: u64 = (0..n).map(|p| layout.piece_size(p)).sum();
+        assert_eq!(sum, total);
+        assert_eq!(layout.piece_size(n), 0);
+        for p in 0..n {
+            let size = layout.piece_size(p);
+            for begin in 0..size {
+                for len in 1..=(size - begin) {
+                    let spans = layout.spans(p, begin, len);
+                    // Expand spans byte by byte and compare with reference.
+                    let mut a = p * layout.piece_length + begin;
+                    let mut covered = 0;
+                    for s in &spans {
+                        assert!(s.len > 0);
+                        assert!(s.offset + s.len <= layout.files[s.file]);
+                        for k in 0..s.len {
+                            assert_eq!(locate(&layout.files, a), (s.file, s.offset + k));
+                            a += 1;
+                        }
+                        covered += s.len;
+                    }
+                    assert_eq!(covered, len);
+                    // Adjacent spans are in different files.
+                    for w in spans.windows(2) {
+                        assert!(w[0].file < w[1].file);
+                    }
+                }
+            }
+            assert!(layout.spans(p, 0, size + 1).is_empty());
+            assert!(layout.spans(p, size, 1).is_empty());
+            assert!(layout.spans(p, 0, 0).is_empty());
+        }
+        assert!(layout.spans(n, 0, 1).is_empty());
+        assert!(layout.spans(0, u64::MAX, 2).is_empty());
+    }
+
+    #[test]
+    fn spans_exhaustive_awkward_layouts() {
+        let layouts = [
+            (4, vec![10]),
+            (4, vec![8]),
+            (4, vec![0, 3, 0, 0, 5, 1, 0]),
+            (3, vec![1, 1, 1, 1, 1, 1, 1]),
+            (5, vec![2, 0, 9, 4]),
+            (7, vec![0, 0, 1]),
+            (16, vec![3, 5, 0, 7]),
+            (1, vec![3, 0, 2]),
+        ];
+        for (pl, files) in layouts {
+            check_layout(&Layout {
+                piece_length: pl,
+                files,
+            });
+        }
+    }
+
+    #[test]
+    fn degenerate_layouts() {
+        let l = Layout {
+            piece_length: 0,
+            files: vec![5],
+        };
+        assert_eq!(l.piece_count(), 0);
+        assert!(l.spans(0, 0, 1).is_empty());
+        let l = Layout {
+            piece_length: 4,
+            files: vec![0, 0],
+        };
+        assert_eq!(l.piece_count(), 0);
+        let l = Layout {
+            piece_length: 4,
+            files: vec![u64::MAX, u64::MAX],
+        };
+        assert_eq!(l.total(), u64::MAX);
+    }
+
+    fn setup() -> (tempfile::TempDir, Layout, Vec<PathBuf>) {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout {
+            piece_length: 7,
+            files: vec![5, 0, 11, 3, 20],
+        };
+        let paths = (0..layout.files.len())
+            .map(|i| dir.path().join(format!("d{}/sub/f{i}", i % 2)))
+            .collect();
+        (dir, layout, paths)
+    }
+
+    #[test]
+    fn random_order_writes_read_back() {
+        for seed in 0..5 {
+            let (_dir, layout, paths) = setup();
+            let total = layout.total() as usize;
+            let content: Vec<u8> = (0..total).map(|i| (i * 31 + 7) as u8).collect();
+            let mut st = Storage::new(layout.clone(), paths);
+            // Cut each piece into 3-byte chunks and write them shuffled.
+            let mut chunks = Vec::new();
+            for p in 0..layout.piece_count() {
+                let size = layout.piece_size(p);
+                let mut b = 0;
+                while b < size {
+                    chunks.push((p, b, 3.min(size - b)));
+                    b += 3;
+                }
+            }
+            let mut rng = fastrand::Rng::with_seed(seed);
+            rng.shuffle(&mut chunks);
+            for &(p, b, l) in &chunks {
+                let a = (p * layout.piece_length + b) as usize;
+                st.write(p as u32, b as u32, &content[a..a + l as usize])
+                    .unwrap();
+            }
+            let mut got = Vec::new();
+            for p in 0..layout.piece_count() {
+                let mut buf = vec![0; layout.piece_size(p) as usize];
+                st.read(p as u32, 0, &mut buf).unwrap();
+                got.extend_from_slice(&buf);
+            }
+            assert_eq!(got, content);
+            // And via the files directly.
+            st.close_all();
+            let mut disk = Vec::new();
+            for (i, &l) in layout.files.iter().enumerate() {
+                if l > 0 {
+                    disk.extend(fs::read(&st.paths[i]).unwrap());
+                }
+            }
+            assert_eq!(disk, content);
+        }
+    }
+
+    #[test]
+    fn files_created_only_when_written() {
+        let (dir, layout, paths) = setup();
+        let mut st = Storage::new(layout, paths.clone());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+        let mut buf = [0u8; 2];
+        let e = st.read(0, 0, &mut buf).unwrap_err();
+        assert_eq!(e.source.kind(), io::ErrorKind::NotFound);
+        assert!(e.to_string().contains("f0"));
+        assert!(!paths[0].exists());
+        // Piece 1 bytes 0..2 = absolute 7..9 = file 2 offset 2..4.
+        st.write(1, 0, &[1, 2]).unwrap();
+        assert!(!paths[0].exists());
+        assert!(!paths[1].exists());
+        assert!(paths[2].exists());
+        assert_eq!(fs::metadata(&paths[2]).unwrap().len(), 4);
+        assert!(!paths[4].exists());
+        st.create_empty_files().unwrap();
+        assert!(paths[1].exists());
+    }
+
+    #[test]
+    fn invalid_ranges_are_errors() {
+        let (_dir, layout, paths) = setup();
+        let mut st = Storage::new(layout, paths);
+        assert!(st.write(0, 5, &[0; 3]).is_err());
+        assert!(st.write(99, 0, &[0]).is_err());
+        assert!(st.read(0, u32::MAX, &mut [0; 1]).is_err());
+        // Missing path for a file is an error, not a panic.
+        let mut st = Storage::new(
+            Layout {
+                piece_length: 4,
+                files: vec![4],
+            },
+            vec![],
+        );
+        assert!(st.write(0, 0, &[1]).is_err());
+    }
+
+    #[test]
+    fn open_file_cache_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 40;
+        let layout = Layout {
+            piece_length: 2,
+            files: vec![1; n],
+        };
+        let paths: Vec<PathBuf> = (0..n).map(|i| dir.path().join(format!("{i}"))).collect();
+        let mut st = Storage::new(layout.clone(), paths);
+        for p in 0..layout.piece_count() as u32 {
+            st.write(p, 0, &[p as u8, p as u8 + 100]).unwrap();
+            assert!(st.open_files() <= MAX_OPEN_FILES);
+        }
+        assert_eq!(st.open_files(), MAX_OPEN_FILES);
+        for p in (0..layout.piece_count() as u32).rev() {
+            let mut b = [0; 2];
+            st.read(p, 0, &mut b).unwrap();
+            assert_eq!(b, [p as u8, p as u8 + 100]);
+        }
+        st.close_all();
+        assert_eq!(st.open_files(), 0);
+    }
+}
