@@ -129,26 +129,59 @@ fn cell(r: &Report) -> String {
 /// the page cache) while 50 clients send tagged noops: how fast tripcd
 /// hashes, against `sha1sum` on the same file, and the longest wait a
 /// client saw meanwhile.
+/// Writes `size` bytes of xorshift noise (incompressible, repeatable).
+fn write_noise(path: &Path, size: usize) {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).expect("create"));
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut block = vec![0u8; 1 << 20];
+    for _ in 0..size / block.len() {
+        for b in block.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            b.copy_from_slice(&x.to_le_bytes());
+        }
+        f.write_all(&block).expect("write");
+    }
+}
+
+/// Polls torrent `id` until its check ends in `seeding`.
+fn wait_until_seeding(c: &mut tripcd::client::Client, id: i64) {
+    let ask = Value::dict([
+        ("id", Value::List(vec![Value::Int(id)])),
+        ("type", Value::List(vec![Value::str("state")])),
+    ]);
+    loop {
+        let st = c
+            .request("get-status", &ask)
+            .expect("status")
+            .expect("data");
+        let state = st
+            .value
+            .as_list()
+            .and_then(|l| l.first())
+            .and_then(|t| t.get("state"))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        if state == "seeding" {
+            return;
+        }
+        assert!(
+            state != "downloading" && state != "paused",
+            "check ended in {state}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 fn verify_scenario() -> String {
     use tripcd::client::Client;
     const SIZE: usize = 1 << 30;
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("big.bin");
-    {
-        use std::io::Write;
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&data).expect("create"));
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let mut block = vec![0u8; 1 << 20];
-        for _ in 0..SIZE / block.len() {
-            for b in block.chunks_mut(8) {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                b.copy_from_slice(&x.to_le_bytes());
-            }
-            f.write_all(&block).expect("write");
-        }
-    }
+    write_noise(&data, SIZE);
     let mb = SIZE as f64 / 1e6;
     let start = std::time::Instant::now();
     let sha1sum = Command::new("sha1sum")
@@ -187,32 +220,7 @@ fn verify_scenario() -> String {
     ]);
     let start = std::time::Instant::now();
     c.request("addfile-detailed", &add).expect("add");
-    let ask = Value::dict([
-        ("id", Value::List(vec![Value::Int(1)])),
-        ("type", Value::List(vec![Value::str("state")])),
-    ]);
-    loop {
-        let st = c
-            .request("get-status", &ask)
-            .expect("status")
-            .expect("data");
-        let state = st
-            .value
-            .as_list()
-            .and_then(|l| l.first())
-            .and_then(|t| t.get("state"))
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        if state == "seeding" {
-            break;
-        }
-        assert!(
-            state != "downloading" && state != "paused",
-            "check ended in {state}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until_seeding(&mut c, 1);
     let check = start.elapsed().as_secs_f64();
     let during = load.join().expect("load thread");
     format!(
@@ -229,17 +237,17 @@ fn verify_scenario() -> String {
     )
 }
 
-fn main() {
-    // `cargo bench` passes --bench; nothing else is taken.
-    let runs: usize = env_or("TRIPCD_BENCH_RUNS", 3).max(1);
-    let only = std::env::var("TRIPCD_BENCH_ONLY").unwrap_or_default();
-    load::raise_fd_limit();
+/// One row of the table: a scenario's medians, tripcd and echo.
+type Row = (&'static str, Report, Report);
+
+/// The request scenarios: name, connections, depth, key, value.
+fn scenarios() -> [(&'static str, usize, usize, &'static str, Value); 5] {
     let statuses = Value::List(
         ["state", "completed", "running", "error", "eta", "tracker"]
             .map(Value::str)
             .to_vec(),
     );
-    let scenarios: [(&str, usize, usize, &str, Value); 5] = [
+    [
         ("noop-50-d1", 50, 1, "noop", Value::empty()),
         ("noop-50-d16", 50, 16, "noop", Value::empty()),
         (
@@ -257,11 +265,15 @@ fn main() {
             "get-status-all",
             statuses,
         ),
-    ];
+    ]
+}
 
+/// Runs the request scenarios whose name contains `only`, each `runs`
+/// times against tripcd and the echo server, interleaved.
+fn request_scenarios(only: &str, runs: usize) -> Vec<Row> {
     let mut table = Vec::new();
-    for (name, conns, depth, key, value) in scenarios {
-        if !name.contains(&only) {
+    for (name, conns, depth, key, value) in scenarios() {
+        if !name.contains(only) {
             continue;
         }
         let daemon = Server::tripcd();
@@ -273,22 +285,9 @@ fn main() {
         let mut ours = Vec::new();
         let mut refs = Vec::new();
         for i in 0..runs {
-            ours.push(run(
-                &daemon.socket,
-                daemon.pid(),
-                conns,
-                depth,
-                key,
-                value.clone(),
-            ));
-            refs.push(run(
-                &echo.socket,
-                echo.pid(),
-                conns,
-                depth,
-                key,
-                value.clone(),
-            ));
+            let on = |s: &Server| run(&s.socket, s.pid(), conns, depth, key, value.clone());
+            ours.push(on(&daemon));
+            refs.push(on(&echo));
             eprintln!(
                 "{name} run {}: tripcd {} | echo {}",
                 i + 1,
@@ -298,23 +297,24 @@ fn main() {
         }
         table.push((name, median(ours), median(refs)));
     }
+    table
+}
 
-    let mut idle = None;
-    if "idle-19000".contains(&only) {
-        let n = env_or("TRIPCD_BENCH_IDLE", 19_000);
-        let measure = |s: &Server| {
-            load::run_idle(&s.socket, n, Some(s.pid()), Duration::ZERO, false).expect("idle run")
-        };
-        let daemon = Server::tripcd();
-        let ours = measure(&daemon);
-        drop(daemon);
-        let echo = Server::echo();
-        let refs = measure(&echo);
-        idle = Some((n, ours, refs));
-    }
+/// Memory of `n` idle handshaken connections: tripcd, then echo.
+fn idle_scenario() -> (usize, Report, Report) {
+    let n = env_or("TRIPCD_BENCH_IDLE", 19_000);
+    let measure = |s: &Server| {
+        load::run_idle(&s.socket, n, Some(s.pid()), Duration::ZERO, false).expect("idle run")
+    };
+    let daemon = Server::tripcd();
+    let ours = measure(&daemon);
+    drop(daemon);
+    let echo = Server::echo();
+    let refs = measure(&echo);
+    (n, ours, refs)
+}
 
-    let verify = "verify-1gib".contains(&only).then(verify_scenario);
-
+fn print_table(table: &[Row], idle: Option<(usize, Report, Report)>, runs: usize) {
     println!();
     println!(
         "{:<27} {:>12} {:>10} {:>10} | {:>12} {:>10} {:>10} | {:>6} {:>9}",
@@ -328,7 +328,7 @@ fn main() {
         "ratio",
         "p99 ratio"
     );
-    for (name, ours, refs) in &table {
+    for (name, ours, refs) in table {
         // The echo server answers get-status-all without building
         // anything: a ratio against it would mean nothing.
         let comparable = !name.starts_with("status");
@@ -371,6 +371,17 @@ fn main() {
         "(median of {runs} runs of {}s; ratio = tripcd / echo)",
         env_or("TRIPCD_BENCH_SECONDS", 5.0)
     );
+}
+
+fn main() {
+    // `cargo bench` passes --bench; nothing else is taken.
+    let runs: usize = env_or("TRIPCD_BENCH_RUNS", 3).max(1);
+    let only = std::env::var("TRIPCD_BENCH_ONLY").unwrap_or_default();
+    load::raise_fd_limit();
+    let table = request_scenarios(&only, runs);
+    let idle = "idle-19000".contains(&only).then(idle_scenario);
+    let verify = "verify-1gib".contains(&only).then(verify_scenario);
+    print_table(&table, idle, runs);
     if let Some(v) = verify {
         println!("\n{v}");
     }

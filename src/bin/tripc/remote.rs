@@ -128,6 +128,49 @@ pub fn run(
     Ok(())
 }
 
+/// Adds the torrent file `file`; its id.
+fn add(client: &mut Client, file: &std::path::Path) -> Result<i64, RemoteError> {
+    let req = Value::dict([(
+        "file",
+        Value::Bytes(file.as_os_str().as_encoded_bytes().to_vec()),
+    )]);
+    let reply = client.request("addfile-detailed", &req)?;
+    reply
+        .as_ref()
+        .and_then(|m| m.value.as_list())
+        .and_then(|l| l.first())
+        .and_then(|d| d.get("id"))
+        .and_then(Value::as_int)
+        .ok_or_else(|| RemoteError::Unexpected(format!("{reply:?}")))
+}
+
+/// Sends any key and prints the reply as it came; an error reply is also
+/// the exit status.
+fn call(
+    client: &mut Client,
+    key: &str,
+    value: &Value,
+    style: Style,
+    out: &mut impl Write,
+) -> Result<(), RemoteError> {
+    let reply = client.call(key, value)?;
+    if style.json {
+        let j = json!({ "key": reply.key, "value": to_json(&reply.value) });
+        writeln!(out, "{j}")?;
+    } else {
+        writeln!(out, "{} {}", reply.key, to_json(&reply.value))?;
+    }
+    match reply.key.as_str() {
+        "failed" => {
+            let why = reply.value.as_str().unwrap_or("").to_string();
+            Err(ClientError::Failed(why).into())
+        }
+        "not-supported" => Err(ClientError::NotSupported(key.to_string()).into()),
+        "bad-format" => Err(ClientError::BadFormat(key.to_string()).into()),
+        _ => Ok(()),
+    }
+}
+
 fn run_one(
     client: &mut Client,
     action: &Action,
@@ -145,18 +188,7 @@ fn run_one(
     match action {
         Action::Add(files) => {
             for file in files {
-                let req = Value::dict([(
-                    "file",
-                    Value::Bytes(file.as_os_str().as_encoded_bytes().to_vec()),
-                )]);
-                let reply = client.request("addfile-detailed", &req)?;
-                let id = reply
-                    .as_ref()
-                    .and_then(|m| m.value.as_list())
-                    .and_then(|l| l.first())
-                    .and_then(|d| d.get("id"))
-                    .and_then(Value::as_int)
-                    .ok_or_else(|| RemoteError::Unexpected(format!("{reply:?}")))?;
+                let id = add(client, file)?;
                 done(format!("added {} as torrent {id}", file.display()), out)?;
             }
         }
@@ -199,24 +231,7 @@ fn run_one(
             }
             done("daemon told to quit".into(), out)?;
         }
-        Action::Call(key, value) => {
-            let reply = client.call(key, value)?;
-            if style.json {
-                let j = json!({ "key": reply.key, "value": to_json(&reply.value) });
-                writeln!(out, "{j}")?;
-            } else {
-                writeln!(out, "{} {}", reply.key, to_json(&reply.value))?;
-            }
-            match reply.key.as_str() {
-                "failed" => {
-                    let why = reply.value.as_str().unwrap_or("").to_string();
-                    return Err(ClientError::Failed(why).into());
-                }
-                "not-supported" => return Err(ClientError::NotSupported(key.clone()).into()),
-                "bad-format" => return Err(ClientError::BadFormat(key.clone()).into()),
-                _ => {}
-            }
-        }
+        Action::Call(key, value) => call(client, key, value, style, out)?,
     }
     Ok(())
 }
