@@ -204,13 +204,7 @@ impl Picker {
     }
 
     fn block_at(&self, piece: u32, idx: usize) -> Block {
-        let size = self.piece_size(piece);
-        let begin = idx as u64 * BLOCK_SIZE as u64;
-        Block {
-            piece,
-            begin: begin as u32,
-            length: (size - begin).min(BLOCK_SIZE as u64) as u32,
-        }
+        block_at(self.piece_length, self.total, piece, idx)
     }
 
     fn bucket_insert(&mut self, piece: u32) {
@@ -313,15 +307,7 @@ impl Picker {
                     b.add_holder(peer);
                     part.unrequested -= 1;
                     want -= 1;
-                    let size = self
-                        .piece_length
-                        .min(self.total - piece as u64 * self.piece_length);
-                    let begin = idx as u64 * BLOCK_SIZE as u64;
-                    out.push(Block {
-                        piece,
-                        begin: begin as u32,
-                        length: (size - begin).min(BLOCK_SIZE as u64) as u32,
-                    });
+                    out.push(block_at(self.piece_length, self.total, piece, idx));
                 }
             }
         }
@@ -367,15 +353,7 @@ impl Picker {
                     }
                     if !b.received && b.holder_count() < MAX_HOLDERS && b.add_holder(peer) {
                         want -= 1;
-                        let size = self
-                            .piece_length
-                            .min(self.total - piece as u64 * self.piece_length);
-                        let begin = idx as u64 * BLOCK_SIZE as u64;
-                        out.push(Block {
-                            piece,
-                            begin: begin as u32,
-                            length: (size - begin).min(BLOCK_SIZE as u64) as u32,
-                        });
+                        out.push(block_at(self.piece_length, self.total, piece, idx));
                     }
                 }
             }
@@ -574,9 +552,34 @@ impl Picker {
     }
 }
 
+/// Block `idx` of `piece` in a torrent of `total` bytes in pieces of
+/// `piece_length` (the last block of the last piece may be short).
+fn block_at(piece_length: u64, total: u64, piece: u32, idx: usize) -> Block {
+    let size = piece_length.min(total.saturating_sub(piece as u64 * piece_length));
+    let begin = idx as u64 * BLOCK_SIZE as u64;
+    Block {
+        piece,
+        begin: begin as u32,
+        length: size.saturating_sub(begin).min(BLOCK_SIZE as u64) as u32,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `p` picks for peer `peer` with a seeded generator.
+    fn picked(p: &mut Picker, peer: usize, has: &Bitfield, want: usize, seed: u64) -> Vec<Block> {
+        let mut out = Vec::new();
+        p.pick(
+            PeerKey(peer),
+            has,
+            want,
+            &mut fastrand::Rng::with_seed(seed),
+            &mut out,
+        );
+        out
+    }
 
     const B: u64 = BLOCK_SIZE as u64;
 
@@ -634,14 +637,7 @@ mod tests {
             let mut p = picker(B, 20 * B, 1 << 30);
             let all = Bitfield::full(20);
             p.peer_bitfield(&all);
-            let mut out = Vec::new();
-            p.pick(
-                PeerKey(0),
-                &all,
-                1,
-                &mut fastrand::Rng::with_seed(seed),
-                &mut out,
-            );
+            let out = picked(&mut p, 0, &all, 1, seed);
             seen.insert(out[0].piece);
         }
         assert!(seen.len() >= 8, "{seen:?}");
@@ -652,14 +648,7 @@ mod tests {
         let mut p = picker(B, 10 * B, 1 << 30);
         let has = bf(10, &[7]);
         p.peer_bitfield(&has);
-        let mut out = Vec::new();
-        p.pick(
-            PeerKey(0),
-            &has,
-            5,
-            &mut fastrand::Rng::with_seed(0),
-            &mut out,
-        );
+        let out = picked(&mut p, 0, &has, 5, 0);
         assert_eq!(
             out,
             vec![Block {
@@ -696,14 +685,7 @@ mod tests {
         let mut p = picker(2 * B, 20 * B, 5 * B);
         let all = Bitfield::full(10);
         p.peer_bitfield(&all);
-        let mut out = Vec::new();
-        p.pick(
-            PeerKey(0),
-            &all,
-            100,
-            &mut fastrand::Rng::with_seed(0),
-            &mut out,
-        );
+        let out = picked(&mut p, 0, &all, 100, 0);
         // Two pieces (4 blocks) fit in 5 blocks' worth; a third does not.
         assert_eq!(out.len(), 4);
         assert_eq!(p.partial_bytes(), 4 * B);
@@ -713,14 +695,7 @@ mod tests {
             let _ = p.block_received(PeerKey(0), *blk, &data(blk));
         }
         assert_eq!(p.partial_bytes(), 2 * B);
-        let mut more = Vec::new();
-        p.pick(
-            PeerKey(0),
-            &all,
-            100,
-            &mut fastrand::Rng::with_seed(0),
-            &mut more,
-        );
+        let more = picked(&mut p, 0, &all, 100, 0);
         assert_eq!(more.len(), 2);
     }
 
@@ -728,14 +703,7 @@ mod tests {
     fn one_piece_always_allowed() {
         let mut p = picker(4 * B, 8 * B, B);
         let all = Bitfield::full(2);
-        let mut out = Vec::new();
-        p.pick(
-            PeerKey(0),
-            &all,
-            100,
-            &mut fastrand::Rng::with_seed(0),
-            &mut out,
-        );
+        let out = picked(&mut p, 0, &all, 100, 0);
         assert_eq!(out.len(), 4);
     }
 
@@ -743,14 +711,7 @@ mod tests {
     fn piece_done_verified_and_complete() {
         let mut p = picker(2 * B, 2 * B, 1 << 30);
         let all = Bitfield::full(1);
-        let mut out = Vec::new();
-        p.pick(
-            PeerKey(0),
-            &all,
-            1,
-            &mut fastrand::Rng::with_seed(0),
-            &mut out,
-        );
+        let mut out = picked(&mut p, 0, &all, 1, 0);
         p.pick(
             PeerKey(1),
             &all,
@@ -817,14 +778,7 @@ mod tests {
         p.piece_verified(0);
         assert!(p.is_complete());
         assert_eq!(p.missing_bytes(), 0);
-        let mut none = Vec::new();
-        p.pick(
-            PeerKey(0),
-            &all,
-            10,
-            &mut fastrand::Rng::with_seed(0),
-            &mut none,
-        );
+        let none = picked(&mut p, 0, &all, 10, 0);
         assert!(none.is_empty());
     }
 
@@ -912,14 +866,7 @@ mod tests {
         let mut p = picker(2 * B, total, 1 << 30);
         assert_eq!(p.piece_size(2), B + 100);
         let has = bf(3, &[2]);
-        let mut out = Vec::new();
-        p.pick(
-            PeerKey(0),
-            &has,
-            10,
-            &mut fastrand::Rng::with_seed(0),
-            &mut out,
-        );
+        let out = picked(&mut p, 0, &has, 10, 0);
         assert_eq!(
             out,
             vec![
@@ -980,14 +927,7 @@ mod tests {
     fn have_cancels_outstanding() {
         let mut p = picker(B, B, 1 << 30);
         let all = Bitfield::full(1);
-        let mut out = Vec::new();
-        p.pick(
-            PeerKey(4),
-            &all,
-            1,
-            &mut fastrand::Rng::with_seed(0),
-            &mut out,
-        );
+        let out = picked(&mut p, 4, &all, 1, 0);
         p.have(0);
         assert_eq!(p.take_cancels(), vec![(PeerKey(4), out[0])]);
         assert_eq!(p.partial_bytes(), 0);

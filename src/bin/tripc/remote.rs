@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde_json::json;
 
-use tripcd::client::{Client, ClientError};
+use tripcd::client::{Client, ClientError, Message};
 use tripcd::codec::json::to_json;
 use tripcd::codec::Value;
 use tripcd::registry::metainfo::{hex, parse_hash};
@@ -135,13 +135,17 @@ fn add(client: &mut Client, file: &std::path::Path) -> Result<i64, RemoteError> 
         Value::Bytes(file.as_os_str().as_encoded_bytes().to_vec()),
     )]);
     let reply = client.request("addfile-detailed", &req)?;
+    first_id(&reply).ok_or_else(|| RemoteError::Unexpected(format!("{reply:?}")))
+}
+
+/// The `id` of the first dict of an `info` reply.
+fn first_id(reply: &Option<Message>) -> Option<i64> {
     reply
         .as_ref()
         .and_then(|m| m.value.as_list())
         .and_then(|l| l.first())
         .and_then(|d| d.get("id"))
         .and_then(Value::as_int)
-        .ok_or_else(|| RemoteError::Unexpected(format!("{reply:?}")))
 }
 
 /// Sends any key and prints the reply as it came; an error reply is also
@@ -275,13 +279,7 @@ fn act(
 
 fn id_of(client: &mut Client, hash: &[u8; 20]) -> Result<i64, RemoteError> {
     let reply = client.request("lookup", &Value::List(vec![Value::from(hex(hash))]))?;
-    reply
-        .as_ref()
-        .and_then(|m| m.value.as_list())
-        .and_then(|l| l.first())
-        .and_then(|d| d.get("id"))
-        .and_then(Value::as_int)
-        .ok_or_else(|| RemoteError::UnknownHash(hex(hash)))
+    first_id(&reply).ok_or_else(|| RemoteError::UnknownHash(hex(hash)))
 }
 
 /// The data reply's list, or an error naming what came instead.
