@@ -7,6 +7,7 @@
 //! - [`reply`]: what a handler answers;
 //! - [`registry`]: settings, torrents and their persistence;
 //! - [`engine`]: pieces, storage, piece picking, choking, rates;
+//! - [`peer`]: the peer wire protocol and one connection's state;
 //! - [`status`]: the protocol's view of a torrent;
 //! - [`session`]: one connection's protocol state, bytes in, bytes out;
 //! - [`commands`]: the table of keys and the built-in handlers;
@@ -25,6 +26,7 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod message;
+pub mod peer;
 pub mod reactor;
 pub mod registry;
 pub mod reply;

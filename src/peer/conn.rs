@@ -1,0 +1,981 @@
+//! One peer connection's protocol state, without any I/O: the shape of
+//! the IPC session. Bytes in with [`PeerConn::receive`], messages out of
+//! [`PeerConn::poll_message`] (borrowed from the input buffer, so a
+//! block's data is not copied again), bytes to send in
+//! [`PeerConn::output`], timers through [`PeerConn::poll_timeout`] and
+//! [`PeerConn::handle_timeout`].
+//!
+//! The connection checks what it can check alone: the handshake, the
+//! order and size of the bitfield, piece indices and request ranges
+//! against the torrent's geometry, requests it never made. What to request
+//! and whom to serve is the owner's decision.
+
+use std::collections::{HashSet, VecDeque};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use super::wire::{
+    parse_handshake, reserve_piece, split_message, write_handshake, write_message, Block,
+    Handshake, Message, WireError, HANDSHAKE_LEN, MAX_REQUEST_LEN,
+};
+
+/// A peer must complete its handshake this soon after connecting.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A peer silent this long (not even a keep-alive) is dropped.
+pub const INACTIVITY_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// We send a keep-alive after this long without sending anything.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(100);
+
+/// Requests a peer may queue with us; more is abuse.
+pub const MAX_PEER_REQUESTS: usize = 500;
+
+/// Output a peer may leave unread before it is dropped (it never reads).
+pub const MAX_OUTPUT: usize = 4 << 20;
+
+/// Cancelled requests remembered, so that a block already on its way when
+/// we cancelled it is tolerated.
+const CANCELLED_MEMORY: usize = 256;
+
+/// Why a peer connection must be closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerError {
+    /// The bytes are not the protocol.
+    Wire(WireError),
+    /// The handshake names another torrent than the one we dialled for.
+    WrongTorrent,
+    /// The peer is ourselves.
+    SelfConnection,
+    /// No handshake in time.
+    HandshakeTimeout,
+    /// Nothing received for too long.
+    Inactive,
+    /// A bitfield of the wrong size, with spare bits set, or not first.
+    BadBitfield(&'static str),
+    /// A piece index, or a request range, outside the torrent.
+    OutOfRange(&'static str),
+    /// More than [`MAX_PEER_REQUESTS`] requests queued.
+    TooManyRequests,
+    /// A block we never asked for.
+    Unrequested(Block),
+    /// Over [`MAX_OUTPUT`] bytes unread.
+    OutputOverflow,
+    /// A message before the torrent is known.
+    TooEarly,
+}
+
+impl fmt::Display for PeerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerError::Wire(e) => e.fmt(f),
+            PeerError::WrongTorrent => f.write_str("handshake for another torrent"),
+            PeerError::SelfConnection => f.write_str("connected to ourselves"),
+            PeerError::HandshakeTimeout => f.write_str("no handshake in time"),
+            PeerError::Inactive => f.write_str("silent for too long"),
+            PeerError::BadBitfield(why) => write!(f, "bad bitfield: {why}"),
+            PeerError::OutOfRange(what) => write!(f, "{what} out of range"),
+            PeerError::TooManyRequests => {
+                write!(f, "more than {MAX_PEER_REQUESTS} requests queued")
+            }
+            PeerError::Unrequested(b) => write!(
+                f,
+                "sent a block never requested (piece {} offset {} length {})",
+                b.piece, b.begin, b.length
+            ),
+            PeerError::OutputOverflow => write!(f, "over {MAX_OUTPUT} bytes unread"),
+            PeerError::TooEarly => f.write_str("message before the torrent is known"),
+        }
+    }
+}
+
+impl std::error::Error for PeerError {}
+
+impl From<WireError> for PeerError {
+    fn from(e: WireError) -> Self {
+        PeerError::Wire(e)
+    }
+}
+
+/// The torrent's geometry, for range checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Pieces.
+    pub pieces: u32,
+    /// Bytes per piece (the last may be shorter).
+    pub piece_length: u32,
+    /// Bytes in all.
+    pub total: u64,
+}
+
+impl Shape {
+    /// Bytes in piece `i`.
+    pub fn piece_size(&self, i: u32) -> u64 {
+        let start = i as u64 * self.piece_length as u64;
+        (self.piece_length as u64).min(self.total.saturating_sub(start))
+    }
+
+    fn check_block(&self, b: &Block) -> Result<(), PeerError> {
+        if b.piece >= self.pieces {
+            return Err(PeerError::OutOfRange("piece index"));
+        }
+        if b.length == 0 || b.length > MAX_REQUEST_LEN {
+            return Err(PeerError::OutOfRange("block length"));
+        }
+        if b.begin as u64 + b.length as u64 > self.piece_size(b.piece) {
+            return Err(PeerError::OutOfRange("block end"));
+        }
+        Ok(())
+    }
+}
+
+/// Where the connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Waiting for the peer's handshake.
+    Handshake,
+    /// Handshake read; the owner must [`PeerConn::attach`].
+    Pending,
+    /// Messages flow; `first` until the first message is read.
+    Open { first: bool },
+}
+
+/// One peer connection's protocol state and buffers.
+pub struct PeerConn {
+    stage: Stage,
+    ours: Option<Handshake>,
+    theirs: Option<Handshake>,
+    /// The handshake was handed to the owner.
+    handshake_taken: bool,
+    shape: Option<Shape>,
+    input: Vec<u8>,
+    /// Bytes of `input` already consumed (compacted at the next receive).
+    read: usize,
+    output: Vec<u8>,
+    sent: usize,
+    connected_at: Instant,
+    last_received: Instant,
+    last_sent: Instant,
+    /// We choke them (BEP 3: both sides start choking, not interested).
+    pub am_choking: bool,
+    /// We are interested in them.
+    pub am_interested: bool,
+    /// They choke us.
+    pub peer_choking: bool,
+    /// They are interested in us.
+    pub peer_interested: bool,
+    have: Vec<u8>,
+    have_count: u32,
+    peer_requests: VecDeque<Block>,
+    requested: HashSet<Block>,
+    cancelled: VecDeque<Block>,
+    dropped: Vec<Block>,
+    last_piece_wanted: bool,
+    /// Piece payload bytes received.
+    pub downloaded: u64,
+    /// Piece payload bytes sent.
+    pub uploaded: u64,
+}
+
+impl PeerConn {
+    fn new(ours: Option<Handshake>, now: Instant) -> PeerConn {
+        let mut c = PeerConn {
+            stage: Stage::Handshake,
+            ours,
+            theirs: None,
+            handshake_taken: false,
+            shape: None,
+            input: Vec::new(),
+            read: 0,
+            output: Vec::new(),
+            sent: 0,
+            connected_at: now,
+            last_received: now,
+            last_sent: now,
+            am_choking: true,
+            am_interested: false,
+            peer_choking: true,
+            peer_interested: false,
+            have: Vec::new(),
+            have_count: 0,
+            peer_requests: VecDeque::new(),
+            requested: HashSet::new(),
+            cancelled: VecDeque::new(),
+            dropped: Vec::new(),
+            last_piece_wanted: true,
+            downloaded: 0,
+            uploaded: 0,
+        };
+        if let Some(h) = ours {
+            write_handshake(&mut c.output, &h);
+        }
+        c
+    }
+
+    /// A connection we dialled for a torrent: our handshake goes first.
+    pub fn outgoing(ours: Handshake, now: Instant) -> PeerConn {
+        PeerConn::new(Some(ours), now)
+    }
+
+    /// A connection a peer opened: we wait for its handshake to learn the
+    /// torrent, then [`PeerConn::accept`].
+    pub fn incoming(now: Instant) -> PeerConn {
+        PeerConn::new(None, now)
+    }
+
+    /// Bytes from the peer.
+    pub fn receive(&mut self, bytes: &[u8], now: Instant) {
+        if self.read > 0 {
+            // One compaction per batch, not per message.
+            self.input.drain(..self.read);
+            self.read = 0;
+        }
+        self.input.extend_from_slice(bytes);
+        if !bytes.is_empty() {
+            self.last_received = now;
+        }
+    }
+
+    /// The peer's handshake, once, when it has arrived. For a dialled
+    /// connection it must name our torrent; a peer id equal to ours is a
+    /// connection to ourselves.
+    pub fn poll_handshake(&mut self) -> Result<Option<Handshake>, PeerError> {
+        if self.stage == Stage::Handshake {
+            let Some(h) = parse_handshake(&self.input[self.read..])? else {
+                return Ok(None);
+            };
+            self.read += HANDSHAKE_LEN;
+            if let Some(ours) = &self.ours {
+                if ours.info_hash != h.info_hash {
+                    return Err(PeerError::WrongTorrent);
+                }
+            }
+            self.theirs = Some(h);
+            self.stage = Stage::Pending;
+        }
+        if self.handshake_taken {
+            return Ok(None);
+        }
+        let Some(h) = self.theirs else {
+            return Ok(None);
+        };
+        if let Some(ours) = &self.ours {
+            if ours.peer_id == h.peer_id {
+                return Err(PeerError::SelfConnection);
+            }
+        }
+        self.handshake_taken = true;
+        Ok(Some(h))
+    }
+
+    /// The peer's handshake, if read.
+    pub fn handshake(&self) -> Option<&Handshake> {
+        self.theirs.as_ref()
+    }
+
+    /// Answers an incoming peer's handshake with ours. A peer id equal to
+    /// ours is a connection to ourselves.
+    pub fn accept(&mut self, ours: Handshake) -> Result<(), PeerError> {
+        if self.theirs.is_some_and(|t| t.peer_id == ours.peer_id) {
+            return Err(PeerError::SelfConnection);
+        }
+        if self.ours.is_none() {
+            write_handshake(&mut self.output, &ours);
+            self.ours = Some(ours);
+        }
+        Ok(())
+    }
+
+    /// The torrent is known: its geometry, and our bitfield to send (none
+    /// when we have nothing, as is common).
+    pub fn attach(&mut self, shape: Shape, our_bitfield: Option<&[u8]>) {
+        self.have = vec![0; (shape.pieces as usize).div_ceil(8)];
+        self.have_count = 0;
+        self.shape = Some(shape);
+        if let Some(bits) = our_bitfield {
+            write_message(&mut self.output, &Message::Bitfield(bits));
+        }
+        if self.stage == Stage::Pending {
+            self.stage = Stage::Open { first: true };
+        }
+    }
+
+    /// The next message, after the connection's own state is updated and
+    /// checked. Nothing before [`PeerConn::attach`].
+    pub fn poll_message(&mut self) -> Result<Option<Message<'_>>, PeerError> {
+        let Stage::Open { first } = self.stage else {
+            return Ok(None);
+        };
+        let Some(shape) = self.shape else {
+            return Err(PeerError::TooEarly);
+        };
+        // A piece message of the largest block we accept, and a bitfield
+        // of this torrent, are the largest messages a peer may send.
+        let max = (MAX_REQUEST_LEN as usize + 9).max(self.have.len() + 1);
+        let Some((msg, used)) = split_message(&self.input[self.read..], max)? else {
+            return Ok(None);
+        };
+        let start = self.read;
+        self.read += used;
+        self.stage = Stage::Open { first: false };
+        // Re-borrow the message from the buffer, now that `self.read`
+        // moved: the state updates below need `&mut self`.
+        let msg = self.update(msg_owned(&msg), first, shape, start, used)?;
+        Ok(msg.map(|m| self.borrow(m, start, used)))
+    }
+
+    fn update(
+        &mut self,
+        msg: Owned,
+        first: bool,
+        shape: Shape,
+        start: usize,
+        used: usize,
+    ) -> Result<Option<Owned>, PeerError> {
+        match msg {
+            Owned::Choke => {
+                self.peer_choking = true;
+                // BEP 3: choking discards our outstanding requests.
+                self.dropped.extend(self.requested.drain());
+            }
+            Owned::Unchoke => self.peer_choking = false,
+            Owned::Interested => self.peer_interested = true,
+            Owned::NotInterested => self.peer_interested = false,
+            Owned::Have(i) => {
+                if i >= shape.pieces {
+                    return Err(PeerError::OutOfRange("have index"));
+                }
+                self.set_have(i);
+            }
+            Owned::Bitfield => {
+                if !first {
+                    return Err(PeerError::BadBitfield("not the first message"));
+                }
+                let bits = &self.input[start + 5..start + used];
+                if bits.len() != self.have.len() {
+                    return Err(PeerError::BadBitfield("wrong size"));
+                }
+                let spare = (8 - shape.pieces % 8) % 8;
+                let mask = ((1u16 << spare) - 1) as u8;
+                if bits.last().is_some_and(|b| b & mask != 0) {
+                    return Err(PeerError::BadBitfield("spare bits set"));
+                }
+                self.have.copy_from_slice(bits);
+                self.have_count = self.have.iter().map(|b| b.count_ones()).sum();
+            }
+            Owned::Request(b) => {
+                shape.check_block(&b)?;
+                if self.am_choking {
+                    // Common practice: requests while choked are dropped.
+                    return Ok(Some(msg));
+                }
+                if self.peer_requests.len() >= MAX_PEER_REQUESTS {
+                    return Err(PeerError::TooManyRequests);
+                }
+                if !self.peer_requests.contains(&b) {
+                    self.peer_requests.push_back(b);
+                }
+            }
+            Owned::Cancel(b) => self.peer_requests.retain(|r| *r != b),
+            Owned::Piece { piece, begin, len } => {
+                let b = Block {
+                    piece,
+                    begin,
+                    length: len,
+                };
+                self.last_piece_wanted = self.requested.remove(&b);
+                if !self.last_piece_wanted && !self.cancelled.contains(&b) {
+                    return Err(PeerError::Unrequested(b));
+                }
+                self.downloaded += len as u64;
+            }
+            _ => {}
+        }
+        Ok(Some(msg))
+    }
+
+    fn borrow(&self, m: Owned, start: usize, used: usize) -> Message<'_> {
+        let body = &self.input[start + 4..start + used];
+        match m {
+            Owned::KeepAlive => Message::KeepAlive,
+            Owned::Choke => Message::Choke,
+            Owned::Unchoke => Message::Unchoke,
+            Owned::Interested => Message::Interested,
+            Owned::NotInterested => Message::NotInterested,
+            Owned::Have(i) => Message::Have(i),
+            Owned::Bitfield => Message::Bitfield(&body[1..]),
+            Owned::Request(b) => Message::Request(b),
+            Owned::Piece { piece, begin, .. } => Message::Piece {
+                piece,
+                begin,
+                data: &body[9..],
+            },
+            Owned::Cancel(b) => Message::Cancel(b),
+            Owned::Port(p) => Message::Port(p),
+            Owned::Extended { id } => Message::Extended {
+                id,
+                payload: &body[2..],
+            },
+            Owned::Unknown { id } => Message::Unknown { id },
+        }
+    }
+
+    fn set_have(&mut self, i: u32) {
+        if let Some(byte) = self.have.get_mut(i as usize / 8) {
+            let bit = 0x80 >> (i % 8);
+            if *byte & bit == 0 {
+                *byte |= bit;
+                self.have_count += 1;
+            }
+        }
+    }
+
+    /// Whether the peer has piece `i`.
+    pub fn peer_has(&self, i: u32) -> bool {
+        self.have
+            .get(i as usize / 8)
+            .is_some_and(|b| b & (0x80 >> (i % 8)) != 0)
+    }
+
+    /// The peer's bitfield as received and updated by `have`.
+    pub fn peer_bitfield(&self) -> &[u8] {
+        &self.have
+    }
+
+    /// Pieces the peer has.
+    pub fn peer_count(&self) -> u32 {
+        self.have_count
+    }
+
+    /// The peer has every piece.
+    pub fn peer_is_seed(&self) -> bool {
+        self.shape
+            .is_some_and(|s| s.pieces > 0 && self.have_count == s.pieces)
+    }
+
+    /// Whether the last piece message answered one of our requests (a
+    /// late answer to a cancelled one is tolerated, and not wanted).
+    pub fn last_piece_wanted(&self) -> bool {
+        self.last_piece_wanted
+    }
+
+    /// Our requests the peer discarded by choking us: for the picker.
+    pub fn take_dropped_requests(&mut self) -> Vec<Block> {
+        std::mem::take(&mut self.dropped)
+    }
+
+    /// Our requests still unanswered.
+    pub fn outstanding(&self) -> usize {
+        self.requested.len()
+    }
+
+    /// Our unanswered requests (to give back when the peer goes).
+    pub fn outstanding_requests(&self) -> impl Iterator<Item = &Block> {
+        self.requested.iter()
+    }
+
+    /// The next block the peer asked for, to serve.
+    pub fn next_peer_request(&mut self) -> Option<Block> {
+        self.peer_requests.pop_front()
+    }
+
+    /// Requests the peer has queued.
+    pub fn peer_request_count(&self) -> usize {
+        self.peer_requests.len()
+    }
+
+    fn send(&mut self, msg: &Message<'_>, now: Instant) {
+        write_message(&mut self.output, msg);
+        self.last_sent = now;
+    }
+
+    /// Chokes the peer; its queued requests are discarded (BEP 3).
+    pub fn choke(&mut self, now: Instant) {
+        if !self.am_choking {
+            self.am_choking = true;
+            self.peer_requests.clear();
+            self.send(&Message::Choke, now);
+        }
+    }
+
+    /// Unchokes the peer.
+    pub fn unchoke(&mut self, now: Instant) {
+        if self.am_choking {
+            self.am_choking = false;
+            self.send(&Message::Unchoke, now);
+        }
+    }
+
+    /// Tells the peer we want what it has (or no longer do).
+    pub fn set_interested(&mut self, on: bool, now: Instant) {
+        if self.am_interested != on {
+            self.am_interested = on;
+            let msg = if on {
+                Message::Interested
+            } else {
+                Message::NotInterested
+            };
+            self.send(&msg, now);
+        }
+    }
+
+    /// Announces a piece we now have.
+    pub fn have(&mut self, piece: u32, now: Instant) {
+        self.send(&Message::Have(piece), now);
+    }
+
+    /// Asks for a block.
+    pub fn request(&mut self, b: Block, now: Instant) {
+        if self.requested.insert(b) {
+            self.send(&Message::Request(b), now);
+        }
+    }
+
+    /// Withdraws a request; a block already on its way is still taken.
+    pub fn cancel(&mut self, b: Block, now: Instant) {
+        if self.requested.remove(&b) {
+            if self.cancelled.len() >= CANCELLED_MEMORY {
+                self.cancelled.pop_front();
+            }
+            self.cancelled.push_back(b);
+            self.send(&Message::Cancel(b), now);
+        }
+    }
+
+    /// Appends a piece message for `b` and returns its data bytes to fill
+    /// (from disk, straight into the output buffer).
+    pub fn reserve_piece(&mut self, b: Block, now: Instant) -> &mut [u8] {
+        self.last_sent = now;
+        self.uploaded += b.length as u64;
+        reserve_piece(&mut self.output, b.piece, b.begin, b.length as usize)
+    }
+
+    /// Bytes waiting to be sent.
+    pub fn output(&self) -> &[u8] {
+        &self.output[self.sent..]
+    }
+
+    /// `n` bytes of [`PeerConn::output`] were sent.
+    pub fn consume_output(&mut self, n: usize) {
+        self.sent = (self.sent + n).min(self.output.len());
+        if self.sent == self.output.len() {
+            self.output.clear();
+            self.sent = 0;
+            if self.output.capacity() > 1 << 20 {
+                self.output = Vec::new();
+            }
+        }
+    }
+
+    /// Bytes queued for the peer.
+    pub fn queued_output(&self) -> usize {
+        self.output.len() - self.sent
+    }
+
+    /// The peer left more than [`MAX_OUTPUT`] unread: drop it.
+    pub fn is_over_output_limit(&self) -> bool {
+        self.queued_output() > MAX_OUTPUT
+    }
+
+    /// When [`PeerConn::handle_timeout`] must run next.
+    pub fn poll_timeout(&self) -> Instant {
+        let silence = match self.stage {
+            Stage::Handshake => self.connected_at + HANDSHAKE_TIMEOUT,
+            _ => self.last_received + INACTIVITY_TIMEOUT,
+        };
+        silence.min(self.last_sent + KEEPALIVE_INTERVAL)
+    }
+
+    /// Timers: the handshake's and silence's deadlines, and keep-alives.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), PeerError> {
+        match self.stage {
+            Stage::Handshake if now >= self.connected_at + HANDSHAKE_TIMEOUT => {
+                return Err(PeerError::HandshakeTimeout)
+            }
+            Stage::Open { .. } | Stage::Pending
+                if now >= self.last_received + INACTIVITY_TIMEOUT =>
+            {
+                return Err(PeerError::Inactive)
+            }
+            _ => {}
+        }
+        if matches!(self.stage, Stage::Open { .. }) && now >= self.last_sent + KEEPALIVE_INTERVAL {
+            self.send(&Message::KeepAlive, now);
+        }
+        Ok(())
+    }
+}
+
+/// A message without its borrowed parts, so that the connection can be
+/// updated before the message is lent out again.
+#[derive(Debug, Clone, Copy)]
+enum Owned {
+    KeepAlive,
+    Choke,
+    Unchoke,
+    Interested,
+    NotInterested,
+    Have(u32),
+    Bitfield,
+    Request(Block),
+    Piece { piece: u32, begin: u32, len: u32 },
+    Cancel(Block),
+    Port(u16),
+    Extended { id: u8 },
+    Unknown { id: u8 },
+}
+
+fn msg_owned(m: &Message<'_>) -> Owned {
+    match *m {
+        Message::KeepAlive => Owned::KeepAlive,
+        Message::Choke => Owned::Choke,
+        Message::Unchoke => Owned::Unchoke,
+        Message::Interested => Owned::Interested,
+        Message::NotInterested => Owned::NotInterested,
+        Message::Have(i) => Owned::Have(i),
+        Message::Bitfield(_) => Owned::Bitfield,
+        Message::Request(b) => Owned::Request(b),
+        Message::Piece { piece, begin, data } => Owned::Piece {
+            piece,
+            begin,
+            len: data.len() as u32,
+        },
+        Message::Cancel(b) => Owned::Cancel(b),
+        Message::Port(p) => Owned::Port(p),
+        Message::Extended { id, .. } => Owned::Extended { id },
+        Message::Unknown { id } => Owned::Unknown { id },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH: [u8; 20] = [1; 20];
+    // 5 pieces of 32 KiB, the last one 10 bytes.
+    const SHAPE: Shape = Shape {
+        pieces: 5,
+        piece_length: 32 << 10,
+        total: 4 * (32 << 10) + 10,
+    };
+
+    fn hs(id: u8) -> Handshake {
+        Handshake {
+            reserved: [0; 8],
+            info_hash: HASH,
+            peer_id: [id; 20],
+        }
+    }
+
+    fn bytes(msgs: &[Message<'_>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for m in msgs {
+            write_message(&mut out, m);
+        }
+        out
+    }
+
+    /// An open connection (we dialled peer 2), its output taken.
+    fn open(t: Instant) -> PeerConn {
+        let mut c = PeerConn::outgoing(hs(1), t);
+        let mut theirs = Vec::new();
+        write_handshake(&mut theirs, &hs(2));
+        c.receive(&theirs, t);
+        assert_eq!(c.poll_handshake(), Ok(Some(hs(2))));
+        c.attach(SHAPE, None);
+        let n = c.output().len();
+        c.consume_output(n);
+        c
+    }
+
+    fn feed(c: &mut PeerConn, msgs: &[Message<'_>], t: Instant) -> Result<Vec<String>, PeerError> {
+        c.receive(&bytes(msgs), t);
+        let mut seen = Vec::new();
+        while let Some(m) = c.poll_message()? {
+            seen.push(format!("{m:?}"));
+        }
+        Ok(seen)
+    }
+
+    fn block(piece: u32, begin: u32, length: u32) -> Block {
+        Block {
+            piece,
+            begin,
+            length,
+        }
+    }
+
+    #[test]
+    fn a_stream_reads_the_same_at_every_split_point() {
+        let t = Instant::now();
+        let data = [7u8; 100];
+        let msgs = [
+            Message::Bitfield(&[0b1010_1000]),
+            Message::Unchoke,
+            Message::Interested,
+            Message::Have(1),
+            Message::KeepAlive,
+            Message::Port(1),
+            Message::Unknown { id: 77 },
+            Message::Piece {
+                piece: 4,
+                begin: 0,
+                data: &data[..10],
+            },
+        ];
+        let mut stream = Vec::new();
+        write_handshake(&mut stream, &hs(2));
+        let mut body = bytes(&msgs[..6]);
+        body.extend([0, 0, 0, 3, 77, 0, 0]); // unknown id 77, 2 bytes
+        body.extend(bytes(&msgs[7..]));
+        stream.extend(&body);
+        let run = |cuts: &[usize]| -> Vec<String> {
+            let mut c = PeerConn::outgoing(hs(1), t);
+            c.request(block(4, 0, 10), t);
+            let mut seen = Vec::new();
+            let mut from = 0;
+            for &to in cuts.iter().chain([&stream.len()]) {
+                c.receive(&stream[from..to], t);
+                from = to;
+                if c.shape.is_none() && c.poll_handshake().unwrap().is_some() {
+                    c.attach(SHAPE, None);
+                }
+                while let Some(m) = c.poll_message().unwrap() {
+                    seen.push(format!("{m:?}"));
+                }
+            }
+            seen
+        };
+        let whole = run(&[]);
+        assert_eq!(whole.len(), 8, "{whole:?}");
+        for cut in 0..=stream.len() {
+            assert_eq!(run(&[cut]), whole, "cut at {cut}");
+        }
+        let bytewise: Vec<usize> = (1..stream.len()).collect();
+        assert_eq!(run(&bytewise), whole);
+    }
+
+    #[test]
+    fn an_incoming_peer_is_answered_only_once_the_owner_accepts() {
+        let t = Instant::now();
+        let mut c = PeerConn::incoming(t);
+        assert!(c.output().is_empty());
+        let mut theirs = Vec::new();
+        write_handshake(&mut theirs, &hs(2));
+        c.receive(&theirs[..30], t);
+        assert_eq!(c.poll_handshake(), Ok(None));
+        c.receive(&theirs[30..], t);
+        // The owner looks the hash up; unknown: it drops the connection,
+        // and nothing was sent.
+        assert_eq!(c.poll_handshake(), Ok(Some(hs(2))));
+        assert_eq!(c.poll_handshake(), Ok(None), "once");
+        assert!(c.output().is_empty());
+        assert_eq!(c.poll_message(), Ok(None), "nothing before attach");
+        c.accept(hs(1)).unwrap();
+        c.attach(SHAPE, Some(&[0xF8]));
+        let out = c.output().to_vec();
+        assert_eq!(parse_handshake(&out), Ok(Some(hs(1))));
+        assert_eq!(
+            split_message(&out[68..], 1 << 20),
+            Ok(Some((Message::Bitfield(&[0xF8]), 6)))
+        );
+        assert!(
+            PeerConn::incoming(t).accept(hs(2)).is_ok(),
+            "no handshake yet: nothing to compare"
+        );
+        let mut me = PeerConn::incoming(t);
+        me.receive(&theirs, t);
+        me.poll_handshake().unwrap();
+        assert_eq!(me.accept(hs(2)), Err(PeerError::SelfConnection));
+    }
+
+    #[test]
+    fn dialled_handshakes_must_name_our_torrent_and_not_be_ourselves() {
+        let t = Instant::now();
+        let mut other = hs(2);
+        other.info_hash = [9; 20];
+        let mut c = PeerConn::outgoing(hs(1), t);
+        let mut b = Vec::new();
+        write_handshake(&mut b, &other);
+        c.receive(&b, t);
+        assert_eq!(c.poll_handshake(), Err(PeerError::WrongTorrent));
+        let mut c = PeerConn::outgoing(hs(1), t);
+        let mut b = Vec::new();
+        write_handshake(&mut b, &hs(1));
+        c.receive(&b, t);
+        assert_eq!(c.poll_handshake(), Err(PeerError::SelfConnection));
+        let mut c = PeerConn::outgoing(hs(1), t);
+        c.receive(b"GET /announce HTTP/1.1\r\n", t);
+        assert_eq!(
+            c.poll_handshake(),
+            Err(PeerError::Wire(WireError::NotBitTorrent))
+        );
+    }
+
+    #[test]
+    fn bitfields_are_checked() {
+        let t = Instant::now();
+        let bad = |msgs: &[Message<'_>]| feed(&mut open(t), msgs, t).unwrap_err();
+        assert_eq!(
+            bad(&[Message::Bitfield(&[0xF8, 0])]),
+            PeerError::BadBitfield("wrong size")
+        );
+        assert_eq!(
+            bad(&[Message::Bitfield(&[0xFC])]),
+            PeerError::BadBitfield("spare bits set")
+        );
+        assert_eq!(
+            bad(&[Message::Unchoke, Message::Bitfield(&[0x80])]),
+            PeerError::BadBitfield("not the first message")
+        );
+        let mut c = open(t);
+        feed(
+            &mut c,
+            &[
+                Message::Bitfield(&[0xF0]),
+                Message::Have(4),
+                Message::Have(4),
+            ],
+            t,
+        )
+        .unwrap();
+        assert!(c.peer_is_seed());
+        assert_eq!(c.peer_count(), 5);
+        assert_eq!(
+            bad(&[Message::Have(5)]),
+            PeerError::OutOfRange("have index")
+        );
+    }
+
+    #[test]
+    fn requests_are_range_checked_bounded_and_cancelled() {
+        let t = Instant::now();
+        let bad = |b: Block| {
+            let mut c = open(t);
+            c.unchoke(t);
+            feed(&mut c, &[Message::Request(b)], t).unwrap_err()
+        };
+        assert_eq!(bad(block(5, 0, 16)), PeerError::OutOfRange("piece index"));
+        assert_eq!(bad(block(4, 0, 11)), PeerError::OutOfRange("block end"));
+        assert_eq!(bad(block(4, 10, 1)), PeerError::OutOfRange("block end"));
+        assert_eq!(bad(block(0, 0, 0)), PeerError::OutOfRange("block length"));
+        assert_eq!(
+            bad(block(0, 0, (128 << 10) + 1)),
+            PeerError::OutOfRange("block length")
+        );
+
+        let mut c = open(t);
+        // Choked: requests are ignored.
+        feed(&mut c, &[Message::Request(block(0, 0, 16))], t).unwrap();
+        assert_eq!(c.next_peer_request(), None);
+        c.unchoke(t);
+        feed(
+            &mut c,
+            &[
+                Message::Request(block(0, 0, 16)),
+                Message::Request(block(1, 0, 16)),
+                Message::Cancel(block(0, 0, 16)),
+            ],
+            t,
+        )
+        .unwrap();
+        assert_eq!(c.next_peer_request(), Some(block(1, 0, 16)));
+        assert_eq!(c.next_peer_request(), None);
+        feed(&mut c, &[Message::Request(block(2, 0, 16))], t).unwrap();
+        c.choke(t);
+        assert_eq!(c.peer_request_count(), 0, "choking discards the queue");
+
+        let mut c = open(t);
+        c.unchoke(t);
+        let flood: Vec<Message<'_>> = (0..=MAX_PEER_REQUESTS as u32)
+            .map(|i| Message::Request(block(i % 4, (i / 4) * 16, 16)))
+            .collect();
+        assert_eq!(feed(&mut c, &flood, t), Err(PeerError::TooManyRequests));
+    }
+
+    #[test]
+    fn pieces_must_answer_requests_and_late_cancelled_ones_are_tolerated() {
+        let t = Instant::now();
+        let data = [1u8; 16];
+        let piece = |b: Block| Message::Piece {
+            piece: b.piece,
+            begin: b.begin,
+            data: &data[..b.length as usize],
+        };
+        let mut c = open(t);
+        let (a, b) = (block(0, 0, 16), block(0, 16, 16));
+        c.request(a, t);
+        c.request(b, t);
+        assert_eq!(c.outstanding(), 2);
+        c.cancel(b, t);
+        feed(&mut c, &[piece(a)], t).unwrap();
+        assert!(c.last_piece_wanted());
+        feed(&mut c, &[piece(b)], t).unwrap();
+        assert!(!c.last_piece_wanted(), "late, after our cancel");
+        assert_eq!(c.downloaded, 32);
+        assert_eq!(
+            feed(&mut c, &[piece(block(1, 0, 16))], t),
+            Err(PeerError::Unrequested(block(1, 0, 16)))
+        );
+        // Choked: our requests are dropped and handed back.
+        let mut c = open(t);
+        c.request(a, t);
+        feed(&mut c, &[Message::Unchoke, Message::Choke], t).unwrap();
+        assert_eq!(c.take_dropped_requests(), vec![a]);
+        assert_eq!(c.outstanding(), 0);
+    }
+
+    #[test]
+    fn oversized_messages_are_refused_from_their_header() {
+        let t = Instant::now();
+        let mut c = open(t);
+        c.receive(&(10u32 << 20).to_be_bytes(), t);
+        assert!(matches!(
+            c.poll_message(),
+            Err(PeerError::Wire(WireError::TooLong { .. }))
+        ));
+    }
+
+    #[test]
+    fn timers_close_silent_peers_and_send_keepalives() {
+        let t = Instant::now();
+        let mut c = PeerConn::incoming(t);
+        assert_eq!(c.poll_timeout(), t + HANDSHAKE_TIMEOUT);
+        assert_eq!(c.handle_timeout(t + Duration::from_secs(5)), Ok(()));
+        assert_eq!(
+            c.handle_timeout(t + HANDSHAKE_TIMEOUT),
+            Err(PeerError::HandshakeTimeout)
+        );
+
+        let mut c = open(t);
+        let later = t + KEEPALIVE_INTERVAL;
+        assert_eq!(c.poll_timeout(), later);
+        c.handle_timeout(later).unwrap();
+        assert_eq!(c.output(), &[0, 0, 0, 0], "a keep-alive");
+        c.receive(&[0, 0, 0, 0], later);
+        assert_eq!(
+            c.handle_timeout(t + INACTIVITY_TIMEOUT),
+            Ok(()),
+            "heard at 100 s"
+        );
+        assert_eq!(
+            c.handle_timeout(later + INACTIVITY_TIMEOUT),
+            Err(PeerError::Inactive)
+        );
+    }
+
+    #[test]
+    fn output_is_bounded() {
+        let t = Instant::now();
+        let mut c = open(t);
+        c.unchoke(t);
+        while !c.is_over_output_limit() {
+            c.reserve_piece(block(0, 0, 16 << 10), t);
+        }
+        assert!(c.queued_output() > MAX_OUTPUT);
+        let n = c.queued_output();
+        c.consume_output(n);
+        assert!(!c.is_over_output_limit());
+        assert_eq!(c.uploaded % (16 << 10), 0);
+    }
+}
