@@ -8,6 +8,7 @@
 //! - [`registry`]: settings, torrents and their persistence;
 //! - [`engine`]: pieces, storage, piece picking, choking, rates;
 //! - [`peer`]: the peer wire protocol and one connection's state;
+//! - [`swarm`]: every running torrent's peers, sans-IO;
 //! - [`status`]: the protocol's view of a torrent;
 //! - [`session`]: one connection's protocol state, bytes in, bytes out;
 //! - [`commands`]: the table of keys and the built-in handlers;
@@ -35,4 +36,5 @@ pub mod server;
 pub mod service;
 pub mod session;
 pub mod status;
+pub mod swarm;
 pub mod sys;

@@ -42,6 +42,8 @@ pub struct Choker {
     next_optimistic: Instant,
     optimistic: Option<PeerKey>,
     forced: bool,
+    /// When the last rechoke ran (a forced rechoke is due since then).
+    last: Instant,
 }
 
 impl Choker {
@@ -52,13 +54,18 @@ impl Choker {
             next_optimistic: now,
             optimistic: None,
             forced: true,
+            last: now,
         }
     }
 
     /// When `rechoke` should next be called. With `force` pending this is
     /// the previous deadline, i.e. already due.
     pub fn poll_timeout(&self) -> Instant {
-        self.next_rechoke
+        if self.forced {
+            self.last
+        } else {
+            self.next_rechoke
+        }
     }
 
     /// Rechoke on the next call regardless of the timer (peer joined or
@@ -85,6 +92,7 @@ impl Choker {
             return Vec::new();
         }
         self.forced = false;
+        self.last = now;
         self.next_rechoke = now + RECHOKE_INTERVAL;
 
         // Uploading to a seed is pointless while we seed; while leeching a

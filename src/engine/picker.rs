@@ -33,7 +33,7 @@ const NOT_IN_BUCKET: u32 = u32::MAX;
 pub struct PeerKey(pub usize);
 
 /// A request: `length` bytes at `begin` in `piece`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Block {
     /// Piece index.
     pub piece: u32,

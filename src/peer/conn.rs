@@ -63,6 +63,8 @@ pub enum PeerError {
     OutputOverflow,
     /// A message before the torrent is known.
     TooEarly,
+    /// Both sides have every piece: nothing to exchange.
+    BothSeeds,
 }
 
 impl fmt::Display for PeerError {
@@ -85,6 +87,7 @@ impl fmt::Display for PeerError {
             ),
             PeerError::OutputOverflow => write!(f, "over {MAX_OUTPUT} bytes unread"),
             PeerError::TooEarly => f.write_str("message before the torrent is known"),
+            PeerError::BothSeeds => f.write_str("both are seeds"),
         }
     }
 }

@@ -34,15 +34,7 @@ pub struct Handshake {
 }
 
 /// A block of a piece: what a request, a cancel and a piece name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Block {
-    /// Piece index.
-    pub piece: u32,
-    /// Offset inside the piece.
-    pub begin: u32,
-    /// Bytes.
-    pub length: u32,
-}
+pub use crate::engine::picker::Block;
 
 /// One message, borrowing its variable parts from the input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,873 @@
+//! The swarm: every running torrent's peers, sans-IO. It ties the peer
+//! wire ([`crate::peer`]) to the domain logic ([`crate::engine`]): what to
+//! request from whom, which blocks to serve, hashing finished pieces,
+//! striking and banning peers that send bad data, choking.
+//!
+//! Bytes and time come in, bytes and decisions go out, like the IPC
+//! server: [`Swarm::accept`] / [`Swarm::poll_dial`] / [`Swarm::dialed`]
+//! for connections, [`Swarm::receive`] for their bytes,
+//! [`Swarm::output`] for what to send, [`Swarm::poll_close`] for what to
+//! close, [`Swarm::poll_event`] for what the registry must learn (pieces
+//! verified, storage errors), [`Swarm::poll_timeout`] and
+//! [`Swarm::handle_timeout`] for timers.
+
+mod session;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use log::{debug, info};
+use slab::Slab;
+
+use crate::engine::bitfield::Bitfield;
+use crate::engine::picker::{PeerKey, Picker};
+use crate::engine::rate::RateMeter;
+use crate::peer::conn::{PeerConn, PeerError};
+use crate::peer::wire::Handshake;
+use crate::registry::Torrent;
+use session::{ServeError, Session};
+
+/// Output queued to a peer beyond which we stop serving it blocks until
+/// it reads (its requests wait in its queue).
+const UPLOAD_SOFT_LIMIT: usize = 512 << 10;
+
+/// Strikes (pieces that failed their hash with a block from this address)
+/// before an address is banned for the session.
+const MAX_STRIKES: u8 = 3;
+
+/// How a peer came to us (the protocol's `peers-from`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// It connected to us.
+    Incoming,
+    /// A tracker named it.
+    Tracker,
+    /// Remembered from an earlier session.
+    Cache,
+    /// Peer exchange.
+    Pex,
+}
+
+/// Limits on connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connected peers in all.
+    pub max_peers: usize,
+    /// Connected peers per torrent.
+    pub max_peers_per_torrent: usize,
+    /// Outgoing connections not yet established.
+    pub max_half_open: usize,
+    /// Bytes of unfinished pieces held in memory per torrent.
+    pub max_partial_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_peers: 240,
+            max_peers_per_torrent: 60,
+            max_half_open: 16,
+            max_partial_bytes: 64 << 20,
+        }
+    }
+}
+
+/// What the registry (or the log) must learn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SwarmEvent {
+    /// A piece arrived, matched its hash and is on disk.
+    PieceVerified {
+        /// Torrent id.
+        torrent: u64,
+        /// Piece index.
+        piece: u32,
+    },
+    /// The torrent's data could not be written or read.
+    StorageFailed {
+        /// Torrent id.
+        torrent: u64,
+        /// The file, and what the system said.
+        error: String,
+        /// The io error's kind, for the protocol's `io-*` code.
+        kind: std::io::ErrorKind,
+    },
+    /// A peer finished its handshake for a torrent.
+    PeerConnected {
+        /// Torrent id.
+        torrent: u64,
+        /// Its address.
+        addr: SocketAddr,
+    },
+    /// A peer of a torrent went away.
+    PeerDisconnected {
+        /// Torrent id.
+        torrent: u64,
+        /// Its address.
+        addr: SocketAddr,
+    },
+}
+
+/// Figures of one torrent for `get-status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Stats {
+    /// Payload bytes/s received over the last seconds.
+    pub download_rate: f64,
+    /// Payload bytes/s sent over the last seconds.
+    pub upload_rate: f64,
+    /// Bytes/s of pieces peers announce (`have`) over the last seconds.
+    pub swarm_rate: f64,
+    /// Connected peers.
+    pub peers: u32,
+    /// Peers sending to us (unchoked us, and we want their pieces).
+    pub peers_sending: u32,
+    /// Peers we send to (we unchoked them, and they want ours).
+    pub peers_receiving: u32,
+    /// Connected peers by source: incoming, tracker, cache, pex.
+    pub peers_from: [u32; 4],
+    /// Payload bytes received in this run.
+    pub downloaded: u64,
+    /// Payload bytes sent in this run.
+    pub uploaded: u64,
+    /// Bytes still missing.
+    pub left: u64,
+}
+
+struct Peer {
+    conn: PeerConn,
+    addr: SocketAddr,
+    torrent: Option<u64>,
+    source: Source,
+    /// Outgoing, not connected yet.
+    dialing: bool,
+    /// The pieces it has, for the picker.
+    has: Bitfield,
+    down: RateMeter,
+    up: RateMeter,
+    connected_at: Instant,
+    closing: bool,
+}
+
+/// Every running torrent's peers.
+pub struct Swarm {
+    peer_id: [u8; 20],
+    limits: Limits,
+    rng: fastrand::Rng,
+    sessions: HashMap<u64, Session>,
+    by_hash: HashMap<[u8; 20], u64>,
+    peers: Slab<Peer>,
+    half_open: usize,
+    banned: HashSet<SocketAddr>,
+    to_close: Vec<usize>,
+    events: VecDeque<SwarmEvent>,
+}
+
+/// What a ban applies to: the whole IP address, except on loopback, where
+/// every local peer shares one address (local swarms, tests) and the full
+/// socket address is banned instead.
+fn ban_key(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_loopback() {
+        addr
+    } else {
+        SocketAddr::new(addr.ip(), 0)
+    }
+}
+
+/// A fresh peer id: `-TP0100-` (Azureus style: client TP, version 0.1.0.0)
+/// and 12 random bytes.
+pub fn new_peer_id(rng: &mut fastrand::Rng) -> [u8; 20] {
+    let mut id = [0u8; 20];
+    id[..8].copy_from_slice(b"-TP0100-");
+    for b in &mut id[8..] {
+        *b = rng.alphanumeric() as u8;
+    }
+    id
+}
+
+impl Swarm {
+    /// A swarm speaking as `peer_id`.
+    pub fn new(peer_id: [u8; 20], limits: Limits, rng: fastrand::Rng) -> Swarm {
+        Swarm {
+            peer_id,
+            limits,
+            rng,
+            sessions: HashMap::new(),
+            by_hash: HashMap::new(),
+            peers: Slab::new(),
+            half_open: 0,
+            banned: HashSet::new(),
+            to_close: Vec::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// Our peer id.
+    pub fn peer_id(&self) -> [u8; 20] {
+        self.peer_id
+    }
+
+    /// Whether torrent `id` has a running session.
+    pub fn is_running(&self, id: u64) -> bool {
+        self.sessions.contains_key(&id)
+    }
+
+    /// Ids of the running sessions.
+    pub fn running(&self) -> Vec<u64> {
+        self.sessions.keys().copied().collect()
+    }
+
+    /// Starts moving data for `t` (its verified pieces as the registry
+    /// knows them). `None` if its geometry cannot be handled.
+    pub fn start(&mut self, t: &Torrent, now: Instant) -> Option<()> {
+        if self.sessions.contains_key(&t.id) {
+            return Some(());
+        }
+        let s = Session::new(t, self.limits.max_partial_bytes, now)?;
+        self.by_hash.insert(t.meta.info_hash, t.id);
+        self.sessions.insert(t.id, s);
+        info!("torrent {}: session started", t.id);
+        Some(())
+    }
+
+    /// Stops torrent `id`: its peers are closed, its files released.
+    pub fn stop(&mut self, id: u64) {
+        let Some(s) = self.sessions.remove(&id) else {
+            return;
+        };
+        self.by_hash.remove(&s.info_hash);
+        for key in s.peers {
+            self.close(key.0, "torrent stopped");
+        }
+        info!("torrent {id}: session stopped");
+    }
+
+    /// Addresses learned for torrent `id` (from a tracker, PEX...).
+    pub fn add_peers(&mut self, id: u64, addrs: &[SocketAddr], source: Source) {
+        if let Some(s) = self.sessions.get_mut(&id) {
+            for a in addrs {
+                if !self.banned.contains(&ban_key(*a)) {
+                    s.add_candidate(*a, source);
+                }
+            }
+        }
+    }
+
+    /// Figures for `get-status`.
+    pub fn stats(&self, id: u64, now: Instant) -> Option<Stats> {
+        let s = self.sessions.get(&id)?;
+        let mut st = Stats {
+            download_rate: s.down.rate(now),
+            upload_rate: s.up.rate(now),
+            swarm_rate: s.swarm.rate(now),
+            downloaded: s.downloaded,
+            uploaded: s.uploaded,
+            left: s.picker.missing_bytes(),
+            ..Stats::default()
+        };
+        for p in s.peers.iter().filter_map(|k| self.peers.get(k.0)) {
+            if p.dialing {
+                continue;
+            }
+            st.peers += 1;
+            st.peers_from[p.source as usize] += 1;
+            if !p.conn.peer_choking && p.conn.am_interested {
+                st.peers_sending += 1;
+            }
+            if !p.conn.am_choking && p.conn.peer_interested {
+                st.peers_receiving += 1;
+            }
+        }
+        Some(st)
+    }
+
+    /// A peer connected to us from `addr`; `None` when it is refused
+    /// (banned, or too many peers).
+    pub fn accept(&mut self, addr: SocketAddr, now: Instant) -> Option<usize> {
+        if self.banned.contains(&ban_key(addr)) || self.peers.len() >= self.limits.max_peers {
+            return None;
+        }
+        Some(self.insert(
+            PeerConn::incoming(now),
+            addr,
+            None,
+            Source::Incoming,
+            false,
+            now,
+        ))
+    }
+
+    fn insert(
+        &mut self,
+        conn: PeerConn,
+        addr: SocketAddr,
+        torrent: Option<u64>,
+        source: Source,
+        dialing: bool,
+        now: Instant,
+    ) -> usize {
+        self.peers.insert(Peer {
+            conn,
+            addr,
+            torrent,
+            source,
+            dialing,
+            has: Bitfield::new(0),
+            down: RateMeter::new(now),
+            up: RateMeter::new(now),
+            connected_at: now,
+            closing: false,
+        })
+    }
+
+    /// The next connection to open, if the limits allow one.
+    pub fn poll_dial(&mut self, now: Instant) -> Option<(usize, SocketAddr)> {
+        if self.half_open >= self.limits.max_half_open || self.peers.len() >= self.limits.max_peers
+        {
+            return None;
+        }
+        let per_torrent = self.limits.max_peers_per_torrent;
+        let (id, s) = self
+            .sessions
+            .iter_mut()
+            .find(|(_, s)| s.peers.len() < per_torrent && s.wants_peers())?;
+        let id = *id;
+        let (addr, source) = s.next_candidate()?;
+        let hs = Handshake {
+            reserved: [0; 8],
+            info_hash: s.info_hash,
+            peer_id: self.peer_id,
+        };
+        let key = self.insert(
+            PeerConn::outgoing(hs, now),
+            addr,
+            Some(id),
+            source,
+            true,
+            now,
+        );
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.peers.push(PeerKey(key));
+        }
+        self.half_open += 1;
+        Some((key, addr))
+    }
+
+    /// An outgoing connection is established (`true`) or failed.
+    pub fn dialed(&mut self, key: usize, ok: bool, now: Instant) {
+        let Some(p) = self.peers.get_mut(key) else {
+            return;
+        };
+        if p.dialing {
+            p.dialing = false;
+            self.half_open = self.half_open.saturating_sub(1);
+        }
+        p.connected_at = now;
+        if !ok {
+            self.close(key, "connection failed");
+        }
+    }
+
+    /// Bytes from peer `key`: runs its messages.
+    pub fn receive(&mut self, key: usize, bytes: &[u8], now: Instant) {
+        let Some(p) = self.peers.get_mut(key) else {
+            return;
+        };
+        if p.closing {
+            return;
+        }
+        p.conn.receive(bytes, now);
+        if let Err(e) = self.drive(key, now) {
+            self.close(key, &e.to_string());
+        }
+    }
+
+    fn drive(&mut self, key: usize, now: Instant) -> Result<(), PeerError> {
+        if self
+            .peers
+            .get(key)
+            .is_some_and(|p| p.conn.handshake().is_none())
+        {
+            self.handshake(key, now)?;
+        }
+        let Some(p) = self.peers.get_mut(key) else {
+            return Ok(());
+        };
+        let Some(id) = p.torrent else {
+            return Ok(());
+        };
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return Ok(());
+        };
+        let mut effects = session::Effects::default();
+        while let Some(msg) = p.conn.poll_message()? {
+            s.handle(
+                PeerKey(key),
+                msg,
+                &mut p.has,
+                &mut p.down,
+                now,
+                &mut effects,
+            )?;
+        }
+        for b in p.conn.take_dropped_requests() {
+            s.picker.requests_dropped(PeerKey(key), &[b]);
+        }
+        s.update_interest(&mut p.conn, &p.has, now);
+        s.request_more(
+            PeerKey(key),
+            &mut p.conn,
+            &p.has,
+            &p.down,
+            &mut self.rng,
+            now,
+        );
+        let served = s.serve(&mut p.conn, &mut p.up, now);
+        let both_seeds = s.picker.is_complete() && p.conn.peer_is_seed();
+        self.apply(id, effects, now);
+        match served {
+            // Seeds are not interested in seeds.
+            Ok(()) if both_seeds => Err(PeerError::BothSeeds),
+            Ok(()) => Ok(()),
+            Err(ServeError::Peer(e)) => Err(e),
+            Err(ServeError::Storage(e)) => {
+                self.events_storage(id, e);
+                Ok(())
+            }
+        }
+    }
+
+    fn events_storage(&mut self, id: u64, e: crate::engine::storage::StorageError) {
+        self.events.push_back(SwarmEvent::StorageFailed {
+            torrent: id,
+            kind: e.source.kind(),
+            error: e.to_string(),
+        });
+    }
+
+    /// What handling messages decided beyond the peer itself.
+    fn apply(&mut self, id: u64, fx: session::Effects, now: Instant) {
+        for piece in &fx.verified {
+            self.events.push_back(SwarmEvent::PieceVerified {
+                torrent: id,
+                piece: *piece,
+            });
+        }
+        if let Some(e) = fx.storage_error {
+            self.events_storage(id, e);
+        }
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        for k in s.peers.clone() {
+            let Some(p) = self.peers.get_mut(k.0) else {
+                continue;
+            };
+            for piece in &fx.verified {
+                if !p.dialing && p.conn.handshake().is_some() {
+                    p.conn.have(*piece, now);
+                }
+            }
+            for (who, b) in &fx.cancels {
+                if *who == k {
+                    p.conn.cancel(*b, now);
+                }
+            }
+            if !fx.verified.is_empty() {
+                s.update_interest(&mut p.conn, &p.has, now);
+            }
+        }
+        let struck: Vec<SocketAddr> = fx
+            .struck
+            .iter()
+            .filter_map(|k| self.peers.get(k.0).map(|p| ban_key(p.addr)))
+            .collect();
+        for who in struck {
+            let strikes = s.strikes.entry(who).or_insert(0);
+            *strikes += 1;
+            if *strikes >= MAX_STRIKES {
+                info!("banning {who}: {MAX_STRIKES} pieces failed their hash with its data");
+                self.banned.insert(who);
+            }
+        }
+        let banned: Vec<usize> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| self.banned.contains(&ban_key(p.addr)))
+            .map(|(k, _)| k)
+            .collect();
+        for k in banned {
+            self.close(k, "banned");
+        }
+    }
+
+    /// The handshake of `key`: for an incoming peer, find its torrent and
+    /// answer; for a dialled one, check it.
+    fn handshake(&mut self, key: usize, now: Instant) -> Result<(), PeerError> {
+        let Some(p) = self.peers.get_mut(key) else {
+            return Ok(());
+        };
+        let Some(h) = p.conn.poll_handshake()? else {
+            return Ok(());
+        };
+        let id = match p.torrent {
+            Some(id) => id,
+            None => {
+                let id = *self
+                    .by_hash
+                    .get(&h.info_hash)
+                    .ok_or(PeerError::WrongTorrent)?;
+                let s = self.sessions.get_mut(&id).ok_or(PeerError::WrongTorrent)?;
+                if s.peers.len() >= self.limits.max_peers_per_torrent {
+                    return Err(PeerError::OutOfRange("peers of this torrent (limit)"));
+                }
+                p.conn.accept(Handshake {
+                    reserved: [0; 8],
+                    info_hash: h.info_hash,
+                    peer_id: self.peer_id,
+                })?;
+                p.torrent = Some(id);
+                s.peers.push(PeerKey(key));
+                id
+            }
+        };
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return Err(PeerError::WrongTorrent);
+        };
+        s.attach(&mut p.conn, &mut p.has);
+        s.choker.force();
+        p.connected_at = now;
+        debug!("peer {}: handshake done for torrent {id}", p.addr);
+        self.events.push_back(SwarmEvent::PeerConnected {
+            torrent: id,
+            addr: p.addr,
+        });
+        Ok(())
+    }
+
+    /// Bytes to send to peer `key`.
+    pub fn output(&self, key: usize) -> &[u8] {
+        self.peers.get(key).map_or(&[], |p| p.conn.output())
+    }
+
+    /// `n` bytes of [`Swarm::output`] were sent; serves more blocks if
+    /// the peer is waiting for them.
+    pub fn consume_output(&mut self, key: usize, n: usize, now: Instant) {
+        let Some(p) = self.peers.get_mut(key) else {
+            return;
+        };
+        p.conn.consume_output(n);
+        if p.conn.queued_output() < UPLOAD_SOFT_LIMIT / 2 {
+            if let Some(s) = p.torrent.and_then(|id| self.sessions.get_mut(&id)) {
+                let id = s.id;
+                match s.serve(&mut p.conn, &mut p.up, now) {
+                    Ok(()) => {}
+                    Err(ServeError::Peer(e)) => self.close(key, &e.to_string()),
+                    Err(ServeError::Storage(e)) => self.events_storage(id, e),
+                }
+            }
+        }
+    }
+
+    /// The peer hung up or its socket failed.
+    pub fn hang_up(&mut self, key: usize) {
+        self.close(key, "hung up");
+    }
+
+    fn close(&mut self, key: usize, why: &str) {
+        if let Some(p) = self.peers.get_mut(key) {
+            if !p.closing {
+                debug!("peer {}: closing: {why}", p.addr);
+                p.closing = true;
+                self.to_close.push(key);
+            }
+        }
+    }
+
+    /// The next peer whose socket must be closed; then call
+    /// [`Swarm::closed`].
+    pub fn poll_close(&mut self) -> Option<usize> {
+        self.to_close.pop()
+    }
+
+    /// Peer `key`'s socket is closed: forget it.
+    pub fn closed(&mut self, key: usize) {
+        let Some(p) = self.peers.try_remove(key) else {
+            return;
+        };
+        if p.dialing {
+            self.half_open = self.half_open.saturating_sub(1);
+        }
+        self.to_close.retain(|k| *k != key);
+        let Some(id) = p.torrent else {
+            return;
+        };
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.peer_gone(PeerKey(key), &p.has);
+            if p.conn.handshake().is_some() {
+                self.events.push_back(SwarmEvent::PeerDisconnected {
+                    torrent: id,
+                    addr: p.addr,
+                });
+            }
+        }
+    }
+
+    /// What the registry or the log must learn.
+    pub fn poll_event(&mut self) -> Option<SwarmEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Swarm::handle_timeout`] must next run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let peers = self.peers.iter().map(|(_, p)| p.conn.poll_timeout());
+        let chokers = self.sessions.values().map(|s| s.choker.poll_timeout());
+        peers.chain(chokers).min()
+    }
+
+    /// Timers: peers' deadlines and keep-alives, rechoking.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let mut failed = Vec::new();
+        for (k, p) in self.peers.iter_mut() {
+            if let Err(e) = p.conn.handle_timeout(now) {
+                failed.push((k, e));
+            }
+        }
+        for (k, e) in failed {
+            self.close(k, &e.to_string());
+        }
+        for s in self.sessions.values_mut() {
+            if s.choker.poll_timeout() > now {
+                continue;
+            }
+            s.rechoke(&mut self.peers, &mut self.rng, now);
+        }
+    }
+
+    /// Peers connected (handshaken or not) in all.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Whether the piece picker of `id` has everything.
+    pub fn is_complete(&self, id: u64) -> bool {
+        self.sessions
+            .get(&id)
+            .is_some_and(|s| s.picker.is_complete())
+    }
+
+    /// The picker of `id` (tests and status).
+    pub fn picker(&self, id: u64) -> Option<&Picker> {
+        self.sessions.get(&id).map(|s| &s.picker)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Value;
+    use crate::registry::{Metainfo, Phase};
+    use sha1::{Digest, Sha1};
+    use std::path::Path;
+    use std::time::Duration;
+
+    const PIECE: u64 = 32 << 10;
+
+    /// Files of a multi-file torrent with an odd last piece.
+    fn files() -> Vec<Vec<u8>> {
+        let mut x = 7u32;
+        let mut noise = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                    (x >> 16) as u8
+                })
+                .collect()
+        };
+        vec![noise(50_000), noise(3), noise(100_001)]
+    }
+
+    fn metainfo(data: &[Vec<u8>]) -> Metainfo {
+        let all: Vec<u8> = data.concat();
+        let pieces: Vec<u8> = all
+            .chunks(PIECE as usize)
+            .flat_map(|c| <[u8; 20]>::from(Sha1::digest(c)))
+            .collect();
+        let files = data
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                Value::dict([
+                    ("length", Value::Int(d.len() as i64)),
+                    ("path", Value::List(vec![Value::str(&format!("f{i}"))])),
+                ])
+            })
+            .collect();
+        let info = Value::dict([
+            ("files", Value::List(files)),
+            ("name", Value::str("multi")),
+            ("piece length", Value::Int(PIECE as i64)),
+            ("pieces", Value::Bytes(pieces)),
+        ]);
+        Metainfo::parse(&Value::dict([("info", info)]).to_bencode().unwrap()).unwrap()
+    }
+
+    fn torrent(meta: &Metainfo, dir: &Path, complete: bool) -> Torrent {
+        Torrent {
+            id: 1,
+            meta: meta.clone(),
+            saved_path: dir.join("x.torrent"),
+            directory: dir.to_path_buf(),
+            running: true,
+            phase: Phase::Downloading,
+            verified: vec![complete; meta.pieces.len()],
+            completed: 0,
+            error: None,
+        }
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn swarm(seed: u64) -> Swarm {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        Swarm::new(new_peer_id(&mut rng), Limits::default(), rng)
+    }
+
+    /// Moves bytes both ways between `a`'s peer `ka` and `b`'s peer `kb`,
+    /// and runs timers, until nothing moves.
+    fn pump(a: &mut Swarm, ka: usize, b: &mut Swarm, kb: usize, now: &mut Instant) -> usize {
+        let mut rounds = 0;
+        loop {
+            let ab = a.output(ka).to_vec();
+            a.consume_output(ka, ab.len(), *now);
+            b.receive(kb, &ab, *now);
+            let ba = b.output(kb).to_vec();
+            b.consume_output(kb, ba.len(), *now);
+            a.receive(ka, &ba, *now);
+            a.handle_timeout(*now);
+            b.handle_timeout(*now);
+            *now += Duration::from_millis(10);
+            rounds += 1;
+            if (ab.is_empty() && ba.is_empty() && rounds > 2) || rounds > 10_000 {
+                return rounds;
+            }
+        }
+    }
+
+    #[test]
+    fn a_leecher_downloads_every_file_from_a_seeder_without_sockets() {
+        let data = files();
+        let meta = metainfo(&data);
+        let seed_dir = tempfile::tempdir().unwrap();
+        for (i, d) in data.iter().enumerate() {
+            let dir = seed_dir.path().join("multi");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(format!("f{i}")), d).unwrap();
+        }
+        let leech_dir = tempfile::tempdir().unwrap();
+        let mut now = Instant::now();
+        let (mut seeder, mut leecher) = (swarm(1), swarm(2));
+        seeder
+            .start(&torrent(&meta, seed_dir.path(), true), now)
+            .unwrap();
+        leecher
+            .start(&torrent(&meta, leech_dir.path(), false), now)
+            .unwrap();
+
+        leecher.add_peers(1, &[addr(1000)], Source::Tracker);
+        let (to_seeder, to) = leecher.poll_dial(now).unwrap();
+        assert_eq!(to, addr(1000));
+        assert_eq!(leecher.poll_dial(now), None, "one candidate only");
+        leecher.dialed(to_seeder, true, now);
+        let from_leecher = seeder.accept(addr(2000), now).unwrap();
+        pump(&mut leecher, to_seeder, &mut seeder, from_leecher, &mut now);
+
+        let mut verified = Vec::new();
+        while let Some(e) = leecher.poll_event() {
+            if let SwarmEvent::PieceVerified { piece, .. } = e {
+                verified.push(piece);
+            }
+        }
+        verified.sort_unstable();
+        assert_eq!(verified, (0..meta.pieces.len() as u32).collect::<Vec<_>>());
+        assert!(leecher.is_complete(1));
+        for (i, d) in data.iter().enumerate() {
+            let got = std::fs::read(leech_dir.path().join("multi").join(format!("f{i}"))).unwrap();
+            assert!(got == *d, "file {i} differs");
+        }
+        let st = leecher.stats(1, now).unwrap();
+        assert_eq!(
+            st.downloaded,
+            data.iter().map(|d| d.len() as u64).sum::<u64>()
+        );
+        assert_eq!(st.left, 0);
+        assert_eq!((st.peers, st.peers_from[Source::Tracker as usize]), (1, 1));
+        let st = seeder.stats(1, now).unwrap();
+        assert_eq!(st.uploaded, 150_004);
+        assert_eq!(st.peers_from[Source::Incoming as usize], 1);
+        // Two seeds have nothing to say to each other: the seeder closes.
+        assert!(seeder.poll_close().is_some() || leecher.poll_close().is_some());
+    }
+
+    #[test]
+    fn a_peer_sending_corrupt_pieces_is_struck_then_banned() {
+        let data = files();
+        let meta = metainfo(&data);
+        let mut bad = data.clone();
+        bad[0][5] ^= 0xFF; // piece 0 is corrupt at this seeder
+        let bad_dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(bad_dir.path().join("multi")).unwrap();
+        for (i, d) in bad.iter().enumerate() {
+            std::fs::write(bad_dir.path().join("multi").join(format!("f{i}")), d).unwrap();
+        }
+        let leech_dir = tempfile::tempdir().unwrap();
+        let mut now = Instant::now();
+        let mut leecher = swarm(3);
+        leecher
+            .start(&torrent(&meta, leech_dir.path(), false), now)
+            .unwrap();
+        // The liar believes its data good (its verified flags say so).
+        let mut liar = swarm(10);
+        liar.start(&torrent(&meta, bad_dir.path(), true), now)
+            .unwrap();
+        let k_leecher = leecher.accept(addr(3000), now).unwrap();
+        liar.add_peers(1, &[addr(4000)], Source::Tracker);
+        let (k_liar, _) = liar.poll_dial(now).unwrap();
+        liar.dialed(k_liar, true, now);
+        pump(&mut liar, k_liar, &mut leecher, k_leecher, &mut now);
+        // Piece 0 failed from it three times: banned, and closed.
+        assert_eq!(leecher.poll_close(), Some(k_leecher));
+        leecher.closed(k_leecher);
+        assert!(leecher.accept(addr(3000), now).is_none(), "banned");
+        assert!(!leecher.is_complete(1), "piece 0 never verified");
+        let have = leecher.picker(1).unwrap().have_bitfield().count();
+        assert_eq!(have, meta.pieces.len() - 1);
+
+        // An honest seeder finishes the download.
+        let good_dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(good_dir.path().join("multi")).unwrap();
+        for (i, d) in data.iter().enumerate() {
+            std::fs::write(good_dir.path().join("multi").join(format!("f{i}")), d).unwrap();
+        }
+        let mut honest = swarm(11);
+        honest
+            .start(&torrent(&meta, good_dir.path(), true), now)
+            .unwrap();
+        let k_leecher = leecher.accept(addr(5000), now).unwrap();
+        honest.add_peers(1, &[addr(4000)], Source::Tracker);
+        let (k_honest, _) = honest.poll_dial(now).unwrap();
+        honest.dialed(k_honest, true, now);
+        pump(&mut honest, k_honest, &mut leecher, k_leecher, &mut now);
+        assert!(leecher.is_complete(1));
+        let got = std::fs::read(leech_dir.path().join("multi").join("f0")).unwrap();
+        assert!(got == data[0]);
+    }
+
+    #[test]
+    fn peer_ids_are_azureus_style() {
+        let id = new_peer_id(&mut fastrand::Rng::with_seed(1));
+        assert!(id.starts_with(b"-TP0100-"));
+        assert!(id[8..].iter().all(u8::is_ascii_alphanumeric));
+    }
+}

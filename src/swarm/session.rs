@@ -1,0 +1,315 @@
+//! One running torrent: its picker, storage, choker, peers and figures.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use sha1::{Digest, Sha1};
+use slab::Slab;
+
+use super::{Peer, Source, UPLOAD_SOFT_LIMIT};
+use crate::engine::bitfield::Bitfield;
+use crate::engine::choker::{Choker, PeerChokeInfo};
+use crate::engine::picker::{Block, PeerKey, Picker, Received};
+use crate::engine::rate::RateMeter;
+use crate::engine::storage::{Layout, Storage, StorageError};
+use crate::peer::conn::{PeerConn, PeerError, Shape};
+use crate::peer::wire::Message;
+use crate::registry::Torrent;
+
+/// Addresses remembered per torrent (tracker answers, PEX), so that a
+/// hostile tracker cannot grow memory without bound.
+const MAX_CANDIDATES: usize = 1000;
+
+/// What handling a peer's messages decided beyond that peer.
+#[derive(Default)]
+pub(super) struct Effects {
+    /// Pieces verified and written.
+    pub verified: Vec<u32>,
+    /// Endgame duplicates to cancel: (peer, block).
+    pub cancels: Vec<(PeerKey, Block)>,
+    /// Peers that sent blocks of a piece that failed its hash.
+    pub struck: Vec<PeerKey>,
+    /// Writing a verified piece failed.
+    pub storage_error: Option<StorageError>,
+}
+
+/// Why serving a peer stopped.
+pub(super) enum ServeError {
+    /// Our data could not be read.
+    Storage(StorageError),
+    /// The peer asked for a piece we do not have.
+    Peer(PeerError),
+}
+
+pub(super) struct Session {
+    pub id: u64,
+    pub info_hash: [u8; 20],
+    shape: Shape,
+    hashes: Vec<[u8; 20]>,
+    pub picker: Picker,
+    storage: Storage,
+    pub choker: Choker,
+    pub peers: Vec<PeerKey>,
+    candidates: VecDeque<(SocketAddr, Source)>,
+    known: HashSet<SocketAddr>,
+    pub down: RateMeter,
+    pub up: RateMeter,
+    pub swarm: RateMeter,
+    pub downloaded: u64,
+    pub uploaded: u64,
+    pub strikes: HashMap<SocketAddr, u8>,
+    /// A block read from disk on its way to a peer.
+    scratch: Vec<u8>,
+}
+
+impl Session {
+    /// A session for `t`, or `None` if its geometry is out of bounds.
+    pub fn new(t: &Torrent, max_partial_bytes: u64, now: Instant) -> Option<Session> {
+        let meta = &t.meta;
+        let total = meta.total_size();
+        let pieces = u32::try_from(meta.pieces.len()).ok()?;
+        let shape = Shape {
+            pieces,
+            piece_length: u32::try_from(meta.piece_length).ok()?,
+            total,
+        };
+        let mut have = Bitfield::new(pieces as usize);
+        for (i, v) in t.verified.iter().enumerate() {
+            have.set(i, *v);
+        }
+        let picker = Picker::new(meta.piece_length, total, &have, max_partial_bytes)?;
+        let layout = Layout {
+            piece_length: meta.piece_length,
+            files: meta.files.iter().map(|f| f.length).collect(),
+        };
+        let paths = (0..meta.files.len()).map(|i| t.file_path(i)).collect();
+        Some(Session {
+            id: t.id,
+            info_hash: meta.info_hash,
+            shape,
+            hashes: meta.pieces.clone(),
+            picker,
+            storage: Storage::new(layout, paths),
+            choker: Choker::new(now),
+            peers: Vec::new(),
+            candidates: VecDeque::new(),
+            known: HashSet::new(),
+            down: RateMeter::new(now),
+            up: RateMeter::new(now),
+            swarm: RateMeter::new(now),
+            downloaded: 0,
+            uploaded: 0,
+            strikes: HashMap::new(),
+            scratch: Vec::new(),
+        })
+    }
+
+    pub fn add_candidate(&mut self, addr: SocketAddr, source: Source) {
+        if self.known.len() < MAX_CANDIDATES && self.known.insert(addr) {
+            self.candidates.push_back((addr, source));
+        }
+    }
+
+    pub fn wants_peers(&self) -> bool {
+        !self.candidates.is_empty()
+    }
+
+    pub fn next_candidate(&mut self) -> Option<(SocketAddr, Source)> {
+        self.candidates.pop_front()
+    }
+
+    /// A peer's handshake is done: tell it what we have.
+    pub fn attach(&mut self, conn: &mut PeerConn, has: &mut Bitfield) {
+        *has = Bitfield::new(self.shape.pieces as usize);
+        let ours = self.picker.have_bitfield();
+        let bits = (ours.count() > 0).then(|| ours.as_bytes());
+        conn.attach(self.shape, bits);
+    }
+
+    /// One message from peer `key` (already checked by its connection).
+    pub fn handle(
+        &mut self,
+        key: PeerKey,
+        msg: Message<'_>,
+        has: &mut Bitfield,
+        meter: &mut RateMeter,
+        now: Instant,
+        fx: &mut Effects,
+    ) -> Result<(), PeerError> {
+        match msg {
+            Message::Bitfield(bits) => {
+                *has = Bitfield::from_bytes(bits, self.shape.pieces as usize)
+                    .ok_or(PeerError::BadBitfield("wrong size"))?;
+                self.picker.peer_bitfield(has);
+            }
+            // Counted once per piece: availability is a plain count.
+            Message::Have(i) if !has.get(i as usize) => {
+                has.set(i as usize, true);
+                self.picker.peer_have(i);
+                self.swarm.add(self.shape.piece_size(i), now);
+            }
+            Message::Interested | Message::NotInterested => self.choker.force(),
+            Message::Piece { piece, begin, data } => {
+                let len = data.len() as u64;
+                self.downloaded += len;
+                self.down.add(len, now);
+                meter.add(len, now);
+                let block = Block {
+                    piece,
+                    begin,
+                    length: data.len() as u32,
+                };
+                if let Received::PieceDone {
+                    piece,
+                    data,
+                    contributors,
+                } = self.picker.block_received(key, block, data)
+                {
+                    self.finish_piece(piece, &data, contributors, fx);
+                }
+                fx.cancels.extend(self.picker.take_cancels());
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Hashes a piece whose last block arrived; a good one is written and
+    /// announced, a bad one dropped (to be fetched again) and its senders
+    /// struck.
+    fn finish_piece(&mut self, piece: u32, data: &[u8], from: Vec<PeerKey>, fx: &mut Effects) {
+        let good = self
+            .hashes
+            .get(piece as usize)
+            .is_some_and(|h| Sha1::digest(data).as_slice() == h);
+        if !good {
+            log::info!(
+                "torrent {}: piece {piece} failed its hash; fetching it again",
+                self.id
+            );
+            self.picker.piece_failed(piece);
+            fx.struck.extend(from);
+            return;
+        }
+        match self.storage.write(piece, 0, data) {
+            Ok(()) => {
+                self.picker.piece_verified(piece);
+                fx.verified.push(piece);
+            }
+            Err(e) => {
+                self.picker.piece_failed(piece);
+                fx.storage_error = Some(e);
+            }
+        }
+    }
+
+    /// Whether the peer has a piece we lack.
+    fn wants_from(&self, has: &Bitfield) -> bool {
+        let ours = self.picker.have_bitfield().as_bytes();
+        has.as_bytes()
+            .iter()
+            .zip(ours)
+            .any(|(theirs, ours)| theirs & !ours != 0)
+    }
+
+    pub fn update_interest(&self, conn: &mut PeerConn, has: &Bitfield, now: Instant) {
+        let want = !self.picker.is_complete() && self.wants_from(has);
+        conn.set_interested(want, now);
+    }
+
+    /// Keeps enough requests in flight to fill the link to this peer.
+    pub fn request_more(
+        &mut self,
+        key: PeerKey,
+        conn: &mut PeerConn,
+        has: &Bitfield,
+        meter: &RateMeter,
+        rng: &mut fastrand::Rng,
+        now: Instant,
+    ) {
+        if conn.peer_choking || !conn.am_interested {
+            return;
+        }
+        let target = Picker::request_queue_len(meter.rate(now));
+        let outstanding = conn.outstanding();
+        if outstanding >= target {
+            return;
+        }
+        let mut blocks = Vec::new();
+        self.picker
+            .pick(key, has, target - outstanding, rng, &mut blocks);
+        for b in blocks {
+            conn.request(b, now);
+        }
+    }
+
+    /// Serves the peer's queued requests while its output has room.
+    pub fn serve(
+        &mut self,
+        conn: &mut PeerConn,
+        meter: &mut RateMeter,
+        now: Instant,
+    ) -> Result<(), ServeError> {
+        while conn.queued_output() < UPLOAD_SOFT_LIMIT {
+            let Some(b) = conn.next_peer_request() else {
+                break;
+            };
+            if !self.picker.have_bitfield().get(b.piece as usize) {
+                return Err(ServeError::Peer(PeerError::OutOfRange(
+                    "request for a piece we do not have",
+                )));
+            }
+            // Read first: a failed read must not leave a hole in the
+            // output.
+            self.scratch.resize(b.length as usize, 0);
+            self.storage
+                .read(b.piece, b.begin, &mut self.scratch)
+                .map_err(ServeError::Storage)?;
+            conn.reserve_piece(b, now).copy_from_slice(&self.scratch);
+            let len = b.length as u64;
+            self.uploaded += len;
+            self.up.add(len, now);
+            meter.add(len, now);
+        }
+        Ok(())
+    }
+
+    pub fn peer_gone(&mut self, key: PeerKey, has: &Bitfield) {
+        if has.len() == self.shape.pieces as usize {
+            self.picker.peer_left(has);
+        }
+        self.picker.peer_gone(key);
+        self.peers.retain(|k| *k != key);
+        self.choker.force();
+    }
+
+    /// Chooses whom to upload to and applies it.
+    pub fn rechoke(&mut self, peers: &mut Slab<Peer>, rng: &mut fastrand::Rng, now: Instant) {
+        let infos: Vec<PeerChokeInfo> = self
+            .peers
+            .iter()
+            .filter_map(|k| peers.get(k.0).map(|p| (k, p)))
+            .filter(|(_, p)| !p.dialing && p.conn.handshake().is_some())
+            .map(|(k, p)| PeerChokeInfo {
+                key: *k,
+                interested: p.conn.peer_interested,
+                is_seed: p.conn.peer_is_seed(),
+                download_rate: p.down.rate(now),
+                upload_rate: p.up.rate(now),
+                connected_at: p.connected_at,
+                unchoked: !p.conn.am_choking,
+            })
+            .collect();
+        let seeding = self.picker.is_complete();
+        for (key, unchoke) in self.choker.rechoke(&infos, seeding, now, rng) {
+            if let Some(p) = peers.get_mut(key.0) {
+                if unchoke {
+                    p.conn.unchoke(now);
+                } else {
+                    p.conn.choke(now);
+                }
+            }
+        }
+    }
+}
