@@ -61,6 +61,9 @@ pub struct Config {
     #[arg(long, value_name = "BYTES", default_value_t = READ_BUDGET_PER_TURN as u64,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub read_budget: u64,
+    /// Address the peer port (the `port` setting) listens on
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0")]
+    pub peer_bind: std::net::IpAddr,
     /// Directory of *.rhai scripts [default: <state-dir>/scripts, if it exists]
     #[arg(long, value_name = "DIR")]
     pub scripts: Option<PathBuf>,

@@ -5,10 +5,11 @@
 //! the server's (see [`crate::server`]).
 
 use std::io::{self, Read, Write};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, trace, warn};
-use mio::net::{UnixListener, UnixStream};
+use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -19,6 +20,14 @@ use crate::server::{ClientId, Server};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
+const PEER_LISTENER: Token = Token(usize::MAX - 3);
+
+/// Peer connections' tokens start here (IPC clients' are below).
+const PEER_BASE: usize = usize::MAX / 2;
+
+/// Bytes read from one peer per loop turn, so that one fast peer cannot
+/// starve the others (or the IPC clients).
+const PEER_READ_BUDGET: usize = 1 << 20;
 
 /// Size of the shared read buffer.
 const SCRATCH: usize = 64 << 10;
@@ -47,6 +56,15 @@ struct Conn {
     dirty: bool,
 }
 
+/// A peer's socket.
+struct PeerSock {
+    stream: TcpStream,
+    /// Outgoing and not yet established.
+    connecting: bool,
+    readable: bool,
+    write_interest: bool,
+}
+
 /// The event loop and the sockets it owns.
 pub struct Reactor {
     poll: Poll,
@@ -63,6 +81,14 @@ pub struct Reactor {
     /// Clients to drive again next turn without waiting for an event.
     again: Vec<ClientId>,
     accept_paused_until: Option<Instant>,
+    /// The peer port's listener and the port it is bound to.
+    peer_listener: Option<(TcpListener, u16)>,
+    /// The port a bind last failed for (not retried until it changes).
+    peer_bind_failed: Option<u16>,
+    /// Peer sockets by the swarm's key.
+    peers: Vec<Option<PeerSock>>,
+    /// Peers with input left over (read budget used up).
+    peers_again: Vec<usize>,
 }
 
 impl Reactor {
@@ -93,6 +119,10 @@ impl Reactor {
             dirty: Vec::new(),
             again: Vec::new(),
             accept_paused_until: None,
+            peer_listener: None,
+            peer_bind_failed: None,
+            peers: Vec::new(),
+            peers_again: Vec::new(),
         })
     }
 
@@ -129,6 +159,8 @@ impl Reactor {
             match event.token() {
                 LISTENER => self.accept(now),
                 SIGNALS => exit = exit.or(self.signals()),
+                PEER_LISTENER => self.accept_peers(now),
+                Token(t) if t >= PEER_BASE => self.peer_event(t - PEER_BASE, event, now),
                 Token(id) => {
                     let readable =
                         event.is_readable() || event.is_read_closed() || event.is_error();
@@ -151,7 +183,7 @@ impl Reactor {
     }
 
     fn timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.again.is_empty() {
+        if !self.again.is_empty() || !self.peers_again.is_empty() {
             return Some(Duration::ZERO);
         }
         [self.server.poll_timeout(now), self.accept_paused_until]
@@ -272,8 +304,217 @@ impl Reactor {
         }
         self.server.run_slice(&mut Instant::now);
         self.server.handle_timeout(now);
+        self.peer_turn(now);
         while let Some(id) = self.server.poll_close() {
             self.close(id);
+        }
+    }
+
+    /// The peers' part of a turn: the listener follows the `port`
+    /// setting, new dials, output written, closes applied.
+    fn peer_turn(&mut self, now: Instant) {
+        for key in std::mem::take(&mut self.peers_again) {
+            self.read_peer(key, now);
+        }
+        self.follow_port();
+        while let Some((key, addr)) = self.server.poll_dial(now) {
+            match TcpStream::connect(addr) {
+                Ok(stream) => self.add_peer(key, stream, true),
+                Err(e) => {
+                    debug!("peer {addr}: cannot connect: {e}");
+                    self.server.peer_dialed(key, false, now);
+                }
+            }
+        }
+        for key in 0..self.peers.len() {
+            if self.peers[key].is_some() {
+                self.flush_peer(key, now);
+            }
+        }
+        while let Some(key) = self.server.poll_peer_close() {
+            if let Some(mut p) = self.peers.get_mut(key).and_then(Option::take) {
+                let _ = self.poll.registry().deregister(&mut p.stream);
+            }
+            self.peers_again.retain(|k| *k != key);
+            self.server.peer_closed(key);
+        }
+    }
+
+    /// Binds the peer listener to the `port` setting when it changed. A
+    /// failure is logged once per port.
+    fn follow_port(&mut self) {
+        let port = self.server.peer_port();
+        let bound = self.peer_listener.as_ref().map(|(_, p)| *p);
+        if bound == Some(port) || self.peer_bind_failed == Some(port) {
+            return;
+        }
+        if let Some((mut l, old)) = self.peer_listener.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+            info!("peer port {old} closed");
+        }
+        let addr = SocketAddr::new(self.server.config().peer_bind, port);
+        let bound = TcpListener::bind(addr).and_then(|mut l| {
+            self.poll
+                .registry()
+                .register(&mut l, PEER_LISTENER, Interest::READABLE)?;
+            Ok(l)
+        });
+        match bound {
+            Ok(l) => {
+                info!("listening for peers on {addr}");
+                self.peer_listener = Some((l, port));
+                self.peer_bind_failed = None;
+            }
+            Err(e) => {
+                error!("cannot listen for peers on {addr}: {e}");
+                self.peer_bind_failed = Some(port);
+            }
+        }
+    }
+
+    fn accept_peers(&mut self, now: Instant) {
+        loop {
+            let Some((listener, _)) = &self.peer_listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, addr)) => match self.server.peer_accept(addr, now) {
+                    Some(key) => {
+                        self.add_peer(key, stream, false);
+                        self.read_peer(key, now);
+                    }
+                    None => debug!("peer {addr}: refused"),
+                },
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    warn!("accepting a peer failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn add_peer(&mut self, key: usize, mut stream: TcpStream, connecting: bool) {
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, Token(PEER_BASE + key), interest)
+        {
+            warn!("cannot register a peer: {e}");
+            self.server.peer_hang_up(key);
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        if self.peers.len() <= key {
+            self.peers.resize_with(key + 1, || None);
+        }
+        self.peers[key] = Some(PeerSock {
+            stream,
+            connecting,
+            readable: !connecting,
+            write_interest: true,
+        });
+    }
+
+    fn peer_event(&mut self, key: usize, event: &mio::event::Event, now: Instant) {
+        let Some(p) = self.peers.get_mut(key).and_then(Option::as_mut) else {
+            return;
+        };
+        if p.connecting {
+            if !(event.is_writable() || event.is_error() || event.is_write_closed()) {
+                return;
+            }
+            let ok = p.stream.take_error().ok().flatten().is_none() && p.stream.peer_addr().is_ok();
+            p.connecting = false;
+            self.server.peer_dialed(key, ok, now);
+            if !ok {
+                return;
+            }
+        }
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            p.readable = true;
+            self.read_peer(key, now);
+        }
+    }
+
+    fn read_peer(&mut self, key: usize, now: Instant) {
+        let Some(p) = self.peers.get_mut(key).and_then(Option::as_mut) else {
+            return;
+        };
+        let mut budget = PEER_READ_BUDGET;
+        while p.readable && !p.connecting {
+            if budget == 0 {
+                self.peers_again.push(key);
+                return;
+            }
+            let cap = budget.min(self.scratch.len());
+            match p.stream.read(&mut self.scratch[..cap]) {
+                Ok(0) => {
+                    p.readable = false;
+                    self.server.peer_hang_up(key);
+                }
+                Ok(n) => {
+                    budget -= n;
+                    self.server.peer_receive(key, &self.scratch[..n], now);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => p.readable = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    debug!("peer {key}: read failed: {e}");
+                    p.readable = false;
+                    self.server.peer_hang_up(key);
+                }
+            }
+        }
+    }
+
+    fn flush_peer(&mut self, key: usize, now: Instant) {
+        let Some(p) = self.peers.get_mut(key).and_then(Option::as_mut) else {
+            return;
+        };
+        if p.connecting {
+            return;
+        }
+        loop {
+            let out = self.server.peer_output(key);
+            if out.is_empty() {
+                break;
+            }
+            match p.stream.write(out) {
+                Ok(0) => {
+                    self.server.peer_hang_up(key);
+                    return;
+                }
+                Ok(n) => self.server.peer_consume(key, n, now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    debug!("peer {key}: write failed: {e}");
+                    self.server.peer_hang_up(key);
+                    return;
+                }
+            }
+        }
+        let pending = !self.server.peer_output(key).is_empty();
+        if pending != p.write_interest {
+            let interest = if pending {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            let token = Token(PEER_BASE + key);
+            if self
+                .poll
+                .registry()
+                .reregister(&mut p.stream, token, interest)
+                .is_err()
+            {
+                self.server.peer_hang_up(key);
+                return;
+            }
+            p.write_interest = pending;
         }
     }
 
@@ -373,7 +614,8 @@ impl Reactor {
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
-        self.server.begin_shutdown();
+        self.server.begin_shutdown(Instant::now());
+        self.peer_turn(Instant::now());
         for id in self.server.clients() {
             self.flush(id);
         }

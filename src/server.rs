@@ -25,9 +25,13 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 use slab::Slab;
 
+use std::net::SocketAddr;
+
 use crate::config::Config;
+use crate::registry::{Phase, TorrentError};
 use crate::service::Service;
 use crate::session::Session;
+use crate::swarm::{self, Swarm, SwarmEvent};
 
 /// A client's handle: stable while it is connected, reused after.
 pub type ClientId = usize;
@@ -35,6 +39,14 @@ pub type ClientId = usize;
 /// Bytes hashed per step of a verification slice: small enough that the
 /// slice ends close to its time budget (about 0.2 ms of SHA-1 here).
 const CHECK_STEP: u64 = 256 << 10;
+
+/// How often the engine's figures (rates, peers) are copied for
+/// `get-status`.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// How often pieces verified by the engine are saved (a restart checks the
+/// data again anyway; this only shortens that check's surprises).
+const SAVE_PROGRESS_EVERY: Duration = Duration::from_secs(30);
 
 /// How long to wait before retrying a failed commit unasked (a client's
 /// change still triggers a commit at once).
@@ -76,11 +88,27 @@ pub struct Server {
     /// Longest verification slice since the queue last ran dry (logged
     /// then, so the bound on pauses is visible in the log).
     longest_slice: Duration,
+    /// Every running torrent's peers.
+    swarm: Swarm,
+    /// Torrents may have started or stopped: compare with the swarm.
+    sync_due: bool,
+    /// The registry's change counter when the swarm was last synced.
+    synced_changes: u64,
+    next_report: Option<Instant>,
+    next_progress_save: Option<Instant>,
 }
 
 impl Server {
     /// A server running `svc` with the limits of `config`.
     pub fn new(svc: Service, config: Config) -> Server {
+        let mut rng = fastrand::Rng::new();
+        let peer_id = swarm::new_peer_id(&mut rng);
+        let swarm = Swarm::new(peer_id, swarm::Limits::default(), rng);
+        Server::with_swarm(svc, config, swarm)
+    }
+
+    /// A server with the swarm given (tests fix its randomness).
+    pub fn with_swarm(svc: Service, config: Config, swarm: Swarm) -> Server {
         Server {
             svc,
             config,
@@ -91,6 +119,11 @@ impl Server {
             next_sweep: None,
             retry_commit: None,
             longest_slice: Duration::ZERO,
+            swarm,
+            sync_due: true,
+            synced_changes: 0,
+            next_report: None,
+            next_progress_save: None,
         }
     }
 
@@ -193,6 +226,180 @@ impl Server {
             }
         }
         self.svc.run_hooks();
+        self.sync_swarm(now);
+    }
+
+    /// Starts and stops the swarm's sessions to match the registry: a
+    /// torrent moves data while it runs, its data checked, with no error.
+    fn sync_swarm(&mut self, now: Instant) {
+        let changes = self.svc.registry().changes();
+        if !self.sync_due && changes == self.synced_changes {
+            return;
+        }
+        self.sync_due = false;
+        self.synced_changes = changes;
+        let reg = self.svc.registry();
+        for t in reg.torrents().iter() {
+            let run = t.running
+                && t.error.is_none()
+                && matches!(t.phase, Phase::Downloading | Phase::Seeding);
+            if run && !self.swarm.is_running(t.id) && self.swarm.start(t, now).is_none() {
+                warn!("torrent {}: its geometry is beyond this engine", t.id);
+            }
+            if !run && self.swarm.is_running(t.id) {
+                self.swarm.stop(t.id);
+            }
+        }
+        for id in self.swarm.running() {
+            if reg.torrents().get(id).is_none() {
+                self.swarm.stop(id);
+            }
+        }
+        drop(reg);
+        if self.next_report.is_none() && !self.swarm.running().is_empty() {
+            self.next_report = Some(now);
+        }
+    }
+
+    /// Applies what the swarm learned: verified pieces, data errors.
+    fn drain_swarm(&mut self) {
+        while let Some(e) = self.swarm.poll_event() {
+            let mut reg = self.svc.registry_mut();
+            match e {
+                SwarmEvent::PieceVerified { torrent, piece } => {
+                    if reg.piece_verified(torrent, piece as usize) {
+                        info!("torrent {torrent}: download complete, seeding");
+                    }
+                }
+                SwarmEvent::StorageFailed {
+                    torrent,
+                    error,
+                    kind,
+                } => {
+                    reg.data_error(torrent, TorrentError::from_kind(kind, None, error));
+                    self.sync_due = true;
+                }
+                SwarmEvent::PeerConnected { torrent, addr } => {
+                    debug!("torrent {torrent}: peer {addr} connected");
+                }
+                SwarmEvent::PeerDisconnected { torrent, addr } => {
+                    debug!("torrent {torrent}: peer {addr} gone");
+                }
+            }
+        }
+    }
+
+    /// Copies the swarm's figures where `get-status` reads them.
+    fn report(&mut self, now: Instant) {
+        let mut reg = self.svc.registry_mut();
+        for id in self.swarm.running() {
+            let (down, up) = self.swarm.take_transferred(id);
+            let (Some(st), Some(x)) = (self.swarm.stats(id, now), reg.transfer_mut(id)) else {
+                continue;
+            };
+            x.downloaded += down;
+            x.uploaded += up;
+            x.download_rate = st.download_rate as u64;
+            x.upload_rate = st.upload_rate as u64;
+            x.swarm_rate = st.swarm_rate as u64;
+            x.peers = st.peers;
+            x.peers_downloading = st.peers_sending;
+            x.peers_uploading = st.peers_receiving;
+            let [incoming, tracker, cache, pex] = st.peers_from;
+            x.peers_from = [cache, incoming, pex, tracker];
+            x.eta = if st.left > 0 && st.download_rate >= 1.0 {
+                (st.left as f64 / st.download_rate).ceil() as i64
+            } else {
+                -1
+            };
+            if down + up > 0 {
+                reg.note_progress();
+            }
+        }
+        // Stopped torrents show no traffic.
+        let idle: Vec<u64> = reg
+            .torrents()
+            .iter()
+            .filter(|t| {
+                !self.swarm.is_running(t.id)
+                    && t.transfer.peers + t.transfer.download_rate as u32 > 0
+            })
+            .map(|t| t.id)
+            .collect();
+        for id in idle {
+            if let Some(x) = reg.transfer_mut(id) {
+                x.download_rate = 0;
+                x.upload_rate = 0;
+                x.swarm_rate = 0;
+                x.peers = 0;
+                x.peers_downloading = 0;
+                x.peers_uploading = 0;
+                x.peers_from = [0; 4];
+                x.eta = -1;
+            }
+        }
+    }
+
+    /// The TCP port peers should reach us on (the `port` setting).
+    pub fn peer_port(&self) -> u16 {
+        self.svc.registry().settings().port
+    }
+
+    /// A peer connected from `addr`: its handle, or `None` to refuse it.
+    pub fn peer_accept(&mut self, addr: SocketAddr, now: Instant) -> Option<usize> {
+        self.swarm.accept(addr, now)
+    }
+
+    /// The next outgoing peer connection to open.
+    pub fn poll_dial(&mut self, now: Instant) -> Option<(usize, SocketAddr)> {
+        self.swarm.poll_dial(now)
+    }
+
+    /// An outgoing connection was established (`true`) or failed.
+    pub fn peer_dialed(&mut self, key: usize, ok: bool, now: Instant) {
+        self.swarm.dialed(key, ok, now);
+    }
+
+    /// Bytes from peer `key`.
+    pub fn peer_receive(&mut self, key: usize, bytes: &[u8], now: Instant) {
+        self.swarm.receive(key, bytes, now);
+        self.drain_swarm();
+    }
+
+    /// Bytes to send to peer `key`.
+    pub fn peer_output(&self, key: usize) -> &[u8] {
+        self.swarm.output(key)
+    }
+
+    /// `n` bytes of [`Server::peer_output`] were sent.
+    pub fn peer_consume(&mut self, key: usize, n: usize, now: Instant) {
+        self.swarm.consume_output(key, n, now);
+        self.drain_swarm();
+    }
+
+    /// Peer `key` hung up.
+    pub fn peer_hang_up(&mut self, key: usize) {
+        self.swarm.hang_up(key);
+    }
+
+    /// The next peer to close; then [`Server::peer_closed`].
+    pub fn poll_peer_close(&mut self) -> Option<usize> {
+        self.swarm.poll_close()
+    }
+
+    /// Peer `key`'s socket is closed.
+    pub fn peer_closed(&mut self, key: usize) {
+        self.swarm.closed(key);
+    }
+
+    /// Announced addresses for torrent `id` (from a tracker).
+    pub fn add_peers(&mut self, id: u64, addrs: &[SocketAddr], source: swarm::Source) {
+        self.swarm.add_peers(id, addrs, source);
+    }
+
+    /// The swarm (tests, status).
+    pub fn swarm(&self) -> &Swarm {
+        &self.swarm
     }
 
     /// Output waiting for client `id`.
@@ -287,16 +494,30 @@ impl Server {
         if reg.has_work() || (reg.needs_commit() && self.retry_commit.is_none()) {
             return Some(now);
         }
-        [self.next_sweep, self.retry_commit]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.next_sweep,
+            self.retry_commit,
+            self.swarm.poll_timeout(),
+            self.next_report,
+            self.next_progress_save,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Timers: closes clients idle for longer than the idle timeout, and
     /// those that have not sent their version within the handshake
     /// timeout (their output is abandoned).
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.swarm.handle_timeout(now);
+        self.drain_swarm();
+        if self.next_report.is_some_and(|t| now >= t) {
+            self.report(now);
+            let running = !self.swarm.running().is_empty();
+            self.next_report = running.then(|| now + REPORT_EVERY);
+        }
+        self.save_progress(now);
         if self.next_sweep.is_none_or(|t| now < t) {
             return;
         }
@@ -324,6 +545,20 @@ impl Server {
         self.next_sweep = (!self.clients.is_empty()).then(|| now + period);
     }
 
+    /// Verified pieces and traffic totals are saved every
+    /// [`SAVE_PROGRESS_EVERY`], not every turn: a commit syncs the disk.
+    fn save_progress(&mut self, now: Instant) {
+        let unsaved = self.svc.registry().has_unsaved_progress();
+        match self.next_progress_save {
+            None if unsaved => self.next_progress_save = Some(now + SAVE_PROGRESS_EVERY),
+            Some(t) if now >= t => {
+                self.svc.registry_mut().save_progress();
+                self.next_progress_save = None;
+            }
+            _ => {}
+        }
+    }
+
     /// The next client to close (its output, if any, is abandoned). The
     /// reactor closes its socket and then calls [`Server::disconnect`].
     pub fn poll_close(&mut self) -> Option<ClientId> {
@@ -347,10 +582,15 @@ impl Server {
 
     /// Shutting down: no more input from anyone; every change is saved and
     /// every held reply released, so what clients are owed can be written.
-    pub fn begin_shutdown(&mut self) {
+    pub fn begin_shutdown(&mut self, now: Instant) {
         for (_, c) in self.clients.iter_mut() {
             c.closing = true;
         }
+        for id in self.swarm.running() {
+            self.swarm.stop(id);
+        }
+        self.report(now);
+        self.svc.registry_mut().save_progress();
         let result = self.svc.registry_mut().commit();
         if let Err(e) = &result {
             log::error!("final save failed: {e}");
@@ -579,7 +819,9 @@ mod tests {
         while s.service().registry().has_work() {
             s.run_slice(&mut clock);
         }
+        assert!(!s.service().registry().has_work());
+        // Checked and complete: it seeds, so the swarm runs it.
         s.end_turn(t0);
-        assert!(s.poll_timeout(t0).is_none_or(|d| d > t0), "idle again");
+        assert!(s.swarm().is_running(1));
     }
 }

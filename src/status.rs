@@ -122,25 +122,39 @@ pub fn state_name(phase: Phase) -> &'static str {
     }
 }
 
-/// The value of one status type, or `None` for an unknown type. What only
-/// a peer engine could know is 0 (or -1 where the protocol says unknown).
+/// The value of one status type, or `None` for an unknown type. Traffic
+/// figures are the engine's last report (zero while it does not run).
 pub fn status_field(t: &Torrent, ty: &str) -> Option<Value> {
+    let x = &t.transfer;
+    let int = |n: u64| Value::Int(i64::try_from(n).unwrap_or(i64::MAX));
     Some(match ty {
-        "completed" | "download-valid" => Value::Int(t.completed as i64),
-        "download-speed" | "download-total" | "upload-speed" | "upload-total" | "swarm-speed"
-        | "peers-downloading" | "peers-uploading" | "peers-total" => Value::Int(0),
+        "completed" | "download-valid" => int(t.completed),
+        "download-speed" => int(x.download_rate),
+        "download-total" => int(x.downloaded),
+        "upload-speed" => int(x.upload_rate),
+        "upload-total" => int(x.uploaded),
+        "swarm-speed" => int(x.swarm_rate),
+        "peers-downloading" => Value::Int(x.peers_downloading.into()),
+        "peers-uploading" => Value::Int(x.peers_uploading.into()),
+        "peers-total" => Value::Int(x.peers.into()),
         "peers-from" => Value::dict([
-            ("cache", Value::Int(0)),
-            ("incoming", Value::Int(0)),
-            ("pex", Value::Int(0)),
-            ("tracker", Value::Int(0)),
+            ("cache", Value::Int(x.peers_from[0].into())),
+            ("incoming", Value::Int(x.peers_from[1].into())),
+            ("pex", Value::Int(x.peers_from[2].into())),
+            ("tracker", Value::Int(x.peers_from[3].into())),
         ]),
-        "eta" | "scrape-completed" | "scrape-leechers" | "scrape-seeders" => Value::Int(-1),
+        "eta" => Value::Int(x.eta),
+        "scrape-seeders" => Value::Int(x.scrape[0]),
+        "scrape-leechers" => Value::Int(x.scrape[1]),
+        "scrape-completed" => Value::Int(x.scrape[2]),
         "error" => Value::str(t.error.as_ref().map_or("", |e| e.code)),
         "error-message" => Value::str(t.error.as_ref().map_or("", |e| e.message.as_str())),
         "running" => Value::Int(t.running.into()),
         "state" => Value::str(state_name(t.phase)),
-        "tracker" => tracker_value(t.meta.tiers.first()?.first()?),
+        "tracker" => {
+            let (tier, i) = x.tracker.unwrap_or((0, 0));
+            tracker_value(t.meta.tiers.get(tier)?.get(i)?)
+        }
         _ => return None,
     })
 }

@@ -34,6 +34,11 @@ pub const MAX_PEER_REQUESTS: usize = 500;
 /// Output a peer may leave unread before it is dropped (it never reads).
 pub const MAX_OUTPUT: usize = 4 << 20;
 
+/// Unparsed input held for a peer before the reader stops (pieces are
+/// parsed as they arrive, so only a peer sending before its torrent is
+/// known gets near it).
+pub const MAX_INPUT: usize = 1 << 20;
+
 /// Cancelled requests remembered, so that a block already on its way when
 /// we cancelled it is tolerated.
 const CANCELLED_MEMORY: usize = 256;
@@ -226,6 +231,13 @@ impl PeerConn {
         PeerConn::new(None, now)
     }
 
+    /// Whether the owner should read more: not while more than
+    /// [`MAX_INPUT`] waits unparsed (a peer flooding before its torrent
+    /// is attached).
+    pub fn wants_input(&self) -> bool {
+        self.input.len() - self.read <= MAX_INPUT
+    }
+
     /// Bytes from the peer.
     pub fn receive(&mut self, bytes: &[u8], now: Instant) {
         if self.read > 0 {
@@ -320,7 +332,15 @@ impl PeerConn {
         };
         let start = self.read;
         self.read += used;
-        self.stage = Stage::Open { first: false };
+        // The bitfield must come first, but keep-alives and extension
+        // messages may precede it (BEP 10 handshakes sometimes do).
+        let leading = matches!(
+            msg,
+            Message::KeepAlive | Message::Extended { .. } | Message::Unknown { .. }
+        );
+        if !leading {
+            self.stage = Stage::Open { first: false };
+        }
         // Re-borrow the message from the buffer, now that `self.read`
         // moved: the state updates below need `&mut self`.
         let msg = self.update(msg_owned(&msg), first, shape, start, used)?;
@@ -338,8 +358,12 @@ impl PeerConn {
         match msg {
             Owned::Choke => {
                 self.peer_choking = true;
-                // BEP 3: choking discards our outstanding requests.
-                self.dropped.extend(self.requested.drain());
+                // BEP 3: choking discards our outstanding requests. A block
+                // already on its way is still tolerated, as for a cancel.
+                for b in self.requested.drain() {
+                    remember(&mut self.cancelled, b);
+                    self.dropped.push(b);
+                }
             }
             Owned::Unchoke => self.peer_choking = false,
             Owned::Interested => self.peer_interested = true,
@@ -537,10 +561,7 @@ impl PeerConn {
     /// Withdraws a request; a block already on its way is still taken.
     pub fn cancel(&mut self, b: Block, now: Instant) {
         if self.requested.remove(&b) {
-            if self.cancelled.len() >= CANCELLED_MEMORY {
-                self.cancelled.pop_front();
-            }
-            self.cancelled.push_back(b);
+            remember(&mut self.cancelled, b);
             self.send(&Message::Cancel(b), now);
         }
     }
@@ -607,6 +628,14 @@ impl PeerConn {
         }
         Ok(())
     }
+}
+
+/// Keeps `b` among the last [`CANCELLED_MEMORY`] withdrawn requests.
+fn remember(cancelled: &mut VecDeque<Block>, b: Block) {
+    if cancelled.len() >= CANCELLED_MEMORY {
+        cancelled.pop_front();
+    }
+    cancelled.push_back(b);
 }
 
 /// A message without its borrowed parts, so that the connection can be
@@ -920,12 +949,15 @@ mod tests {
             feed(&mut c, &[piece(block(1, 0, 16))], t),
             Err(PeerError::Unrequested(block(1, 0, 16)))
         );
-        // Choked: our requests are dropped and handed back.
+        // Choked: our requests are dropped and handed back; one already
+        // on its way is still taken.
         let mut c = open(t);
         c.request(a, t);
         feed(&mut c, &[Message::Unchoke, Message::Choke], t).unwrap();
         assert_eq!(c.take_dropped_requests(), vec![a]);
         assert_eq!(c.outstanding(), 0);
+        feed(&mut c, &[piece(a)], t).unwrap();
+        assert!(!c.last_piece_wanted());
     }
 
     #[test]

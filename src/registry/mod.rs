@@ -26,7 +26,7 @@ use log::{error, info, warn};
 use crate::codec::{decode, EncodeError, Value};
 pub use metainfo::{Metainfo, MetainfoError};
 pub use settings::Settings;
-pub use torrents::{CheckEvent, Phase, Torrent, TorrentError, Torrents};
+pub use torrents::{CheckEvent, Phase, Torrent, TorrentError, Torrents, Transfer};
 
 /// A state directory that cannot be used at all.
 #[derive(Debug)]
@@ -140,6 +140,11 @@ pub enum Event {
     },
     /// A check of local data ended.
     Verified(CheckEvent),
+    /// A download completed: every piece is verified.
+    Completed {
+        /// Its id.
+        id: u64,
+    },
     /// A setting changed.
     SettingChanged {
         /// Its protocol key (`port`, `directory`, ...).
@@ -177,6 +182,8 @@ pub struct Registry {
     /// the dispatcher compares it around a handler to know whether the
     /// reply must wait for the commit.
     changes: u64,
+    /// Pieces verified by the engine since the last save.
+    unsaved_progress: bool,
 }
 
 const SETTINGS_FILE: &str = "settings.benc";
@@ -204,6 +211,7 @@ impl Registry {
             pending_events: Vec::new(),
             events: Vec::new(),
             changes: 0,
+            unsaved_progress: false,
         };
         if let Some(v) = reg.load_file(SETTINGS_FILE)? {
             match Settings::from_value(&v, defaults) {
@@ -265,6 +273,11 @@ impl Registry {
                 .and_then(Value::as_bytes)
                 .ok_or(format!("entry {i} has no directory"))?;
             let running = entry.get("running").and_then(Value::as_int).unwrap_or(0) != 0;
+            let total = |k: &str| {
+                let n = entry.get(k).and_then(Value::as_int).unwrap_or(0);
+                u64::try_from(n).unwrap_or(0)
+            };
+            let (downloaded, uploaded) = (total("downloaded"), total("uploaded"));
             let verified = entry
                 .get("verified")
                 .and_then(Value::as_bytes)
@@ -297,6 +310,10 @@ impl Registry {
             let dir = PathBuf::from(std::ffi::OsString::from_vec(directory.to_vec()));
             let id = self.torrents.insert(meta, copy, dir);
             self.torrents.load_bitfield(id, verified);
+            if let Some(t) = self.torrents.transfer_mut(id) {
+                t.downloaded = downloaded;
+                t.uploaded = uploaded;
+            }
             if running {
                 // It was running: check its data again.
                 self.torrents.start(id);
@@ -469,6 +486,48 @@ impl Registry {
         }
     }
 
+    /// The engine verified a downloaded piece. It is kept in memory and
+    /// saved with the next commit (a restart checks the data again
+    /// anyway, so nothing is lost meanwhile). Returns whether the torrent
+    /// just became complete.
+    pub fn piece_verified(&mut self, id: u64, piece: usize) -> bool {
+        self.unsaved_progress = true;
+        let done = self.torrents.piece_verified(id, piece);
+        if done {
+            self.event(Event::Completed { id });
+        }
+        done
+    }
+
+    /// Traffic totals moved: save them with the progress.
+    pub fn note_progress(&mut self) {
+        self.unsaved_progress = true;
+    }
+
+    /// Verified pieces wait to be saved.
+    pub fn has_unsaved_progress(&self) -> bool {
+        self.unsaved_progress
+    }
+
+    /// Saves the progress with the next commit.
+    pub fn save_progress(&mut self) {
+        if std::mem::take(&mut self.unsaved_progress) {
+            self.torrents_dirty = true;
+        }
+    }
+
+    /// The engine's report of torrent `id` (rates, peers, totals). The
+    /// totals are saved with the next commit.
+    pub fn transfer_mut(&mut self, id: u64) -> Option<&mut Transfer> {
+        self.torrents.transfer_mut(id)
+    }
+
+    /// The engine could not read or write a torrent's data.
+    pub fn data_error(&mut self, id: u64, error: TorrentError) {
+        error!("torrent {id}: {}: {}", error.code, error.message);
+        self.torrents.set_error(id, error);
+    }
+
     /// Ids of every torrent, ascending.
     pub fn ids(&self) -> Vec<u64> {
         self.torrents.iter().map(|t| t.id).collect()
@@ -589,6 +648,8 @@ impl Registry {
                         ),
                         ("hash", Value::Bytes(t.meta.info_hash.to_vec())),
                         ("running", Value::Int(t.running.into())),
+                        ("downloaded", Value::Int(t.transfer.downloaded as i64)),
+                        ("uploaded", Value::Int(t.transfer.uploaded as i64)),
                         ("verified", Value::Bytes(t.bitfield())),
                     ])
                 })

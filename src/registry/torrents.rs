@@ -42,18 +42,24 @@ pub struct TorrentError {
 
 impl TorrentError {
     fn from_io(e: &io::Error, path: &Path) -> TorrentError {
-        let code = match e.kind() {
+        TorrentError::from_kind(
+            e.kind(),
+            e.raw_os_error(),
+            format!("{}: {e}", path.display()),
+        )
+    }
+
+    /// The protocol's `io-*` error for an io error of this kind.
+    pub fn from_kind(kind: io::ErrorKind, raw: Option<i32>, message: String) -> TorrentError {
+        let code = match kind {
             io::ErrorKind::NotFound => "io-parent",
             io::ErrorKind::PermissionDenied => "io-permissions",
             io::ErrorKind::StorageFull => "io-space",
             io::ErrorKind::OutOfMemory => "io-resource",
-            _ if e.raw_os_error() == Some(nix::libc::EMFILE) => "io-resource",
+            _ if raw == Some(nix::libc::EMFILE) => "io-resource",
             _ => "io-other",
         };
-        TorrentError {
-            code,
-            message: format!("{}: {e}", path.display()),
-        }
+        TorrentError { code, message }
     }
 }
 
@@ -78,6 +84,41 @@ pub struct Torrent {
     pub completed: u64,
     /// Set when the data could not be read.
     pub error: Option<TorrentError>,
+    /// What the engine reports of it (all zero while it does not run).
+    pub transfer: Transfer,
+}
+
+/// A torrent's traffic as the engine last reported it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Transfer {
+    /// Payload bytes received since the torrent was added (kept across
+    /// restarts).
+    pub downloaded: u64,
+    /// Payload bytes sent since the torrent was added (kept across
+    /// restarts).
+    pub uploaded: u64,
+    /// Payload bytes/s received over the last seconds.
+    pub download_rate: u64,
+    /// Payload bytes/s sent over the last seconds.
+    pub upload_rate: u64,
+    /// Bytes/s of pieces that peers announced over the last seconds.
+    pub swarm_rate: u64,
+    /// Connected peers.
+    pub peers: u32,
+    /// Peers we receive from.
+    pub peers_downloading: u32,
+    /// Peers we send to.
+    pub peers_uploading: u32,
+    /// Connected peers by source: cache, incoming, pex, tracker (the
+    /// protocol's key order).
+    pub peers_from: [u32; 4],
+    /// Seconds to completion at the current rate, -1 when unknown.
+    pub eta: i64,
+    /// The tracker in use: tier and position in it.
+    pub tracker: Option<(usize, usize)>,
+    /// Its last scrape: seeders, leechers, completed downloads (-1 when
+    /// unknown).
+    pub scrape: [i64; 3],
 }
 
 impl Torrent {
@@ -264,6 +305,11 @@ impl Torrents {
                 verified: vec![false; pieces],
                 completed: 0,
                 error: None,
+                transfer: Transfer {
+                    eta: -1,
+                    scrape: [-1; 3],
+                    ..Transfer::default()
+                },
             },
         );
         id
@@ -332,6 +378,33 @@ impl Torrents {
         self.queue.retain(|q| *q != id);
         if self.current.as_ref().is_some_and(|c| c.id == id) {
             self.current = None;
+        }
+    }
+
+    /// A piece downloaded and checked by the engine. Returns whether the
+    /// torrent just became complete (then it is seeding).
+    pub fn piece_verified(&mut self, id: u64, piece: usize) -> bool {
+        let Some(t) = self.by_id.get_mut(&id) else {
+            return false;
+        };
+        let was = t.completed == t.meta.total_size();
+        t.set_verified(piece, true);
+        if t.phase == Phase::Downloading {
+            t.settle();
+        }
+        !was && t.completed == t.meta.total_size()
+    }
+
+    /// The engine's report of torrent `id`, for `get-status`.
+    pub fn transfer_mut(&mut self, id: u64) -> Option<&mut Transfer> {
+        self.by_id.get_mut(&id).map(|t| &mut t.transfer)
+    }
+
+    /// The engine could not use the torrent's data: it stops moving data
+    /// and shows the error until started again.
+    pub fn set_error(&mut self, id: u64, error: TorrentError) {
+        if let Some(t) = self.by_id.get_mut(&id) {
+            t.error = Some(error);
         }
     }
 

@@ -104,6 +104,7 @@ pub const EVENTS: &[&str] = &[
     "torrent-added",
     "torrent-started",
     "torrent-stopped",
+    "torrent-completed",
     "torrent-removed",
     "verification-finished",
     "setting-changed",
@@ -453,6 +454,10 @@ impl Scripts {
             Event::Stopped { id } => {
                 put("id", int(*id));
                 "torrent-stopped"
+            }
+            Event::Completed { id } => {
+                put("id", int(*id));
+                "torrent-completed"
             }
             Event::Removed { id, hash, name } => {
                 put("id", int(*id));

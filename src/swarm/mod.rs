@@ -280,6 +280,17 @@ impl Swarm {
         Some(st)
     }
 
+    /// Payload bytes received and sent by torrent `id` since the last
+    /// call (for totals kept across restarts).
+    pub fn take_transferred(&mut self, id: u64) -> (u64, u64) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return (0, 0);
+        };
+        let delta = (s.downloaded - s.reported.0, s.uploaded - s.reported.1);
+        s.reported = (s.downloaded, s.uploaded);
+        delta
+    }
+
     /// A peer connected to us from `addr`; `None` when it is refused
     /// (banned, or too many peers).
     pub fn accept(&mut self, addr: SocketAddr, now: Instant) -> Option<usize> {
@@ -378,6 +389,8 @@ impl Swarm {
         p.conn.receive(bytes, now);
         if let Err(e) = self.drive(key, now) {
             self.close(key, &e.to_string());
+        } else if self.peers.get(key).is_some_and(|p| !p.conn.wants_input()) {
+            self.close(key, "sends more than it lets us parse");
         }
     }
 
@@ -722,6 +735,7 @@ mod tests {
             verified: vec![complete; meta.pieces.len()],
             completed: 0,
             error: None,
+            transfer: Default::default(),
         }
     }
 

@@ -58,6 +58,8 @@ pub(super) struct Session {
     pub swarm: RateMeter,
     pub downloaded: u64,
     pub uploaded: u64,
+    /// `downloaded` and `uploaded` when last taken by the owner.
+    pub reported: (u64, u64),
     pub strikes: HashMap<SocketAddr, u8>,
     /// A block read from disk on its way to a peer.
     scratch: Vec<u8>,
@@ -100,6 +102,7 @@ impl Session {
             swarm: RateMeter::new(now),
             downloaded: 0,
             uploaded: 0,
+            reported: (0, 0),
             strikes: HashMap::new(),
             scratch: Vec::new(),
         })

@@ -40,6 +40,10 @@ impl Daemon {
         if !args.contains(&"--download-dir") {
             cmd.arg("--download-dir").arg(state.join("downloads"));
         }
+        // Peers on loopback only, as every test's traffic.
+        if !args.contains(&"--peer-bind") {
+            cmd.args(["--peer-bind", "127.0.0.1"]);
+        }
         let mut child = cmd
             .args(args)
             .env("RUST_LOG", "debug")
