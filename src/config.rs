@@ -64,6 +64,10 @@ pub struct Config {
     /// Address the peer port (the `port` setting) listens on
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0")]
     pub peer_bind: std::net::IpAddr,
+    /// Contact trackers (false: never, e.g. on a network without them or
+    /// in tests; peers then come only from incoming connections)
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub announce: bool,
     /// Directory of *.rhai scripts [default: <state-dir>/scripts, if it exists]
     #[arg(long, value_name = "DIR")]
     pub scripts: Option<PathBuf>,

@@ -8,6 +8,7 @@
 //! - [`registry`]: settings, torrents and their persistence;
 //! - [`engine`]: pieces, storage, piece picking, choking, rates;
 //! - [`peer`]: the peer wire protocol and one connection's state;
+//! - [`tracker`]: HTTP tracker announces (sans-IO) and their worker;
 //! - [`swarm`]: every running torrent's peers, sans-IO;
 //! - [`status`]: the protocol's view of a torrent;
 //! - [`session`]: one connection's protocol state, bytes in, bytes out;
@@ -38,3 +39,4 @@ pub mod session;
 pub mod status;
 pub mod swarm;
 pub mod sys;
+pub mod tracker;

@@ -17,10 +17,15 @@ use signal_hook_mio::v1_0::Signals;
 
 use crate::access::{Peer, Policy};
 use crate::server::{ClientId, Server};
+use crate::tracker::worker::TrackerWorker;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
 const PEER_LISTENER: Token = Token(usize::MAX - 3);
+const WAKER: Token = Token(usize::MAX - 4);
+
+/// How long quitting waits for `stopped` announces.
+const STOP_ANNOUNCE_WAIT: Duration = Duration::from_secs(2);
 
 /// Peer connections' tokens start here (IPC clients' are below).
 const PEER_BASE: usize = usize::MAX / 2;
@@ -89,6 +94,9 @@ pub struct Reactor {
     peers: Vec<Option<PeerSock>>,
     /// Peers with input left over (read budget used up).
     peers_again: Vec<usize>,
+    /// The tracker worker: HTTP off the loop, results back through the
+    /// waker.
+    trackers: TrackerWorker,
 }
 
 impl Reactor {
@@ -104,6 +112,7 @@ impl Reactor {
         let mut listener = listener;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = std::sync::Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
         let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
@@ -123,6 +132,7 @@ impl Reactor {
             peer_bind_failed: None,
             peers: Vec::new(),
             peers_again: Vec::new(),
+            trackers: TrackerWorker::spawn(waker),
         })
     }
 
@@ -160,6 +170,7 @@ impl Reactor {
                 LISTENER => self.accept(now),
                 SIGNALS => exit = exit.or(self.signals()),
                 PEER_LISTENER => self.accept_peers(now),
+                WAKER => {} // tracker results are taken every turn
                 Token(t) if t >= PEER_BASE => self.peer_event(t - PEER_BASE, event, now),
                 Token(id) => {
                     let readable =
@@ -317,6 +328,7 @@ impl Reactor {
             self.read_peer(key, now);
         }
         self.follow_port();
+        self.trackers_turn(now);
         while let Some((key, addr)) = self.server.poll_dial(now) {
             match TcpStream::connect(addr) {
                 Ok(stream) => self.add_peer(key, stream, true),
@@ -337,6 +349,16 @@ impl Reactor {
             }
             self.peers_again.retain(|k| *k != key);
             self.server.peer_closed(key);
+        }
+    }
+
+    /// Announces out to the worker, its results in.
+    fn trackers_turn(&mut self, now: Instant) {
+        while let Some(r) = self.trackers.try_recv() {
+            self.server.tracker_result(r, now);
+        }
+        while let Some(job) = self.server.poll_tracker_job(now) {
+            self.trackers.submit(job);
         }
     }
 
@@ -618,6 +640,17 @@ impl Reactor {
         self.peer_turn(Instant::now());
         for id in self.server.clients() {
             self.flush(id);
+        }
+        // `stopped` announces, for a bounded time.
+        let stop_by = Instant::now() + STOP_ANNOUNCE_WAIT;
+        let mut events = Events::with_capacity(64);
+        while self.server.announcing() && Instant::now() < stop_by {
+            let now = Instant::now();
+            self.trackers_turn(now);
+            let _ = self.poll.poll(&mut events, Some(Duration::from_millis(50)));
+        }
+        if self.server.announcing() {
+            warn!("quitting without every tracker's answer to stopped");
         }
         let deadline = Instant::now() + SHUTDOWN_FLUSH;
         let mut events = Events::with_capacity(1024);

@@ -20,6 +20,7 @@
 //! 5. [`Server::handle_timeout`], then the reactor closes what
 //!    [`Server::poll_close`] names: the one safe point for closing.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
@@ -32,6 +33,9 @@ use crate::registry::{Phase, TorrentError};
 use crate::service::Service;
 use crate::session::Session;
 use crate::swarm::{self, Swarm, SwarmEvent};
+use crate::tracker::schedule::Announcer;
+use crate::tracker::worker::{Job, JobResult};
+use crate::tracker::{announce_url, parse_announce, AnnounceReply, AnnounceRequest};
 
 /// A client's handle: stable while it is connected, reused after.
 pub type ClientId = usize;
@@ -47,6 +51,22 @@ const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// How often pieces verified by the engine are saved (a restart checks the
 /// data again anyway; this only shortens that check's surprises).
 const SAVE_PROGRESS_EVERY: Duration = Duration::from_secs(30);
+
+/// Peers asked of a tracker per announce.
+const NUMWANT: u32 = 50;
+
+/// Longest an announce may take, all told.
+const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What announcing for one torrent needs, kept until its `stopped`
+/// announce is done (the torrent may be removed meanwhile).
+struct Announce {
+    schedule: Announcer,
+    info_hash: [u8; 20],
+    url: String,
+    /// Bytes in the torrent, for `left`.
+    total: u64,
+}
 
 /// How long to wait before retrying a failed commit unasked (a client's
 /// change still triggers a commit at once).
@@ -96,6 +116,13 @@ pub struct Server {
     synced_changes: u64,
     next_report: Option<Instant>,
     next_progress_save: Option<Instant>,
+    /// Announcing, per torrent that has a tracker.
+    announces: HashMap<u64, Announce>,
+    /// Announces in flight: job id to torrent id.
+    jobs: HashMap<u64, u64>,
+    next_job: u64,
+    /// The announce `key`: random, stable for the daemon's run.
+    announce_key: u32,
 }
 
 impl Server {
@@ -109,6 +136,7 @@ impl Server {
 
     /// A server with the swarm given (tests fix its randomness).
     pub fn with_swarm(svc: Service, config: Config, swarm: Swarm) -> Server {
+        let announce_key = fastrand::u32(..);
         Server {
             svc,
             config,
@@ -124,6 +152,10 @@ impl Server {
             synced_changes: 0,
             next_report: None,
             next_progress_save: None,
+            announces: HashMap::new(),
+            jobs: HashMap::new(),
+            next_job: 1,
+            announce_key,
         }
     }
 
@@ -243,18 +275,41 @@ impl Server {
             let run = t.running
                 && t.error.is_none()
                 && matches!(t.phase, Phase::Downloading | Phase::Seeding);
-            if run && !self.swarm.is_running(t.id) && self.swarm.start(t, now).is_none() {
-                warn!("torrent {}: its geometry is beyond this engine", t.id);
+            if run && !self.swarm.is_running(t.id) {
+                if self.swarm.start(t, now).is_none() {
+                    warn!("torrent {}: its geometry is beyond this engine", t.id);
+                    continue;
+                }
+                // The tracker in use: the first of the first tier (tiers
+                // and fallback come with the trackers issue).
+                let tracker = t.meta.tiers.first().and_then(|tier| tier.first());
+                if let Some(tr) = tracker.filter(|_| self.config.announce) {
+                    let a = self.announces.entry(t.id).or_insert_with(|| Announce {
+                        schedule: Announcer::new(),
+                        info_hash: t.meta.info_hash,
+                        url: tr.url.clone(),
+                        total: t.meta.total_size(),
+                    });
+                    a.schedule.start(now);
+                }
             }
             if !run && self.swarm.is_running(t.id) {
                 self.swarm.stop(t.id);
+                if let Some(a) = self.announces.get_mut(&t.id) {
+                    a.schedule.stop(now);
+                }
             }
         }
         for id in self.swarm.running() {
             if reg.torrents().get(id).is_none() {
                 self.swarm.stop(id);
+                if let Some(a) = self.announces.get_mut(&id) {
+                    a.schedule.stop(now);
+                }
             }
         }
+        self.announces
+            .retain(|_, a| !a.schedule.is_idle() || a.schedule.in_flight());
         drop(reg);
         if self.next_report.is_none() && !self.swarm.running().is_empty() {
             self.next_report = Some(now);
@@ -262,13 +317,16 @@ impl Server {
     }
 
     /// Applies what the swarm learned: verified pieces, data errors.
-    fn drain_swarm(&mut self) {
+    fn drain_swarm(&mut self, now: Instant) {
         while let Some(e) = self.swarm.poll_event() {
             let mut reg = self.svc.registry_mut();
             match e {
                 SwarmEvent::PieceVerified { torrent, piece } => {
                     if reg.piece_verified(torrent, piece as usize) {
                         info!("torrent {torrent}: download complete, seeding");
+                        if let Some(a) = self.announces.get_mut(&torrent) {
+                            a.schedule.completed(now);
+                        }
                     }
                 }
                 SwarmEvent::StorageFailed {
@@ -363,7 +421,7 @@ impl Server {
     /// Bytes from peer `key`.
     pub fn peer_receive(&mut self, key: usize, bytes: &[u8], now: Instant) {
         self.swarm.receive(key, bytes, now);
-        self.drain_swarm();
+        self.drain_swarm(now);
     }
 
     /// Bytes to send to peer `key`.
@@ -374,7 +432,7 @@ impl Server {
     /// `n` bytes of [`Server::peer_output`] were sent.
     pub fn peer_consume(&mut self, key: usize, n: usize, now: Instant) {
         self.swarm.consume_output(key, n, now);
-        self.drain_swarm();
+        self.drain_swarm(now);
     }
 
     /// Peer `key` hung up.
@@ -390,6 +448,99 @@ impl Server {
     /// Peer `key`'s socket is closed.
     pub fn peer_closed(&mut self, key: usize) {
         self.swarm.closed(key);
+    }
+
+    /// The next announce to send (the reactor hands it to the tracker
+    /// worker and brings back its [`JobResult`]).
+    pub fn poll_tracker_job(&mut self, now: Instant) -> Option<Job> {
+        let due = |a: &Announce| a.schedule.poll_timeout().is_some_and(|t| t <= now);
+        if !self.announces.values().any(due) {
+            return None;
+        }
+        // Fresh totals for `uploaded`, `downloaded` and `left`.
+        self.report(now);
+        let reg = self.svc.registry();
+        for (id, a) in self.announces.iter_mut() {
+            let Some(event) = a.schedule.poll_announce(now) else {
+                continue;
+            };
+            let (downloaded, uploaded, left) = match reg.torrents().get(*id) {
+                Some(t) => (
+                    t.transfer.downloaded,
+                    t.transfer.uploaded,
+                    a.total.saturating_sub(t.completed),
+                ),
+                None => (0, 0, 0),
+            };
+            let req = AnnounceRequest {
+                info_hash: a.info_hash,
+                peer_id: self.swarm.peer_id(),
+                port: reg.settings().port,
+                uploaded,
+                downloaded,
+                left,
+                event,
+                numwant: NUMWANT,
+                key: self.announce_key,
+                trackerid: a.schedule.tracker_id().map(<[u8]>::to_vec),
+                compact: true,
+            };
+            let job = self.next_job;
+            self.next_job += 1;
+            self.jobs.insert(job, *id);
+            debug!("torrent {id}: announcing ({event:?})");
+            return Some(Job {
+                id: job,
+                url: announce_url(&a.url, &req),
+                timeout: ANNOUNCE_TIMEOUT,
+            });
+        }
+        None
+    }
+
+    /// What a tracker answered (or why it did not).
+    pub fn tracker_result(&mut self, r: JobResult, now: Instant) {
+        let Some(id) = self.jobs.remove(&r.id) else {
+            return;
+        };
+        let Some(a) = self.announces.get_mut(&id) else {
+            return;
+        };
+        let reply = r.result.and_then(|body| parse_announce(&body));
+        match &reply {
+            Ok(r) => a.schedule.handle_reply(r, now),
+            Err(e) => a.schedule.handle_error(e, now),
+        }
+        let message = match reply {
+            Ok(AnnounceReply::Success(ok)) => {
+                debug!("torrent {id}: tracker named {} peers", ok.peers.len());
+                self.swarm.add_peers(id, &ok.peers, swarm::Source::Tracker);
+                ok.warning.map(|w| ("tracker-warning", w))
+            }
+            Ok(AnnounceReply::Failure(why)) => {
+                warn!("torrent {id}: tracker refused: {why}");
+                Some(("tracker-error", why))
+            }
+            Err(e) => {
+                warn!("torrent {id}: announce failed: {e}");
+                Some(("tracker-error", e.to_string()))
+            }
+        };
+        if !a.schedule.in_flight() && a.schedule.is_idle() {
+            self.announces.remove(&id);
+        }
+        if let Some(x) = self.svc.registry_mut().transfer_mut(id) {
+            x.tracker_message = message;
+        }
+    }
+
+    /// Announces still to send or in flight (shutdown waits for them).
+    pub fn announcing(&self) -> bool {
+        !self.jobs.is_empty()
+            || self
+                .announces
+                .values()
+                .any(|a| a.schedule.poll_timeout().is_some())
     }
 
     /// Announced addresses for torrent `id` (from a tracker).
@@ -475,6 +626,10 @@ impl Server {
         self.longest_slice = self
             .longest_slice
             .max(clock().saturating_duration_since(start));
+        if !events.is_empty() {
+            // A check that ended may let a torrent move data.
+            self.sync_due = true;
+        }
         for ev in events {
             info!("{ev}");
         }
@@ -491,7 +646,7 @@ impl Server {
     /// work is waiting, `None` when only input can bring work.
     pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
         let reg = self.svc.registry();
-        if reg.has_work() || (reg.needs_commit() && self.retry_commit.is_none()) {
+        if self.sync_due || reg.has_work() || (reg.needs_commit() && self.retry_commit.is_none()) {
             return Some(now);
         }
         [
@@ -500,6 +655,10 @@ impl Server {
             self.swarm.poll_timeout(),
             self.next_report,
             self.next_progress_save,
+            self.announces
+                .values()
+                .filter_map(|a| a.schedule.poll_timeout())
+                .min(),
         ]
         .into_iter()
         .flatten()
@@ -510,8 +669,9 @@ impl Server {
     /// those that have not sent their version within the handshake
     /// timeout (their output is abandoned).
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.sync_swarm(now);
         self.swarm.handle_timeout(now);
-        self.drain_swarm();
+        self.drain_swarm(now);
         if self.next_report.is_some_and(|t| now >= t) {
             self.report(now);
             let running = !self.swarm.running().is_empty();
@@ -586,10 +746,13 @@ impl Server {
         for (_, c) in self.clients.iter_mut() {
             c.closing = true;
         }
+        self.report(now);
         for id in self.swarm.running() {
             self.swarm.stop(id);
         }
-        self.report(now);
+        for a in self.announces.values_mut() {
+            a.schedule.stop(now);
+        }
         self.svc.registry_mut().save_progress();
         let result = self.svc.registry_mut().commit();
         if let Err(e) = &result {

@@ -147,8 +147,18 @@ pub fn status_field(t: &Torrent, ty: &str) -> Option<Value> {
         "scrape-seeders" => Value::Int(x.scrape[0]),
         "scrape-leechers" => Value::Int(x.scrape[1]),
         "scrape-completed" => Value::Int(x.scrape[2]),
-        "error" => Value::str(t.error.as_ref().map_or("", |e| e.code)),
-        "error-message" => Value::str(t.error.as_ref().map_or("", |e| e.message.as_str())),
+        // A data error stops the torrent and comes first; a tracker's
+        // complaint is shown while the torrent goes on.
+        "error" => Value::str(match (&t.error, &x.tracker_message) {
+            (Some(e), _) => e.code,
+            (None, Some((code, _))) => code,
+            (None, None) => "",
+        }),
+        "error-message" => Value::str(match (&t.error, &x.tracker_message) {
+            (Some(e), _) => e.message.as_str(),
+            (None, Some((_, m))) => m.as_str(),
+            (None, None) => "",
+        }),
         "running" => Value::Int(t.running.into()),
         "state" => Value::str(state_name(t.phase)),
         "tracker" => {

@@ -119,6 +119,9 @@ pub struct Transfer {
     /// Its last scrape: seeders, leechers, completed downloads (-1 when
     /// unknown).
     pub scrape: [i64; 3],
+    /// The tracker's complaint, if its last answer was one:
+    /// `tracker-error` or `tracker-warning`, and its text.
+    pub tracker_message: Option<(&'static str, String)>,
 }
 
 impl Torrent {

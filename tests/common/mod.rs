@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod tracker;
+
 use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -40,9 +42,13 @@ impl Daemon {
         if !args.contains(&"--download-dir") {
             cmd.arg("--download-dir").arg(state.join("downloads"));
         }
-        // Peers on loopback only, as every test's traffic.
+        // Peers on loopback only, as every test's traffic; the fixtures
+        // name trackers on the Internet: no announces unless a test asks.
         if !args.contains(&"--peer-bind") {
             cmd.args(["--peer-bind", "127.0.0.1"]);
+        }
+        if !args.contains(&"--announce") {
+            cmd.args(["--announce", "false"]);
         }
         let mut child = cmd
             .args(args)
@@ -388,4 +394,59 @@ impl Core {
     pub fn failed(&self) -> bool {
         !self.quit() && !self.server.wants_input(self.id)
     }
+}
+
+/// A metainfo file for `files` (name, bytes) under a directory `name`,
+/// announcing to `announce`, in pieces of `piece_length`.
+pub fn multi_torrent(
+    name: &str,
+    files: &[(&str, &[u8])],
+    piece_length: usize,
+    announce: &str,
+) -> Vec<u8> {
+    use sha1::{Digest, Sha1};
+    let all: Vec<u8> = files.iter().flat_map(|(_, d)| d.iter().copied()).collect();
+    let pieces: Vec<u8> = all
+        .chunks(piece_length)
+        .flat_map(|c| <[u8; 20]>::from(Sha1::digest(c)))
+        .collect();
+    let list = files
+        .iter()
+        .map(|(n, d)| {
+            Value::dict([
+                ("length", Value::Int(d.len() as i64)),
+                ("path", Value::List(vec![Value::str(n)])),
+            ])
+        })
+        .collect();
+    let info = Value::dict([
+        ("files", Value::List(list)),
+        ("name", Value::str(name)),
+        ("piece length", Value::Int(piece_length as i64)),
+        ("pieces", Value::Bytes(pieces)),
+    ]);
+    Value::dict([("announce", Value::str(announce)), ("info", info)])
+        .to_bencode()
+        .expect("encodes")
+}
+
+/// Repeatable noise.
+pub fn noise(seed: u32, n: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// A TCP port free on loopback just now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }

@@ -1,0 +1,139 @@
+//! Swarms of real tripcd processes on loopback, found through a test
+//! tracker: one seeds, two leech a multi-file torrent with an odd last
+//! piece, and every file arrives byte-identical.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::tracker::TestTracker;
+use common::{multi_torrent, noise, Daemon, HANG};
+use tripcd::client::Client;
+use tripcd::codec::Value;
+
+/// Files of the test torrent: across piece boundaries, one tiny, and a
+/// short last piece (piece length 32 KiB).
+fn files() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("a.bin", noise(1, 300_000)),
+        ("tiny", noise(2, 5)),
+        ("b.bin", noise(3, 700_001)),
+    ]
+}
+
+fn torrent(tracker: &TestTracker) -> Vec<u8> {
+    let files = files();
+    let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (*n, d.as_slice())).collect();
+    multi_torrent("swarm", &refs, 32 << 10, &tracker.url())
+}
+
+/// A daemon announcing to trackers, its peer port free and set.
+fn daemon(state: &Path) -> Daemon {
+    let d = Daemon::start_in(state, &["--announce", "true"]);
+    let port = common::free_port();
+    d.client()
+        .request("port", &Value::Int(port.into()))
+        .expect("port set");
+    d
+}
+
+fn add(c: &mut Client, torrent: &[u8], dir: &Path) -> i64 {
+    let req = Value::dict([
+        ("autostart", Value::Int(1)),
+        ("data", Value::Bytes(torrent.to_vec())),
+        ("directory", Value::str(dir.to_str().expect("utf-8 path"))),
+    ]);
+    let reply = c.request("addfile-detailed", &req).unwrap().unwrap();
+    reply.value.as_list().unwrap()[0]
+        .get("id")
+        .and_then(Value::as_int)
+        .unwrap()
+}
+
+fn status(c: &mut Client, id: i64, ty: &str) -> Value {
+    let req = Value::dict([
+        ("id", Value::List(vec![Value::Int(id)])),
+        ("type", Value::List(vec![Value::str(ty)])),
+    ]);
+    let reply = c.request("get-status", &req).unwrap().unwrap();
+    reply.value.as_list().unwrap()[0]
+        .get(ty)
+        .cloned()
+        .unwrap_or(Value::Int(-2))
+}
+
+/// Waits until torrent `id` of `c` says `state` (bounded by [`HANG`], which
+/// only turns a hang into a failure).
+fn wait_for_state(c: &mut Client, id: i64, state: &str) {
+    let start = Instant::now();
+    loop {
+        let now = status(c, id, "state");
+        if now.as_str() == Some(state) {
+            return;
+        }
+        assert!(start.elapsed() < HANG, "still {now:?}, not {state}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn assert_same_files(dir: &Path) {
+    for (name, data) in files() {
+        let got = std::fs::read(dir.join("swarm").join(name)).unwrap();
+        assert!(got == data, "{name} differs");
+    }
+}
+
+#[test]
+fn one_seeds_and_two_leech_a_multi_file_torrent() {
+    let tracker = TestTracker::start();
+    let torrent = torrent(&tracker);
+
+    let seed_dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(seed_dir.path().join("swarm")).unwrap();
+    for (name, data) in files() {
+        std::fs::write(seed_dir.path().join("swarm").join(name), data).unwrap();
+    }
+    let seed_state = tempfile::tempdir().unwrap();
+    let seeder = daemon(seed_state.path());
+    let mut s = seeder.client();
+    let sid = add(&mut s, &torrent, seed_dir.path());
+    wait_for_state(&mut s, sid, "seeding");
+
+    let mut leechers = Vec::new();
+    for _ in 0..2 {
+        let state = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let d = daemon(state.path());
+        let mut c = d.client();
+        let id = add(&mut c, &torrent, data.path());
+        leechers.push((state, data, d, c, id));
+    }
+    for (_, data, _, c, id) in &mut leechers {
+        wait_for_state(c, *id, "seeding");
+        assert_same_files(data.path());
+        let total = status(c, *id, "download-total");
+        assert!(total.as_int().unwrap() > 0, "downloaded {total:?}");
+    }
+    // The seeder sent data, and the tracker heard `completed` from each
+    // leecher, once.
+    let start = Instant::now();
+    while status(&mut s, sid, "upload-total").as_int().unwrap_or(0) == 0 {
+        assert!(start.elapsed() < HANG);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let start = Instant::now();
+    loop {
+        let completed = tracker
+            .announces()
+            .iter()
+            .filter(|a| a.event.as_deref() == Some("completed"))
+            .count();
+        if completed >= 2 {
+            assert_eq!(completed, 2);
+            break;
+        }
+        assert!(start.elapsed() < HANG, "{completed} completed announces");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
