@@ -934,6 +934,7 @@ mod tests {
         let t0 = Instant::now();
         let quiet = s.connect(t0); // never sends its version
         let talker = connect(&mut s, t0);
+        s.end_turn(t0);
         let deadline = s.poll_timeout(t0).unwrap();
         assert!(deadline > t0);
         s.handle_timeout(t0 + Duration::from_secs(11));

@@ -375,9 +375,8 @@ impl PeerConn {
                 self.set_have(i);
             }
             Owned::Bitfield => {
-                if !first {
-                    return Err(PeerError::BadBitfield("not the first message"));
-                }
+                // BEP 3 wants it first; some clients (aria2 1.36) send one
+                // later too. A late one only adds pieces, like `have`s.
                 let bits = &self.input[start + 5..start + used];
                 if bits.len() != self.have.len() {
                     return Err(PeerError::BadBitfield("wrong size"));
@@ -387,8 +386,13 @@ impl PeerConn {
                 if bits.last().is_some_and(|b| b & mask != 0) {
                     return Err(PeerError::BadBitfield("spare bits set"));
                 }
-                self.have.copy_from_slice(bits);
+                for (mine, theirs) in self.have.iter_mut().zip(bits) {
+                    *mine |= theirs;
+                }
                 self.have_count = self.have.iter().map(|b| b.count_ones()).sum();
+                if !first {
+                    log::debug!("a bitfield after other messages, taken as haves");
+                }
             }
             Owned::Request(b) => {
                 shape.check_block(&b)?;
@@ -856,10 +860,14 @@ mod tests {
             bad(&[Message::Bitfield(&[0xFC])]),
             PeerError::BadBitfield("spare bits set")
         );
-        assert_eq!(
-            bad(&[Message::Unchoke, Message::Bitfield(&[0x80])]),
-            PeerError::BadBitfield("not the first message")
-        );
+        let mut late = open(t);
+        feed(
+            &mut late,
+            &[Message::Have(1), Message::Unchoke, Message::Bitfield(&[0x80])],
+            t,
+        )
+        .unwrap();
+        assert_eq!(late.peer_count(), 2, "a late bitfield adds to the haves");
         let mut c = open(t);
         feed(
             &mut c,

@@ -142,9 +142,21 @@ impl Session {
     ) -> Result<(), PeerError> {
         match msg {
             Message::Bitfield(bits) => {
-                *has = Bitfield::from_bytes(bits, self.shape.pieces as usize)
+                let theirs = Bitfield::from_bytes(bits, self.shape.pieces as usize)
                     .ok_or(PeerError::BadBitfield("wrong size"))?;
-                self.picker.peer_bitfield(has);
+                if has.count() == 0 {
+                    *has = theirs;
+                    self.picker.peer_bitfield(has);
+                } else {
+                    // A late one (the connection allows it): only new
+                    // pieces count, availability being a plain count.
+                    for i in theirs.iter_set() {
+                        if !has.get(i) {
+                            has.set(i, true);
+                            self.picker.peer_have(i as u32);
+                        }
+                    }
+                }
             }
             // Counted once per piece: availability is a plain count.
             Message::Have(i) if !has.get(i as usize) => {

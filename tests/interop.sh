@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Interop with real BitTorrent clients on loopback (not part of `cargo
+# test`; .ci/run runs it after installing Debian's opentracker, aria2,
+# transmission-daemon, transmission-cli and mktorrent):
+#   - tripcd downloads from aria2c seeding, and seeds to aria2c;
+#   - tripcd downloads from transmission-daemon seeding, and seeds to it;
+# every time through opentracker over HTTP, files compared byte for byte.
+# Loopback quirks: Debian's opentracker serves only whitelisted hashes
+# (-w) and chroots unless given -d /; transmission 3.00 never dials 127.x
+# peers a tracker names, so tripcd dials it (it accepts incoming).
+#   tests/interop.sh            (builds tripcd in release mode first)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --bin tripcd --bin tripc
+bin="$PWD/target/release"
+work="$(mktemp -d)"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+cd "$work"
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+fail() { echo "interop: FAILED: $*" >&2; exit 1; }
+# Waits up to $2 seconds for command $1 to succeed.
+wait_for() {
+  local deadline=$((SECONDS + $2))
+  until eval "$1"; do
+    [ "$SECONDS" -lt "$deadline" ] || return 1
+    sleep 0.5
+  done
+}
+
+# A 24 MiB payload in two files, 256 KiB pieces.
+mkdir -p payload/set
+head -c 16000000 /dev/urandom > payload/set/a.bin
+head -c 9000001 /dev/urandom > payload/set/b.bin
+tracker_port=$(free_port)
+announce="http://127.0.0.1:$tracker_port/announce"
+mktorrent -a "$announce" -l 18 -o set.torrent payload/set >/dev/null
+hash=$(python3 - <<'EOF'
+import hashlib
+d = open("set.torrent", "rb").read()
+def skip(b, i):
+    c = b[i:i+1]
+    if c == b"i": return b.index(b"e", i) + 1
+    if c in (b"l", b"d"):
+        i += 1
+        while b[i:i+1] != b"e": i = skip(b, i)
+        return i + 1
+    n = b.index(b":", i); return n + 1 + int(b[i:n])
+i = d.index(b"4:info") + 6
+print(hashlib.sha1(d[i:skip(d, i)]).hexdigest())
+EOF
+)
+echo "$hash" > whitelist
+opentracker -i 127.0.0.1 -p "$tracker_port" -P "$tracker_port" -d / -w "$work/whitelist" >opentracker.log 2>&1 &
+pids+=($!)
+
+same() {
+  cmp -s payload/set/a.bin "$1/set/a.bin" && cmp -s payload/set/b.bin "$1/set/b.bin"
+}
+
+# A tripcd on a fresh state directory with data in $2; prints nothing,
+# sets $tripcd_sock.
+start_tripcd() {
+  local name=$1 data=$2 port
+  port=$(free_port)
+  mkdir -p "$name" "$data"
+  RUST_LOG=info "$bin/tripcd" --state-dir "$work/$name" --download-dir "$data" \
+    --peer-bind 127.0.0.1 2>"$work/$name.log" &
+  pids+=($!)
+  tripcd_sock="$work/$name/socket"
+  wait_for "[ -S '$tripcd_sock' ]" 10 || fail "$name did not start"
+  "$bin/tripc" --socket "$tripcd_sock" -p "$port" >/dev/null
+  "$bin/tripc" --socket "$tripcd_sock" -a "$work/set.torrent" >/dev/null
+}
+seeding() { "$bin/tripc" --socket "$1" -l | grep -q seeding; }
+
+echo "== tripcd downloads from aria2c"
+aria2c --dir=payload --seed-ratio=0 --enable-dht=false --bt-enable-lpd=false \
+  --enable-peer-exchange=false --listen-port="$(free_port)" -V --quiet set.torrent &
+pids+=($!)
+start_tripcd t1 "$work/t1-data"
+wait_for "seeding '$tripcd_sock'" 120 || fail "tripcd did not finish downloading from aria2c"
+same t1-data || fail "files from aria2c differ"
+echo "ok"
+kill "${pids[-2]}" 2>/dev/null || true  # the aria2c seeder
+
+echo "== aria2c downloads from tripcd"
+mkdir a2-data
+timeout 120 aria2c --dir=a2-data --seed-time=0 --enable-dht=false --bt-enable-lpd=false \
+  --enable-peer-exchange=false --listen-port="$(free_port)" --quiet set.torrent \
+  || fail "aria2c did not finish downloading from tripcd"
+same a2-data || fail "files aria2c got from tripcd differ"
+echo "ok"
+
+echo "== tripcd and transmission-daemon"
+# transmission seeds a copy of the payload; a fresh tripcd downloads it.
+tr_seed() {
+  local dir=$1 rpc=$2
+  mkdir -p "$dir/config"
+  transmission-daemon -f -g "$dir/config" -w "$dir/data" -p "$rpc" -P "$(free_port)" \
+    --no-dht --no-lpd --no-portmap -a 127.0.0.1 -T >"$dir/log" 2>&1 &
+  pids+=($!)
+  wait_for "transmission-remote $rpc -l >/dev/null 2>&1" 20 || fail "transmission-daemon did not start"
+}
+mkdir -p tr1/data && cp -r payload/set tr1/data/
+rpc1=$(free_port)
+tr_seed "$work/tr1" "$rpc1"
+transmission-remote "$rpc1" -a set.torrent >/dev/null
+wait_for "transmission-remote $rpc1 -t 1 -i | grep -q 'Percent Done: 100%'" 60 \
+  || fail "transmission did not verify its copy"
+# A second, empty transmission: transmission does not dial 127.x peers,
+# so it can only get data from a tripcd that dials it.
+rpc2=$(free_port)
+tr_seed "$work/tr2" "$rpc2"
+transmission-remote "$rpc2" -a set.torrent >/dev/null
+start_tripcd t2 "$work/t2-data"
+wait_for "seeding '$tripcd_sock'" 120 || fail "tripcd did not finish downloading from transmission"
+same t2-data || fail "files from transmission differ"
+echo "ok: tripcd downloaded from transmission"
+wait_for "transmission-remote $rpc2 -t 1 -i | grep -q 'Percent Done: 100%'" 120 \
+  || fail "transmission did not finish downloading from tripcd"
+same tr2/data || fail "files transmission got from tripcd differ"
+echo "ok: transmission downloaded from tripcd"
+echo "interop: all passed"
