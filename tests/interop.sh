@@ -59,6 +59,9 @@ print(hashlib.sha1(d[i:skip(d, i)]).hexdigest())
 EOF
 )
 echo "$hash" > whitelist
+# opentracker drops to user nobody before it reads the whitelist.
+chmod 755 "$work"
+chmod 644 whitelist
 opentracker -i 127.0.0.1 -p "$tracker_port" -P "$tracker_port" -d / -w "$work/whitelist" >opentracker.log 2>&1 &
 pids+=($!)
 
@@ -72,7 +75,7 @@ start_tripcd() {
   local name=$1 data=$2 port
   port=$(free_port)
   mkdir -p "$name" "$data"
-  RUST_LOG=info "$bin/tripcd" --state-dir "$work/$name" --download-dir "$data" \
+  RUST_LOG="${TRIPCD_LOG:-info}" "$bin/tripcd" --state-dir "$work/$name" --download-dir "$data" \
     --peer-bind 127.0.0.1 2>"$work/$name.log" &
   pids+=($!)
   tripcd_sock="$work/$name/socket"
@@ -121,6 +124,9 @@ wait_for "transmission-remote $rpc1 -t 1 -i | grep -q 'Percent Done: 100%'" 60 \
 rpc2=$(free_port)
 tr_seed "$work/tr2" "$rpc2"
 transmission-remote "$rpc2" -a set.torrent >/dev/null
+# tripcd learns of it from the tracker: wait for its first announce.
+wait_for "transmission-remote $rpc2 -t 1 -it | grep -q 'Got a list'" 60 \
+  || fail "transmission did not announce"
 start_tripcd t2 "$work/t2-data"
 wait_for "seeding '$tripcd_sock'" 120 || fail "tripcd did not finish downloading from transmission"
 same t2-data || fail "files from transmission differ"
