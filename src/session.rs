@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 
 use log::{debug, warn};
 
+use crate::codec::outbuf::OutBuf;
 use crate::codec::{decode, split_frame, FrameError, Value};
 use crate::message::{self, MessageError, Version, VERSIONS};
 use crate::reply::{Dispatched, Reply};
@@ -93,8 +94,7 @@ pub struct Session {
     max_message: usize,
     version: Option<u8>,
     input: Vec<u8>,
-    output: Vec<u8>,
-    sent: usize,
+    output: OutBuf,
     held: Vec<Held>,
     /// Bytes (roughly) in `held`, counted as they are added.
     held_bytes: usize,
@@ -110,8 +110,11 @@ impl Session {
             max_message,
             version: None,
             input: Vec::new(),
-            output: greeting().to_vec(),
-            sent: 0,
+            output: {
+                let mut o = OutBuf::new(64 << 10); // idle connections keep no big buffer
+                o.tail().extend_from_slice(greeting());
+                o
+            },
             held: Vec::new(),
             held_bytes: 0,
             failed: false,
@@ -278,7 +281,7 @@ impl Session {
         }
         let out = match self.held.last_mut() {
             Some(Held::Frames(f)) => f,
-            _ => &mut self.output,
+            _ => self.output.tail(),
         };
         let before = out.len();
         message::write(out, reply_key.as_bytes(), value, tag);
@@ -299,7 +302,7 @@ impl Session {
         self.held_bytes = 0;
         for held in std::mem::take(&mut self.held) {
             match held {
-                Held::Frames(f) => self.output.extend_from_slice(&f),
+                Held::Frames(f) => self.output.tail().extend_from_slice(&f),
                 Held::Pending { reply, tag } => {
                     let reply = match commit {
                         Ok(()) => reply,
@@ -313,29 +316,22 @@ impl Session {
 
     /// Bytes waiting to be written to the client.
     pub fn output(&self) -> &[u8] {
-        &self.output[self.sent..]
+        self.output.pending()
     }
 
     /// Records that `n` bytes of [`Session::output`] were written.
     pub fn consume_output(&mut self, n: usize) {
-        self.sent = (self.sent + n).min(self.output.len());
-        if self.sent == self.output.len() {
-            self.output.clear();
-            self.sent = 0;
-            if self.output.capacity() > 64 << 10 {
-                self.output = Vec::new(); // idle connections keep no big buffer
-            }
-        }
+        self.output.consume(n);
     }
 
     /// Queued output (written or held) is over the soft limit.
     pub fn is_backpressured(&self) -> bool {
-        self.output.len() - self.sent + self.held_bytes > OUTPUT_SOFT_LIMIT
+        self.output.len() + self.held_bytes > OUTPUT_SOFT_LIMIT
     }
 
     /// Bytes queued for the client, written or held.
     pub fn queued_output(&self) -> usize {
-        self.output.len() - self.sent
+        self.output.len()
     }
 }
 

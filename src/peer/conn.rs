@@ -14,6 +14,8 @@ use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use crate::codec::outbuf::OutBuf;
+
 use super::wire::{
     parse_handshake, reserve_piece, split_message, write_handshake, write_message, Block,
     Handshake, Message, WireError, HANDSHAKE_LEN, MAX_REQUEST_LEN,
@@ -161,8 +163,7 @@ pub struct PeerConn {
     input: Vec<u8>,
     /// Bytes of `input` already consumed (compacted at the next receive).
     read: usize,
-    output: Vec<u8>,
-    sent: usize,
+    output: OutBuf,
     connected_at: Instant,
     last_received: Instant,
     last_sent: Instant,
@@ -197,8 +198,7 @@ impl PeerConn {
             shape: None,
             input: Vec::new(),
             read: 0,
-            output: Vec::new(),
-            sent: 0,
+            output: OutBuf::new(1 << 20),
             connected_at: now,
             last_received: now,
             last_sent: now,
@@ -217,7 +217,7 @@ impl PeerConn {
             uploaded: 0,
         };
         if let Some(h) = ours {
-            write_handshake(&mut c.output, &h);
+            write_handshake(c.output.tail(), &h);
         }
         c
     }
@@ -297,7 +297,7 @@ impl PeerConn {
             return Err(PeerError::SelfConnection);
         }
         if self.ours.is_none() {
-            write_handshake(&mut self.output, &ours);
+            write_handshake(self.output.tail(), &ours);
             self.ours = Some(ours);
         }
         Ok(())
@@ -310,7 +310,7 @@ impl PeerConn {
         self.have_count = 0;
         self.shape = Some(shape);
         if let Some(bits) = our_bitfield {
-            write_message(&mut self.output, &Message::Bitfield(bits));
+            write_message(self.output.tail(), &Message::Bitfield(bits));
         }
         if self.stage == Stage::Pending {
             self.stage = Stage::Open { first: true };
@@ -518,7 +518,7 @@ impl PeerConn {
     }
 
     fn send(&mut self, msg: &Message<'_>, now: Instant) {
-        write_message(&mut self.output, msg);
+        write_message(self.output.tail(), msg);
         self.last_sent = now;
     }
 
@@ -577,29 +577,22 @@ impl PeerConn {
     pub fn reserve_piece(&mut self, b: Block, now: Instant) -> &mut [u8] {
         self.last_sent = now;
         self.uploaded += b.length as u64;
-        reserve_piece(&mut self.output, b.piece, b.begin, b.length as usize)
+        reserve_piece(self.output.tail(), b.piece, b.begin, b.length as usize)
     }
 
     /// Bytes waiting to be sent.
     pub fn output(&self) -> &[u8] {
-        &self.output[self.sent..]
+        self.output.pending()
     }
 
     /// `n` bytes of [`PeerConn::output`] were sent.
     pub fn consume_output(&mut self, n: usize) {
-        self.sent = (self.sent + n).min(self.output.len());
-        if self.sent == self.output.len() {
-            self.output.clear();
-            self.sent = 0;
-            if self.output.capacity() > 1 << 20 {
-                self.output = Vec::new();
-            }
-        }
+        self.output.consume(n);
     }
 
     /// Bytes queued for the peer.
     pub fn queued_output(&self) -> usize {
-        self.output.len() - self.sent
+        self.output.len()
     }
 
     /// The peer left more than [`MAX_OUTPUT`] unread: drop it.
