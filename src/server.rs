@@ -339,9 +339,16 @@ impl Server {
                 }
                 SwarmEvent::PeerConnected { torrent, addr } => {
                     debug!("torrent {torrent}: peer {addr} connected");
+                    drop(reg);
+                    // Hooks see the figures as of now.
+                    self.report(now);
+                    self.svc.peer_event(torrent, &addr.to_string(), true);
                 }
                 SwarmEvent::PeerDisconnected { torrent, addr } => {
                     debug!("torrent {torrent}: peer {addr} gone");
+                    drop(reg);
+                    self.report(now);
+                    self.svc.peer_event(torrent, &addr.to_string(), false);
                 }
             }
         }
@@ -365,6 +372,7 @@ impl Server {
             x.peers_uploading = st.peers_receiving;
             let [incoming, tracker, cache, pex] = st.peers_from;
             x.peers_from = [cache, incoming, pex, tracker];
+            x.peer_list = self.swarm.peer_list(id, now);
             x.eta = if st.left > 0 && st.download_rate >= 1.0 {
                 (st.left as f64 / st.download_rate).ceil() as i64
             } else {
@@ -393,6 +401,7 @@ impl Server {
                 x.peers_downloading = 0;
                 x.peers_uploading = 0;
                 x.peers_from = [0; 4];
+                x.peer_list.clear();
                 x.eta = -1;
             }
         }
@@ -925,6 +934,47 @@ mod tests {
         assert_eq!(take(&mut s, b), ["0000000El4:peeki7ei2ee"]);
         s.end_turn(t0);
         assert_eq!(take(&mut s, a), ["00000012l9:succeeded0:i1ee"]);
+    }
+
+    #[test]
+    fn scripts_see_a_torrents_peers() {
+        let dir = tempfile::tempdir().unwrap();
+        let scripts = tempfile::tempdir().unwrap();
+        std::fs::write(
+            scripts.path().join("p.rhai"),
+            r#"on_message("p", |id| { let p = peers(id); [p.len(), p[0].address, p[0].progress] });"#,
+        )
+        .unwrap();
+        let mut s = server(dir.path());
+        s.service_mut()
+            .load_scripts(scripts.path(), Limits::default())
+            .unwrap();
+        let torrent = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/fixtures/hello.torrent"
+        ))
+        .unwrap();
+        let id = s
+            .service_mut()
+            .registry_mut()
+            .add(torrent, None, Some(false))
+            .unwrap();
+        s.service_mut()
+            .registry_mut()
+            .transfer_mut(id)
+            .unwrap()
+            .peer_list = vec![crate::registry::PeerInfo {
+            address: "127.0.0.1:6881".into(),
+            progress: 0.25,
+            ..Default::default()
+        }];
+        let t0 = Instant::now();
+        let a = connect(&mut s, t0);
+        s.receive(a, &frame("p", &Value::Int(id as i64), Some(1)), t0);
+        assert_eq!(
+            take(&mut s, a),
+            ["00000023l1:pli1e14:127.0.0.1:6881i250eei1ee"]
+        );
     }
 
     #[test]

@@ -93,6 +93,13 @@ impl Service {
         }
     }
 
+    /// Runs the hooks of a peer of torrent `id` connecting or going away.
+    pub fn peer_event(&mut self, id: u64, address: &str, connected: bool) {
+        if let Some(scripts) = &mut self.scripts {
+            scripts.fire_peer(id, address, connected);
+        }
+    }
+
     /// The registry, to read.
     pub fn registry(&self) -> Ref<'_, Registry> {
         self.registry.borrow()

@@ -137,3 +137,62 @@ fn one_seeds_and_two_leech_a_multi_file_torrent() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The example script `scripts/ratio.rhai` stops a torrent once it has
+/// uploaded twice its size: a seeder serves two leechers in turn (the
+/// tracker tells them only of the seeder), then stops seeding; its
+/// `get-peers` then lists no peer.
+#[test]
+fn the_ratio_script_stops_a_torrent_that_uploaded_twice_its_size() {
+    let tracker = TestTracker::start();
+    let torrent = torrent(&tracker);
+    let hash = tripcd::registry::Metainfo::parse(&torrent)
+        .unwrap()
+        .info_hash;
+
+    let seed_dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(seed_dir.path().join("swarm")).unwrap();
+    for (name, data) in files() {
+        std::fs::write(seed_dir.path().join("swarm").join(name), data).unwrap();
+    }
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts");
+    let seed_state = tempfile::tempdir().unwrap();
+    let seeder = Daemon::start_in(
+        seed_state.path(),
+        &[
+            "--announce",
+            "true",
+            "--scripts",
+            scripts.to_str().unwrap(),
+            "--script-timeout-ms",
+            "10000",
+        ],
+    );
+    let seed_port = common::free_port();
+    let mut s = seeder.client();
+    s.request("port", &Value::Int(seed_port.into())).unwrap();
+    tracker.restrict(hash, vec![seed_port]);
+    let sid = add(&mut s, &torrent, seed_dir.path());
+    wait_for_state(&mut s, sid, "seeding");
+
+    for round in 0..2 {
+        let state = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let d = daemon(state.path());
+        let mut c = d.client();
+        let id = add(&mut c, &torrent, data.path());
+        wait_for_state(&mut c, id, "seeding");
+        assert_same_files(data.path());
+        if round == 0 {
+            assert_eq!(status(&mut s, sid, "state").as_str(), Some("seeding"));
+        }
+    }
+    // Twice the size uploaded: the script stops it.
+    wait_for_state(&mut s, sid, "paused");
+    let size: i64 = files().iter().map(|(_, d)| d.len() as i64).sum();
+    let up = status(&mut s, sid, "upload-total").as_int().unwrap();
+    assert!(up >= 2 * size, "uploaded {up} of {size}");
+    let peers = s.call("get-peers", &Value::Int(sid)).unwrap();
+    assert_eq!(peers.key, "peers");
+    assert_eq!(peers.value, Value::List(vec![]), "stopped: no peers");
+}

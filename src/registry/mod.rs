@@ -26,7 +26,7 @@ use log::{error, info, warn};
 use crate::codec::{decode, EncodeError, Value};
 pub use metainfo::{Metainfo, MetainfoError};
 pub use settings::Settings;
-pub use torrents::{CheckEvent, Phase, Torrent, TorrentError, Torrents, Transfer};
+pub use torrents::{CheckEvent, PeerInfo, Phase, Torrent, TorrentError, Torrents, Transfer};
 
 /// A state directory that cannot be used at all.
 #[derive(Debug)]

@@ -119,9 +119,36 @@ pub struct Transfer {
     /// Its last scrape: seeders, leechers, completed downloads (-1 when
     /// unknown).
     pub scrape: [i64; 3],
+    /// The connected peers, as last reported (for scripts' `peers(id)`).
+    pub peer_list: Vec<PeerInfo>,
     /// The tracker's complaint, if its last answer was one:
     /// `tracker-error` or `tracker-warning`, and its text.
     pub tracker_message: Option<(&'static str, String)>,
+}
+
+/// One connected peer, as the engine last reported it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PeerInfo {
+    /// `ip:port`.
+    pub address: String,
+    /// Its client, from its peer id (Azureus style `-XX1234-`), or "".
+    pub client: String,
+    /// Payload bytes/s it sends us.
+    pub download_rate: u64,
+    /// Payload bytes/s we send it.
+    pub upload_rate: u64,
+    /// Share of the pieces it has, 0 to 1.
+    pub progress: f64,
+    /// We want its pieces.
+    pub interested: bool,
+    /// It chokes us.
+    pub choked: bool,
+    /// It wants our pieces.
+    pub peer_interested: bool,
+    /// We choke it.
+    pub peer_choked: bool,
+    /// It connected to us.
+    pub incoming: bool,
 }
 
 impl Torrent {

@@ -11,6 +11,7 @@
 //! | `torrents()` | array of maps: every info and status field, and `id` |
 //! | `torrent(id)` | one such map, or `()` |
 //! | `start(id)`, `stop(id)` | act on a torrent; `false` if unknown |
+//! | `peers(id)` | array of maps: `address`, `client`, `download_rate`, `upload_rate`, `progress` (thousandths), `interested`, `choked`, `peer_interested`, `peer_choked`, `incoming` |
 
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -115,7 +116,7 @@ fn register_utilities(engine: &mut Engine, host: &Rc<Host>) {
     });
 }
 
-/// `settings`, `torrents`, `torrent`, `start`, `stop`.
+/// `settings`, `torrents`, `torrent`, `peers`, `start`, `stop`.
 fn register_state(engine: &mut Engine, host: &Rc<Host>) {
     let h = Rc::clone(host);
     engine.register_fn(
@@ -148,6 +149,17 @@ fn register_state(engine: &mut Engine, host: &Rc<Host>) {
                 .map_or(Dynamic::UNIT, |t| to_dynamic(&full_description(t))))
         },
     );
+    let h = Rc::clone(host);
+    engine.register_fn(
+        "peers",
+        move |ctx: NativeCallContext, id: i64| -> Fallible<Array> {
+            let reg = h.registry.try_borrow().map_err(|_| busy(&ctx))?;
+            let Some(t) = u64::try_from(id).ok().and_then(|id| reg.torrents().get(id)) else {
+                return Ok(Array::new());
+            };
+            Ok(t.transfer.peer_list.iter().map(peer_map).collect())
+        },
+    );
     for (name, act) in [("start", true), ("stop", false)] {
         let h = Rc::clone(host);
         engine.register_fn(
@@ -169,6 +181,24 @@ fn register_state(engine: &mut Engine, host: &Rc<Host>) {
             },
         );
     }
+}
+
+/// A peer as scripts see it.
+fn peer_map(p: &crate::registry::PeerInfo) -> Dynamic {
+    let mut m = rhai::Map::new();
+    let int = |n: u64| Dynamic::from_int(i64::try_from(n).unwrap_or(i64::MAX));
+    m.insert("address".into(), p.address.clone().into());
+    m.insert("client".into(), p.client.clone().into());
+    m.insert("download_rate".into(), int(p.download_rate));
+    m.insert("upload_rate".into(), int(p.upload_rate));
+    // Thousandths, an integer: the protocol has no floats to send.
+    m.insert("progress".into(), int((p.progress * 1000.0).round() as u64));
+    m.insert("interested".into(), p.interested.into());
+    m.insert("choked".into(), p.choked.into());
+    m.insert("peer_interested".into(), p.peer_interested.into());
+    m.insert("peer_choked".into(), p.peer_choked.into());
+    m.insert("incoming".into(), p.incoming.into());
+    Dynamic::from_map(m)
 }
 
 /// Records a registration made by a script's top level; anywhere else

@@ -110,6 +110,8 @@ pub const EVENTS: &[&str] = &[
     "setting-changed",
     "client-connected",
     "client-disconnected",
+    "peer-connected",
+    "peer-disconnected",
 ];
 
 /// Why scripts could not be loaded: the file, the line when known, and
@@ -423,6 +425,22 @@ impl Scripts {
         if self.hooks.contains_key(name) {
             let mut m = Map::new();
             m.insert("client".into(), Dynamic::from_int(id as i64));
+            self.fire(name, m);
+        }
+    }
+
+    /// Tells the hooks that a peer of torrent `id` connected (its
+    /// handshake done) or went away.
+    pub fn fire_peer(&mut self, id: u64, address: &str, connected: bool) {
+        let name = if connected {
+            "peer-connected"
+        } else {
+            "peer-disconnected"
+        };
+        if self.hooks.contains_key(name) {
+            let mut m = Map::new();
+            m.insert("id".into(), Dynamic::from_int(id as i64));
+            m.insert("address".into(), address.into());
             self.fire(name, m);
         }
     }

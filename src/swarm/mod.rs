@@ -25,7 +25,7 @@ use crate::engine::picker::{PeerKey, Picker};
 use crate::engine::rate::RateMeter;
 use crate::peer::conn::{PeerConn, PeerError};
 use crate::peer::wire::Handshake;
-use crate::registry::Torrent;
+use crate::registry::{PeerInfo, Torrent};
 use session::{ServeError, Session};
 
 /// Output queued to a peer beyond which we stop serving it blocks until
@@ -173,6 +173,21 @@ fn ban_key(addr: SocketAddr) -> SocketAddr {
     }
 }
 
+/// A client's name from an Azureus-style peer id (`-TR3000-...` gives
+/// `TR 3000`), or "" for other styles.
+fn client_name(id: &[u8; 20]) -> String {
+    let tag = &id[..8];
+    let ok = tag[0] == b'-' && tag[7] == b'-' && tag[1..7].iter().all(u8::is_ascii_alphanumeric);
+    if !ok {
+        return String::new();
+    }
+    format!(
+        "{} {}",
+        String::from_utf8_lossy(&tag[1..3]),
+        String::from_utf8_lossy(&tag[3..7])
+    )
+}
+
 /// A fresh peer id: `-TP0100-` (Azureus style: client TP, version 0.1.0.0)
 /// and 12 random bytes.
 pub fn new_peer_id(rng: &mut fastrand::Rng) -> [u8; 20] {
@@ -278,6 +293,33 @@ impl Swarm {
             }
         }
         Some(st)
+    }
+
+    /// The connected peers of torrent `id`.
+    pub fn peer_list(&self, id: u64, now: Instant) -> Vec<PeerInfo> {
+        let Some(s) = self.sessions.get(&id) else {
+            return Vec::new();
+        };
+        let pieces = s.picker.have_bitfield().len().max(1) as f64;
+        s.peers
+            .iter()
+            .filter_map(|k| self.peers.get(k.0))
+            .filter_map(|p| {
+                let h = p.conn.handshake()?;
+                Some(PeerInfo {
+                    address: p.addr.to_string(),
+                    client: client_name(&h.peer_id),
+                    download_rate: p.down.rate(now) as u64,
+                    upload_rate: p.up.rate(now) as u64,
+                    progress: p.has.count() as f64 / pieces,
+                    interested: p.conn.am_interested,
+                    choked: p.conn.peer_choking,
+                    peer_interested: p.conn.peer_interested,
+                    peer_choked: p.conn.am_choking,
+                    incoming: p.source == Source::Incoming,
+                })
+            })
+            .collect()
     }
 
     /// Payload bytes received and sent by torrent `id` since the last
