@@ -196,3 +196,44 @@ fn the_ratio_script_stops_a_torrent_that_uploaded_twice_its_size() {
     assert_eq!(peers.key, "peers");
     assert_eq!(peers.value, Value::List(vec![]), "stopped: no peers");
 }
+
+/// A seeder whose data went bad after its check serves corrupt pieces:
+/// the leecher strikes it three times and bans it, and still completes
+/// from an honest seeder.
+#[test]
+fn a_peer_serving_corrupt_data_is_banned_and_the_download_completes() {
+    let tracker = TestTracker::start();
+    let torrent = torrent(&tracker);
+    let mut seeders = Vec::new();
+    for honest in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("swarm")).unwrap();
+        for (name, data) in files() {
+            std::fs::write(dir.path().join("swarm").join(name), data).unwrap();
+        }
+        let state = tempfile::tempdir().unwrap();
+        let d = daemon(state.path());
+        let mut c = d.client();
+        let id = add(&mut c, &torrent, dir.path());
+        wait_for_state(&mut c, id, "seeding");
+        if !honest {
+            // Checked good, then rotten on disk: every piece it sends fails.
+            for (name, data) in files() {
+                let bad: Vec<u8> = data.iter().map(|b| !b).collect();
+                std::fs::write(dir.path().join("swarm").join(name), bad).unwrap();
+            }
+        }
+        seeders.push((dir, state, d));
+    }
+    let state = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut leecher = daemon(state.path());
+    let mut c = leecher.client();
+    let id = add(&mut c, &torrent, data.path());
+    wait_for_state(&mut c, id, "seeding");
+    assert_same_files(data.path());
+    let line = leecher
+        .wait_for_log("pieces failed their hash with its data")
+        .expect("the corrupt seeder is banned");
+    assert!(line.contains("banning 127.0.0.1:"), "{line}");
+}
