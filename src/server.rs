@@ -52,6 +52,10 @@ const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// data again anyway; this only shortens that check's surprises).
 const SAVE_PROGRESS_EVERY: Duration = Duration::from_secs(30);
 
+/// Longest a stopped torrent shows `stopping` while its `stopped` announce
+/// is in flight.
+const STOPPING_BOUND: Duration = Duration::from_secs(5);
+
 /// Peers asked of a tracker per announce.
 const NUMWANT: u32 = 50;
 
@@ -123,6 +127,8 @@ pub struct Server {
     next_job: u64,
     /// The announce `key`: random, stable for the daemon's run.
     announce_key: u32,
+    /// Torrents showing `stopping`, until when at most.
+    stopping: HashMap<u64, Instant>,
 }
 
 impl Server {
@@ -156,6 +162,7 @@ impl Server {
             jobs: HashMap::new(),
             next_job: 1,
             announce_key,
+            stopping: HashMap::new(),
         }
     }
 
@@ -297,6 +304,9 @@ impl Server {
                 self.swarm.stop(t.id);
                 if let Some(a) = self.announces.get_mut(&t.id) {
                     a.schedule.stop(now);
+                    if !a.schedule.is_idle() {
+                        self.stopping.insert(t.id, now + STOPPING_BOUND);
+                    }
                 }
             }
         }
@@ -311,9 +321,27 @@ impl Server {
         self.announces
             .retain(|_, a| !a.schedule.is_idle() || a.schedule.in_flight());
         drop(reg);
+        self.show_stopping(now);
         if self.next_report.is_none() && !self.swarm.running().is_empty() {
             self.next_report = Some(now);
         }
+    }
+
+    /// A stopped torrent says `stopping` while its `stopped` announce is
+    /// in flight, for [`STOPPING_BOUND`] at most.
+    fn show_stopping(&mut self, now: Instant) {
+        let announces = &self.announces;
+        let mut reg = self.svc.registry_mut();
+        self.stopping.retain(|id, until| {
+            let busy = now < *until
+                && announces
+                    .get(id)
+                    .is_some_and(|a| !a.schedule.is_idle() || a.schedule.in_flight());
+            if let Some(x) = reg.transfer_mut(*id) {
+                x.stopping = busy;
+            }
+            busy
+        });
     }
 
     /// Applies what the swarm learned: verified pieces, data errors.
@@ -538,6 +566,7 @@ impl Server {
         if !a.schedule.in_flight() && a.schedule.is_idle() {
             self.announces.remove(&id);
         }
+        self.show_stopping(now);
         if let Some(x) = self.svc.registry_mut().transfer_mut(id) {
             x.tracker_message = message;
         }
@@ -668,6 +697,7 @@ impl Server {
                 .values()
                 .filter_map(|a| a.schedule.poll_timeout())
                 .min(),
+            self.stopping.values().min().copied(),
         ]
         .into_iter()
         .flatten()
@@ -679,6 +709,7 @@ impl Server {
     /// timeout (their output is abandoned).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.sync_swarm(now);
+        self.show_stopping(now);
         self.swarm.handle_timeout(now);
         self.drain_swarm(now);
         if self.next_report.is_some_and(|t| now >= t) {

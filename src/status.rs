@@ -160,7 +160,11 @@ pub fn status_field(t: &Torrent, ty: &str) -> Option<Value> {
             (None, None) => "",
         }),
         "running" => Value::Int(t.running.into()),
-        "state" => Value::str(state_name(t.phase)),
+        "state" => Value::str(if !t.running && x.stopping {
+            "stopping"
+        } else {
+            state_name(t.phase)
+        }),
         "tracker" => {
             let (tier, i) = x.tracker.unwrap_or((0, 0));
             tracker_value(t.meta.tiers.get(tier)?.get(i)?)

@@ -119,6 +119,8 @@ pub struct Transfer {
     /// Its last scrape: seeders, leechers, completed downloads (-1 when
     /// unknown).
     pub scrape: [i64; 3],
+    /// Stopped, with its `stopped` announce still in flight.
+    pub stopping: bool,
     /// The connected peers, as last reported (for scripts' `peers(id)`).
     pub peer_list: Vec<PeerInfo>,
     /// The tracker's complaint, if its last answer was one:
