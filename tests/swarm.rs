@@ -264,3 +264,69 @@ fn a_stop_shows_stopping_while_its_announce_waits() {
     wait_for_state(&mut c, id, "paused");
     drop(silent);
 }
+
+/// A leecher killed with -9 halfway resumes after a restart without
+/// fetching again the pieces it had: the first seeder has only the first
+/// file, so the leecher stops at those pieces, deterministically.
+#[test]
+fn a_leecher_killed_halfway_resumes_without_downloading_twice() {
+    let tracker = TestTracker::start();
+    let torrent = torrent(&tracker);
+    let total: i64 = files().iter().map(|(_, d)| d.len() as i64).sum();
+    let seed = |only_first: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("swarm")).unwrap();
+        for (i, (name, data)) in files().into_iter().enumerate() {
+            if i == 0 || !only_first {
+                std::fs::write(dir.path().join("swarm").join(name), data).unwrap();
+            }
+        }
+        let state = tempfile::tempdir().unwrap();
+        let d = daemon(state.path());
+        let mut c = d.client();
+        add(&mut c, &torrent, dir.path());
+        (dir, state, d, c)
+    };
+    let (_d1, _s1, partial, mut p) = seed(true);
+    wait_for_state(&mut p, 1, "downloading");
+    let has = status(&mut p, 1, "completed").as_int().unwrap();
+    assert!(
+        has > 0 && has < total,
+        "partial seeder has {has} of {total}"
+    );
+
+    let state = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut leecher = daemon(state.path());
+    let mut c = leecher.client();
+    let id = add(&mut c, &torrent, data.path());
+    let start = Instant::now();
+    while status(&mut c, id, "completed").as_int().unwrap() < has {
+        assert!(
+            start.elapsed() < HANG,
+            "the leecher did not get what the seeder has"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    leecher.kill9();
+    drop(partial);
+
+    // Restarted: its check finds the pieces on disk, and only the rest is
+    // downloaded, from a full seeder.
+    let mut leecher = Daemon::start_in(state.path(), &["--announce", "true"]);
+    let mut c = leecher.client();
+    wait_for_state(&mut c, id, "downloading");
+    let found = status(&mut c, id, "completed").as_int().unwrap();
+    assert_eq!(found, has, "the check finds what was verified before");
+    let before = status(&mut c, id, "download-total").as_int().unwrap();
+    let (_d2, _s2, _full, _f) = seed(false);
+    wait_for_state(&mut c, id, "seeding");
+    assert_same_files(data.path());
+    let fetched = status(&mut c, id, "download-total").as_int().unwrap() - before;
+    assert!(
+        fetched <= total - has + (64 << 10),
+        "fetched {fetched} bytes after the restart; {} were missing",
+        total - has
+    );
+    leecher.kill9();
+}
