@@ -88,8 +88,6 @@ pub struct Reactor {
     accept_paused_until: Option<Instant>,
     /// The peer port's listener and the port it is bound to.
     peer_listener: Option<(TcpListener, u16)>,
-    /// The port a bind last failed for (not retried until it changes).
-    peer_bind_failed: Option<u16>,
     /// Peer sockets by the swarm's key.
     peers: Vec<Option<PeerSock>>,
     /// Peers with input left over (read budget used up).
@@ -129,7 +127,6 @@ impl Reactor {
             again: Vec::new(),
             accept_paused_until: None,
             peer_listener: None,
-            peer_bind_failed: None,
             peers: Vec::new(),
             peers_again: Vec::new(),
             trackers: TrackerWorker::spawn(waker),
@@ -310,6 +307,9 @@ impl Reactor {
             self.drive(id, now);
         }
         self.server.end_turn(now);
+        // Replies that moved the peer port wait for its bind: bind before
+        // writing this turn's output.
+        self.follow_port();
         for &id in &dirty {
             self.flush(id);
         }
@@ -362,14 +362,12 @@ impl Reactor {
         }
     }
 
-    /// Binds the peer listener to the `port` setting when it changed. A
-    /// failure is logged once per port.
+    /// Binds the peer listener to the `port` setting when it changed, and
+    /// tells the server how that went.
     fn follow_port(&mut self) {
-        let port = self.server.peer_port();
-        let bound = self.peer_listener.as_ref().map(|(_, p)| *p);
-        if bound == Some(port) || self.peer_bind_failed == Some(port) {
+        let Some(port) = self.server.poll_bind() else {
             return;
-        }
+        };
         if let Some((mut l, old)) = self.peer_listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
             info!("peer port {old} closed");
@@ -385,11 +383,11 @@ impl Reactor {
             Ok(l) => {
                 info!("listening for peers on {addr}");
                 self.peer_listener = Some((l, port));
-                self.peer_bind_failed = None;
+                self.server.bind_result(port, Ok(()));
             }
             Err(e) => {
                 error!("cannot listen for peers on {addr}: {e}");
-                self.peer_bind_failed = Some(port);
+                self.server.bind_result(port, Err(e.to_string()));
             }
         }
     }

@@ -42,6 +42,9 @@ pub struct Dispatched {
     pub reply: Reply,
     /// The handler changed the state: hold the answer until the commit.
     pub durable: bool,
+    /// The handler moved the peer port: the answer also waits for the new
+    /// port to be bound, and is `failed` if it could not be.
+    pub rebinds: bool,
 }
 
 impl From<Reply> for Dispatched {
@@ -49,6 +52,7 @@ impl From<Reply> for Dispatched {
         Dispatched {
             reply,
             durable: false,
+            rebinds: false,
         }
     }
 }

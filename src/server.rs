@@ -129,6 +129,12 @@ pub struct Server {
     announce_key: u32,
     /// Torrents showing `stopping`, until when at most.
     stopping: HashMap<u64, Instant>,
+    /// The peer port last bound (or tried).
+    bound_port: Option<u16>,
+    /// Clients whose replies wait for the peer port's bind, and the
+    /// commit's outcome they also carry.
+    awaiting_bind: Vec<ClientId>,
+    bind_commit: Result<(), String>,
 }
 
 impl Server {
@@ -163,6 +169,9 @@ impl Server {
             next_job: 1,
             announce_key,
             stopping: HashMap::new(),
+            bound_port: None,
+            awaiting_bind: Vec::new(),
+            bind_commit: Ok(()),
         }
     }
 
@@ -256,16 +265,47 @@ impl Server {
         let held = std::mem::take(&mut self.held);
         let retry_due = self.retry_commit.is_none_or(|t| now >= t);
         if (self.svc.registry().needs_commit() && retry_due) || !held.is_empty() {
-            let result = self.svc.registry_mut().commit();
+            let result = self.svc.registry_mut().commit().map_err(|e| e.to_string());
             self.retry_commit = result.is_err().then(|| now + COMMIT_RETRY);
-            for id in held {
-                if let Some(c) = self.clients.get_mut(id) {
-                    c.session.release(&result);
-                }
+            if self.poll_bind().is_some() {
+                // The peer port moved: its replies wait for the bind too.
+                self.awaiting_bind.extend(held);
+                self.bind_commit = result;
+            } else {
+                self.release(held, &result, None);
             }
         }
         self.svc.run_hooks();
         self.sync_swarm(now);
+    }
+
+    fn release(&mut self, held: Vec<ClientId>, commit: &Result<(), String>, bind: Option<&str>) {
+        for id in held {
+            if let Some(c) = self.clients.get_mut(id) {
+                c.session.release(commit, bind);
+            }
+        }
+    }
+
+    /// The peer port to listen on, when it is not the one bound (or
+    /// tried) last: the reactor binds it and calls
+    /// [`Server::bind_result`].
+    pub fn poll_bind(&self) -> Option<u16> {
+        let port = self.svc.registry().settings().port;
+        (self.bound_port != Some(port)).then_some(port)
+    }
+
+    /// The outcome of binding `port`: replies that moved the port are
+    /// sent now, `failed` with the reason if it could not be bound (the
+    /// setting stays; the next change of it tries again).
+    pub fn bind_result(&mut self, port: u16, result: Result<(), String>) {
+        self.bound_port = Some(port);
+        let held = std::mem::take(&mut self.awaiting_bind);
+        let commit = std::mem::replace(&mut self.bind_commit, Ok(()));
+        let bind = result
+            .err()
+            .map(|e| format!("cannot listen for peers on port {port}: {e}"));
+        self.release(held, &commit, bind.as_deref());
     }
 
     /// Starts and stops the swarm's sessions to match the registry: a
@@ -433,11 +473,6 @@ impl Server {
                 x.eta = -1;
             }
         }
-    }
-
-    /// The TCP port peers should reach us on (the `port` setting).
-    pub fn peer_port(&self) -> u16 {
-        self.svc.registry().settings().port
     }
 
     /// A peer connected from `addr`: its handle, or `None` to refuse it.
@@ -794,15 +829,13 @@ impl Server {
             a.schedule.stop(now);
         }
         self.svc.registry_mut().save_progress();
-        let result = self.svc.registry_mut().commit();
+        let result = self.svc.registry_mut().commit().map_err(|e| e.to_string());
         if let Err(e) = &result {
             log::error!("final save failed: {e}");
         }
-        for id in std::mem::take(&mut self.held) {
-            if let Some(c) = self.clients.get_mut(id) {
-                c.session.release(&result);
-            }
-        }
+        let mut held = std::mem::take(&mut self.held);
+        held.append(&mut self.awaiting_bind);
+        self.release(held, &result, None);
     }
 
     /// Reloads the scripts (on SIGHUP), logging the outcome.
@@ -843,6 +876,14 @@ mod tests {
             ..Config::default()
         };
         Server::new(Service::new(reg), config)
+    }
+
+    /// The end of a turn as the reactor runs it, its binds succeeding.
+    fn end(s: &mut Server, now: Instant) {
+        s.end_turn(now);
+        if let Some(port) = s.poll_bind() {
+            s.bind_result(port, Ok(()));
+        }
     }
 
     fn hello() -> Vec<u8> {
@@ -897,7 +938,7 @@ mod tests {
             ["0000000El4:porti7ei3ee"],
             "B's read-only reply is not held by A's change"
         );
-        s.end_turn(t0);
+        end(&mut s, t0);
         assert_eq!(
             take(&mut s, a),
             ["00000012l9:succeeded0:i1ee", "0000000El4:porti7ei2ee"]
@@ -915,7 +956,7 @@ mod tests {
         let t1 = t0 + Duration::from_millis(10);
         std::fs::create_dir(dir.path().join(".settings.benc.tmp")).unwrap();
         s.receive(a, &frame("port", &Value::Int(8), Some(4)), t1);
-        s.end_turn(t1);
+        end(&mut s, t1);
         let out = take(&mut s, a);
         assert_eq!(out.len(), 1);
         assert!(
@@ -925,13 +966,13 @@ mod tests {
         assert_eq!(s.service().registry().settings().port, 7, "undone");
         assert!(!s.service().registry().needs_commit());
         // Noop turns do not commit again, and the server is idle.
-        s.end_turn(t1);
+        end(&mut s, t1);
         assert!(s.poll_timeout(t1).is_some_and(|t| t > t1));
 
         // Turn 3: the disk is back; the same change goes through.
         std::fs::remove_dir(dir.path().join(".settings.benc.tmp")).unwrap();
         s.receive(a, &frame("port", &Value::Int(8), Some(5)), t1);
-        s.end_turn(t1);
+        end(&mut s, t1);
         assert_eq!(take(&mut s, a), ["00000012l9:succeeded0:i5ee"]);
         assert_eq!(s.service().registry().settings().port, 8);
         assert_eq!(
@@ -963,7 +1004,7 @@ mod tests {
         s.receive(a, &frame("port", &Value::Int(7), Some(1)), t0);
         s.receive(b, &frame("peek", &Value::empty(), Some(2)), t0);
         assert_eq!(take(&mut s, b), ["0000000El4:peeki7ei2ee"]);
-        s.end_turn(t0);
+        end(&mut s, t0);
         assert_eq!(take(&mut s, a), ["00000012l9:succeeded0:i1ee"]);
     }
 
@@ -1015,7 +1056,7 @@ mod tests {
         let t0 = Instant::now();
         let quiet = s.connect(t0); // never sends its version
         let talker = connect(&mut s, t0);
-        s.end_turn(t0);
+        end(&mut s, t0);
         let deadline = s.poll_timeout(t0).unwrap();
         assert!(deadline > t0);
         s.handle_timeout(t0 + Duration::from_secs(11));
@@ -1026,7 +1067,7 @@ mod tests {
         // A client that hangs up after a request is answered, then closed.
         s.receive(talker, &frame("get-port", &Value::empty(), Some(1)), t0);
         s.hang_up(talker);
-        s.end_turn(t0);
+        end(&mut s, t0);
         assert!(!s.wants_input(talker));
         let f = s.flushed(talker);
         assert!(f.pending_output);
@@ -1066,7 +1107,7 @@ mod tests {
         }
         assert!(!s.service().registry().has_work());
         // Checked and complete: it seeds, so the swarm runs it.
-        s.end_turn(t0);
+        end(&mut s, t0);
         assert!(s.swarm().is_running(1));
     }
 }

@@ -143,10 +143,17 @@ impl Dispatch for Service {
         if cmd.min_version > version {
             return Reply::NotSupported.into();
         }
-        let before = self.registry.borrow().changes();
+        let before = {
+            let reg = self.registry.borrow();
+            (reg.changes(), reg.settings().port)
+        };
         let reply = self.run(cmd.handler, value, tagged);
-        let durable = self.registry.borrow().changes() != before;
-        Dispatched { reply, durable }
+        let reg = self.registry.borrow();
+        Dispatched {
+            reply,
+            durable: reg.changes() != before.0,
+            rebinds: reg.settings().port != before.1,
+        }
     }
 
     fn quitting(&self) -> bool {

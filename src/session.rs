@@ -84,8 +84,13 @@ impl From<crate::codec::DecodeError> for ProtocolError {
 enum Held {
     /// Encoded frames.
     Frames(Vec<u8>),
-    /// A reply to send once the change is durable.
-    Pending { reply: Reply, tag: Option<i64> },
+    /// A reply to send once the change is durable (and, if it moved the
+    /// peer port, bound).
+    Pending {
+        reply: Reply,
+        tag: Option<i64>,
+        rebinds: bool,
+    },
 }
 
 /// One connection's protocol state and buffers.
@@ -250,6 +255,7 @@ impl Session {
             self.held.push(Held::Pending {
                 reply: done.reply,
                 tag,
+                rebinds: done.rebinds,
             });
             self.held_bytes += 32;
             return;
@@ -297,16 +303,22 @@ impl Session {
     }
 
     /// Sends the held replies now that the commit is done: as they were on
-    /// success, or `failed` with the reason for each held change.
-    pub fn release<E: std::fmt::Display>(&mut self, commit: &Result<(), E>) {
+    /// success, or `failed` with the reason for each held change; a change
+    /// of the peer port is also `failed` if the port could not be bound.
+    pub fn release<E: std::fmt::Display>(&mut self, commit: &Result<(), E>, bind: Option<&str>) {
         self.held_bytes = 0;
         for held in std::mem::take(&mut self.held) {
             match held {
                 Held::Frames(f) => self.output.tail().extend_from_slice(&f),
-                Held::Pending { reply, tag } => {
-                    let reply = match commit {
-                        Ok(()) => reply,
-                        Err(why) => Reply::Failed(why.to_string()),
+                Held::Pending {
+                    reply,
+                    tag,
+                    rebinds,
+                } => {
+                    let reply = match (commit, bind) {
+                        (Err(why), _) => Reply::Failed(why.to_string()),
+                        (Ok(()), Some(why)) if rebinds => Reply::Failed(why.to_string()),
+                        (Ok(()), _) => reply,
                     };
                     self.send(b"(change)", reply, tag);
                 }
@@ -364,7 +376,11 @@ mod tests {
                 }
                 _ => (Reply::NotSupported, false),
             };
-            Dispatched { reply, durable }
+            Dispatched {
+                reply,
+                durable,
+                rebinds: false,
+            }
         }
 
         fn quitting(&self) -> bool {
@@ -424,7 +440,7 @@ mod tests {
         s.receive(&bytes, &mut d).unwrap();
         assert!(s.output().is_empty(), "nothing before the commit");
         assert!(s.is_held());
-        s.release::<String>(&Ok(()));
+        s.release::<String>(&Ok(()), None);
         assert_eq!(
             frames(&take_output(&mut s)),
             vec!["00000012l9:succeeded0:i1ee", "00000012l9:succeeded0:i2ee"]
@@ -438,7 +454,7 @@ mod tests {
         let mut bytes = frame("change", &Value::empty(), Some(1));
         bytes.extend(frame("get", &Value::empty(), Some(2)));
         s.receive(&bytes, &mut d).unwrap();
-        s.release(&Err("disk full"));
+        s.release(&Err("disk full"), None);
         assert_eq!(
             frames(&take_output(&mut s)),
             vec![

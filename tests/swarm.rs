@@ -330,3 +330,29 @@ fn a_leecher_killed_halfway_resumes_without_downloading_twice() {
     );
     leecher.kill9();
 }
+
+/// Moving the peer port re-binds at once; a port that cannot be bound is
+/// answered `failed` with the reason (and logged), a free one succeeds.
+#[test]
+fn a_port_that_cannot_be_bound_is_answered_failed() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let state = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start_in(state.path(), &[]);
+    let mut c = d.client();
+    let reply = c.call("port", &Value::Int(port.into())).unwrap();
+    assert_eq!(reply.key, "failed");
+    let why = reply.value.as_str().unwrap_or("");
+    assert!(
+        why.contains(&format!("cannot listen for peers on port {port}")),
+        "{why}"
+    );
+    d.wait_for_log("cannot listen for peers on 127.0.0.1")
+        .unwrap();
+    let free = common::free_port();
+    let reply = c.call("port", &Value::Int(free.into())).unwrap();
+    assert_eq!(reply.key, "succeeded");
+    d.wait_for_log(&format!("listening for peers on 127.0.0.1:{free}"))
+        .unwrap();
+    assert!(std::net::TcpStream::connect(("127.0.0.1", free)).is_ok());
+}

@@ -375,6 +375,9 @@ impl Core {
         s.receive(self.id, bytes, now);
         loop {
             s.end_turn(now);
+            if let Some(port) = s.poll_bind() {
+                s.bind_result(port, Ok(())); // no socket: every bind works
+            }
             let o = s.output(self.id).to_vec();
             s.consume_output(self.id, o.len());
             out.extend(o);
