@@ -89,7 +89,7 @@ cmp -s seed/data.bin tl-data/data.bin || { echo "tripcd: files differ" >&2; exit
 kill "$ts_pid" "$tl_pid" 2>/dev/null || true
 
 # --- aria2c -> aria2c
-aria() { aria2c --enable-dht=false --bt-enable-lpd=false --enable-peer-exchange=false \
+aria() { exec aria2c --enable-dht=false --bt-enable-lpd=false --enable-peer-exchange=false \
   --listen-port="$(free_port)" --quiet --file-allocation=none "$@"; }
 aria --dir=seed --seed-ratio=0 -V t.torrent &
 pids+=($!)
