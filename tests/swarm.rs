@@ -346,3 +346,30 @@ fn a_port_that_cannot_be_bound_is_answered_failed() {
         .unwrap();
     assert!(std::net::TcpStream::connect(("127.0.0.1", free)).is_ok());
 }
+
+/// A stopped torrent says `stopping` while its `stopped` announce waits
+/// (here a tracker that accepts and never answers), then `paused` once the
+/// 5 s bound passes.
+#[test]
+fn a_stop_shows_stopping_while_its_announce_waits() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/announce", silent.local_addr().unwrap());
+    let files = files();
+    let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (*n, d.as_slice())).collect();
+    let torrent = multi_torrent("swarm", &refs, 32 << 10, &url);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("swarm")).unwrap();
+    for (name, data) in &files {
+        std::fs::write(dir.path().join("swarm").join(name), data).unwrap();
+    }
+    let state = tempfile::tempdir().unwrap();
+    let d = daemon(state.path());
+    let mut c = d.client();
+    let id = add(&mut c, &torrent, dir.path());
+    wait_for_state(&mut c, id, "seeding");
+    c.request("stop", &Value::List(vec![Value::Int(id)]))
+        .unwrap();
+    assert_eq!(status(&mut c, id, "state").as_str(), Some("stopping"));
+    wait_for_state(&mut c, id, "paused");
+    drop(silent);
+}
