@@ -8,6 +8,7 @@
 # Needs Debian's opentracker, aria2 and mktorrent (as .ci/run installs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+repo="$PWD"
 size_mib="${1:-512}"
 cargo build --release --bin tripcd --bin tripc --bin tripcd-bench >/dev/null 2>&1
 bin="$PWD/target/release"
@@ -40,20 +41,7 @@ mkdir -p seed
 head -c "$((size_mib << 20))" /dev/urandom > seed/data.bin
 tracker_port=$(free_port)
 mktorrent -a "http://127.0.0.1:$tracker_port/announce" -l 18 -o t.torrent seed/data.bin >/dev/null
-python3 - > whitelist <<'EOF'
-import hashlib
-d = open("t.torrent", "rb").read()
-def skip(b, i):
-    c = b[i:i+1]
-    if c == b"i": return b.index(b"e", i) + 1
-    if c in (b"l", b"d"):
-        i += 1
-        while b[i:i+1] != b"e": i = skip(b, i)
-        return i + 1
-    n = b.index(b":", i); return n + 1 + int(b[i:n])
-i = d.index(b"4:info") + 6
-print(hashlib.sha1(d[i:skip(d, i)]).hexdigest())
-EOF
+python3 "$repo/tests/infohash.py" t.torrent > whitelist
 chmod 644 whitelist
 opentracker -i 127.0.0.1 -p "$tracker_port" -P "$tracker_port" -d / -w "$work/whitelist" >/dev/null 2>&1 &
 pids+=($!)

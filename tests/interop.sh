@@ -11,6 +11,7 @@
 #   tests/interop.sh            (builds tripcd in release mode first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+repo="$PWD"
 cargo build --release --bin tripcd --bin tripc
 bin="$PWD/target/release"
 work="$(mktemp -d)"
@@ -43,21 +44,7 @@ head -c 9000001 /dev/urandom > payload/set/b.bin
 tracker_port=$(free_port)
 announce="http://127.0.0.1:$tracker_port/announce"
 mktorrent -a "$announce" -l 18 -o set.torrent payload/set >/dev/null
-hash=$(python3 - <<'EOF'
-import hashlib
-d = open("set.torrent", "rb").read()
-def skip(b, i):
-    c = b[i:i+1]
-    if c == b"i": return b.index(b"e", i) + 1
-    if c in (b"l", b"d"):
-        i += 1
-        while b[i:i+1] != b"e": i = skip(b, i)
-        return i + 1
-    n = b.index(b":", i); return n + 1 + int(b[i:n])
-i = d.index(b"4:info") + 6
-print(hashlib.sha1(d[i:skip(d, i)]).hexdigest())
-EOF
-)
+hash=$(python3 "$repo/tests/infohash.py" set.torrent)
 echo "$hash" > whitelist
 # opentracker drops to user nobody before it reads the whitelist.
 chmod 755 "$work"
