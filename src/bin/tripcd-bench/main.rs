@@ -1,5 +1,5 @@
 //! `tripcd-bench`: load generator, idle-connection holder and reference
-//! server. Parses arguments and calls `tripcd::load`.
+//! server. Parses arguments and calls the private `load` module.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -84,6 +84,12 @@ enum Cmd {
         /// How many torrents
         #[arg(short = 'n', long, default_value_t = 10000)]
         count: u64,
+        /// Print JSON ({"added": N, "sent": COUNT})
+        #[arg(long)]
+        json: bool,
+        /// No progress line on stderr
+        #[arg(long)]
+        quiet: bool,
     },
 }
 
@@ -165,13 +171,12 @@ fn main() -> ExitCode {
                 .and_then(|t| std::fs::write(&out, t))
                 .map(|()| println!("wrote {}", PathBuf::from(out).display()))
         }
-        Cmd::Populate { socket, count } => match load::torrents::populate(&socket, count, true) {
-            Ok(n) => {
-                println!("added {n} new torrents ({count} sent)");
-                Ok(())
-            }
-            Err(e) => Err(std::io::Error::other(e.to_string())),
-        },
+        Cmd::Populate {
+            socket,
+            count,
+            json,
+            quiet,
+        } => populate(&socket, count, json, quiet),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -209,6 +214,20 @@ fn load(
         progress: !common.quiet,
     };
     load::run_load(&config).map(|r| print(&common, &r))
+}
+
+/// `populate`: the adds, then how many were new.
+fn populate(socket: &std::path::Path, count: u64, json: bool, quiet: bool) -> std::io::Result<()> {
+    let n = load::torrents::populate(socket, count, !quiet)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let text = if json {
+        serde_json::json!({ "added": n, "sent": count }).to_string()
+    } else {
+        format!("added {n} new torrents ({count} sent)")
+    };
+    // A reader that went away (`| head`) is not worth a panic.
+    let _ = writeln!(std::io::stdout(), "{text}");
+    Ok(())
 }
 
 /// `soak`: the run, its report, and each failed check.
