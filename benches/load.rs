@@ -5,7 +5,9 @@
 //! `TRIPCD_BENCH_RUNS` runs (default 3) of `TRIPCD_BENCH_SECONDS` seconds
 //! (default 5). `TRIPCD_BENCH_ONLY=noop-50` (a substring of a scenario's
 //! name) runs only some. The daemon runs with the repository's example
-//! scripts, so a script key is measured beside `noop`.
+//! scripts, so a script key is measured beside `noop`. Every measurement
+//! is one run of the `tripcd-bench` binary (`load`/`idle --json`), the very
+//! tool users run, which keeps its load generator private to it.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -13,14 +15,61 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use tripcd::codec::Value;
-// The load tool is private to the `tripcd-bench` binary; the bench builds
-// the same source in-process, so its figures come from the very code the
-// binary runs, without a subprocess between measurement and table.
-#[allow(dead_code, unused_imports)]
-#[path = "../src/bin/tripcd-bench/load/mod.rs"]
-mod load;
 
-use load::{LoadConfig, Report};
+/// The figures of one run that the table shows, as `tripcd-bench --json`
+/// prints them.
+#[derive(Debug, Clone)]
+struct Report {
+    throughput: f64,
+    p99_us: u64,
+    p999_us: u64,
+    max_us: u64,
+    errors: u64,
+    rss_kib: Option<u64>,
+    bytes_per_connection: Option<f64>,
+}
+
+impl Report {
+    /// Reads the JSON object of `tripcd-bench load|idle --json`.
+    fn parse(text: &str) -> Report {
+        let j: serde_json::Value = serde_json::from_str(text.trim())
+            .unwrap_or_else(|e| panic!("tripcd-bench printed no JSON ({e}): {text}"));
+        let figure = |k: &str| {
+            j[k].as_u64()
+                .unwrap_or_else(|| panic!("no figure {k} in {j}"))
+        };
+        Report {
+            throughput: figure("throughput") as f64,
+            p99_us: figure("p99_us"),
+            p999_us: figure("p999_us"),
+            max_us: figure("max_us"),
+            errors: figure("errors"),
+            rss_kib: j["rss_kib"].as_u64(),
+            bytes_per_connection: j["bytes_per_connection"].as_f64(),
+        }
+    }
+}
+
+/// `tripcd-bench SUBCOMMAND`, to be given its arguments.
+fn tool(subcommand: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tripcd-bench"));
+    cmd.arg(subcommand);
+    cmd
+}
+
+/// Runs `cmd` to its end and returns what it printed; its errors go to
+/// the bench's stderr, and a failure stops the bench.
+fn output_of(mut cmd: Command) -> String {
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("spawn tripcd-bench");
+    assert!(out.status.success(), "{cmd:?}: {}", out.status);
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+/// The JSON for the empty string, the value of `noop`.
+const EMPTY: &str = r#""""#;
 
 /// A server process (tripcd or the echo reference), killed on drop.
 struct Server {
@@ -102,18 +151,24 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-fn run(socket: &Path, pid: u32, conns: usize, depth: usize, key: &str, value: Value) -> Report {
-    let config = LoadConfig {
-        socket: socket.to_path_buf(),
-        connections: conns,
-        depth,
-        duration: Duration::from_secs_f64(env_or("TRIPCD_BENCH_SECONDS", 5.0)),
-        key: key.to_string(),
-        value,
-        pid: Some(pid),
-        progress: false,
-    };
-    load::run_load(&config).expect("load run")
+/// One `tripcd-bench load` run of `seconds` against the server at
+/// `socket`; `value` is JSON.
+fn run(
+    socket: &Path,
+    pid: u32,
+    conns: usize,
+    depth: usize,
+    seconds: f64,
+    key: &str,
+    value: &str,
+) -> Report {
+    let mut cmd = tool("load");
+    cmd.arg("--socket")
+        .arg(socket)
+        .args(["-c", &conns.to_string(), "-d", &depth.to_string()])
+        .args(["-t", &seconds.to_string(), "-k", key, "-v", value])
+        .args(["--pid", &pid.to_string(), "--quiet", "--json"]);
+    Report::parse(&output_of(cmd))
 }
 
 /// The run with the median throughput.
@@ -126,10 +181,6 @@ fn cell(r: &Report) -> String {
     format!("{:>9.0}/s p99 {:>6} us", r.throughput, r.p99_us)
 }
 
-/// Verification of a 1 GiB single-file torrent (256 KiB pieces, data in
-/// the page cache) while 50 clients send tagged noops: how fast tripcd
-/// hashes, against `sha1sum` on the same file, and the longest wait a
-/// client saw meanwhile.
 /// Writes `size` bytes of xorshift noise (incompressible, repeatable).
 fn write_noise(path: &Path, size: usize) {
     use std::io::Write;
@@ -177,6 +228,10 @@ fn wait_until_seeding(c: &mut tripcd::client::Client, id: i64) {
     }
 }
 
+/// Verification of a 1 GiB single-file torrent (256 KiB pieces, data in
+/// the page cache) while 50 clients send tagged noops: how fast tripcd
+/// hashes, against `sha1sum` on the same file, and the longest wait a
+/// client saw meanwhile.
 fn verify_scenario() -> String {
     use tripcd::client::Client;
     const SIZE: usize = 1 << 30;
@@ -191,24 +246,17 @@ fn verify_scenario() -> String {
         .status()
         .is_ok_and(|s| s.success())
         .then(|| start.elapsed().as_secs_f64());
-    let torrent = load::torrents::torrent_for_file(&data, 256 << 10).expect("torrent");
+    let mut mktorrent = tool("mktorrent");
+    mktorrent
+        .arg(&data)
+        .args(["--piece-length", &(256 << 10).to_string()]);
+    output_of(mktorrent);
+    let torrent = std::fs::read(dir.path().join("big.bin.torrent")).expect("torrent");
 
     let daemon = Server::tripcd();
     let socket = daemon.socket.clone();
     let pid = daemon.pid();
-    let load = std::thread::spawn(move || {
-        let config = LoadConfig {
-            socket,
-            connections: 50,
-            depth: 1,
-            duration: Duration::from_secs(3),
-            key: "noop".into(),
-            value: Value::empty(),
-            pid: Some(pid),
-            progress: false,
-        };
-        load::run_load(&config).expect("load run")
-    });
+    let load = std::thread::spawn(move || run(&socket, pid, 50, 1, 3.0, "noop", EMPTY));
     std::thread::sleep(Duration::from_millis(500));
     let mut c = Client::connect(&daemon.socket).expect("connect");
     let add = Value::dict([
@@ -241,24 +289,14 @@ fn verify_scenario() -> String {
 /// One row of the table: a scenario's medians, tripcd and echo.
 type Row = (&'static str, Report, Report);
 
-/// The request scenarios: name, connections, depth, key, value.
-fn scenarios() -> [(&'static str, usize, usize, &'static str, Value); 5] {
-    let statuses = Value::List(
-        ["state", "completed", "running", "error", "eta", "tracker"]
-            .map(Value::str)
-            .to_vec(),
-    );
+/// The request scenarios: name, connections, depth, key, value (JSON).
+fn scenarios() -> [(&'static str, usize, usize, &'static str, &'static str); 5] {
+    let statuses = r#"["state","completed","running","error","eta","tracker"]"#;
     [
-        ("noop-50-d1", 50, 1, "noop", Value::empty()),
-        ("noop-50-d16", 50, 16, "noop", Value::empty()),
-        (
-            "script-get-uptime-50-d16",
-            50,
-            16,
-            "get-uptime",
-            Value::empty(),
-        ),
-        ("noop-10000-d1", 10_000, 1, "noop", Value::empty()),
+        ("noop-50-d1", 50, 1, "noop", EMPTY),
+        ("noop-50-d16", 50, 16, "noop", EMPTY),
+        ("script-get-uptime-50-d16", 50, 16, "get-uptime", EMPTY),
+        ("noop-10000-d1", 10_000, 1, "noop", EMPTY),
         (
             "status-all-10000-torrents",
             1,
@@ -269,9 +307,22 @@ fn scenarios() -> [(&'static str, usize, usize, &'static str, Value); 5] {
     ]
 }
 
+/// Adds `n` synthetic paused torrents with `tripcd-bench populate`;
+/// returns how many were new.
+fn populate(socket: &Path, n: u64) -> u64 {
+    let mut cmd = tool("populate");
+    cmd.arg("--socket")
+        .arg(socket)
+        .args(["-n", &n.to_string(), "--quiet", "--json"]);
+    let out = output_of(cmd);
+    let j: serde_json::Value = serde_json::from_str(out.trim()).expect("populate JSON");
+    j["added"].as_u64().expect("populate's added count")
+}
+
 /// Runs the request scenarios whose name contains `only`, each `runs`
 /// times against tripcd and the echo server, interleaved.
 fn request_scenarios(only: &str, runs: usize) -> Vec<Row> {
+    let seconds = env_or("TRIPCD_BENCH_SECONDS", 5.0);
     let mut table = Vec::new();
     for (name, conns, depth, key, value) in scenarios() {
         if !name.contains(only) {
@@ -279,14 +330,14 @@ fn request_scenarios(only: &str, runs: usize) -> Vec<Row> {
         }
         let daemon = Server::tripcd();
         if name.starts_with("status") {
-            let n = load::torrents::populate(&daemon.socket, 10_000, false).expect("populate");
+            let n = populate(&daemon.socket, 10_000);
             eprintln!("{name}: {n} torrents added");
         }
         let echo = Server::echo();
         let mut ours = Vec::new();
         let mut refs = Vec::new();
         for i in 0..runs {
-            let on = |s: &Server| run(&s.socket, s.pid(), conns, depth, key, value.clone());
+            let on = |s: &Server| run(&s.socket, s.pid(), conns, depth, seconds, key, value);
             ours.push(on(&daemon));
             refs.push(on(&echo));
             eprintln!(
@@ -305,7 +356,12 @@ fn request_scenarios(only: &str, runs: usize) -> Vec<Row> {
 fn idle_scenario() -> (usize, Report, Report) {
     let n = env_or("TRIPCD_BENCH_IDLE", 19_000);
     let measure = |s: &Server| {
-        load::run_idle(&s.socket, n, Some(s.pid()), Duration::ZERO, false).expect("idle run")
+        let mut cmd = tool("idle");
+        cmd.arg("--socket")
+            .arg(&s.socket)
+            .args(["-c", &n.to_string(), "--pid", &s.pid().to_string()])
+            .args(["--hold", "0", "--quiet", "--json"]);
+        Report::parse(&output_of(cmd))
     };
     let daemon = Server::tripcd();
     let ours = measure(&daemon);
@@ -363,9 +419,9 @@ fn print_table(table: &[Row], idle: Option<(usize, Report, Report)>, runs: usize
             "{:<27} {:>12} {:>21} | {:>12} {:>21} |",
             format!("idle-{n}"),
             format!("{} KiB", ours.rss_kib.unwrap_or(0)),
-            format!("{:.0} B/conn", ours.bytes_per_connection().unwrap_or(0.0)),
+            format!("{:.0} B/conn", ours.bytes_per_connection.unwrap_or(0.0)),
             format!("{} KiB", refs.rss_kib.unwrap_or(0)),
-            format!("{:.0} B/conn", refs.bytes_per_connection().unwrap_or(0.0)),
+            format!("{:.0} B/conn", refs.bytes_per_connection.unwrap_or(0.0)),
         );
     }
     println!(
@@ -378,7 +434,8 @@ fn main() {
     // `cargo bench` passes --bench; nothing else is taken.
     let runs: usize = env_or("TRIPCD_BENCH_RUNS", 3).max(1);
     let only = std::env::var("TRIPCD_BENCH_ONLY").unwrap_or_default();
-    load::raise_fd_limit();
+    // The servers started here inherit the raised limit.
+    tripcd::sys::raise_fd_limit();
     let table = request_scenarios(&only, runs);
     let idle = "idle-19000".contains(&only).then(idle_scenario);
     let verify = "verify-1gib".contains(&only).then(verify_scenario);
