@@ -10,12 +10,29 @@ use std::process::Command;
 use common::{Daemon, Raw};
 use tripcd::client::Client;
 use tripcd::codec::Value;
-// The load tool's torrent maker, private to `tripcd-bench`, built here too.
-#[allow(dead_code)]
-#[path = "../src/bin/tripcd-bench/load/torrents.rs"]
-mod torrents;
 
-use torrents::synthetic_torrent;
+/// The `i`-th of a population of distinct torrents: one 16 KiB file whose
+/// piece hash makes the info hash distinct. No data exists for it.
+fn synthetic_torrent(i: u64) -> Vec<u8> {
+    use sha1::{Digest, Sha1};
+    let info = Value::dict([
+        ("length", Value::Int(16384)),
+        ("name", Value::str(&format!("synthetic-{i:06}.bin"))),
+        ("piece length", Value::Int(16384)),
+        (
+            "pieces",
+            Value::Bytes(Sha1::digest(i.to_be_bytes()).to_vec()),
+        ),
+    ]);
+    let meta = Value::dict([
+        (
+            "announce",
+            Value::str("http://tracker.invalid:6969/announce"),
+        ),
+        ("info", info),
+    ]);
+    meta.to_bencode().unwrap()
+}
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
