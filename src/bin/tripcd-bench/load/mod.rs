@@ -417,8 +417,28 @@ pub fn run_load(config: &LoadConfig) -> io::Result<Report> {
     // A template frame; only the tag changes.
     let frames_for = |tag: i64| encode_message(&config.key, &config.value, Some(tag));
     let start = Instant::now();
+    fill_pipelines(&mut conns, config.depth, start, &frames_for)?;
+    drive(
+        &mut poll,
+        &mut conns,
+        &mut counters,
+        config,
+        start,
+        &frames_for,
+    )?;
+    Ok(counters.report(config, conns.len(), start, connect_rate, rss_before))
+}
+
+/// Puts `depth` requests in flight on every connection, all sent at
+/// `start`.
+fn fill_pipelines(
+    conns: &mut Slab<LoadConn>,
+    depth: usize,
+    start: Instant,
+    frames_for: &dyn Fn(i64) -> Vec<u8>,
+) -> io::Result<()> {
     for (_, c) in conns.iter_mut() {
-        for _ in 0..config.depth {
+        for _ in 0..depth {
             let tag = c.next_tag;
             c.next_tag += 1;
             c.output.extend_from_slice(&frames_for(tag));
@@ -426,6 +446,20 @@ pub fn run_load(config: &LoadConfig) -> io::Result<Report> {
         }
         c.flush()?;
     }
+    Ok(())
+}
+
+/// Serves replies, each answered with a new request, until the run's
+/// duration has passed; then waits for the requests in flight, at most
+/// 10 s (replies that never came are errors).
+fn drive(
+    poll: &mut Poll,
+    conns: &mut Slab<LoadConn>,
+    counters: &mut Counters,
+    config: &LoadConfig,
+    start: Instant,
+    frames_for: &dyn Fn(i64) -> Vec<u8>,
+) -> io::Result<()> {
     let mut events = Events::with_capacity(4096);
     let deadline = start + config.duration;
     let mut last_progress = Instant::now();
@@ -454,7 +488,7 @@ pub fn run_load(config: &LoadConfig) -> io::Result<Report> {
             if c.dead {
                 continue;
             }
-            c.serve(&mut counters, stopping, &frames_for);
+            c.serve(counters, stopping, frames_for);
         }
         if config.progress && last_progress.elapsed() >= Duration::from_secs(1) {
             let secs = start.elapsed().as_secs_f64();
@@ -471,7 +505,7 @@ pub fn run_load(config: &LoadConfig) -> io::Result<Report> {
     if config.progress {
         eprintln!();
     }
-    Ok(counters.report(config, conns.len(), start, connect_rate, rss_before))
+    Ok(())
 }
 
 /// Opens and handshakes `n` connections, measures the daemon's memory,
