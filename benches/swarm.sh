@@ -12,30 +12,12 @@ repo="$PWD"
 size_mib="${1:-512}"
 cargo build --release --bin tripcd --bin tripc --bin tripcd-bench >/dev/null 2>&1
 bin="$PWD/target/release"
-work="$(mktemp -d)"
-chmod 755 "$work"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. "$repo/tests/swarm-lib.sh"
 cd "$work"
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 # utime + stime of a process, in seconds.
 cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
 now() { date +%s.%N; }
-wait_for() {
-  local deadline=$((SECONDS + $2))
-  until eval "$1"; do
-    [ "$SECONDS" -lt "$deadline" ] || { echo "timed out: $1" >&2; exit 1; }
-    sleep 0.05
-  done
-}
 
 mkdir -p seed
 head -c "$((size_mib << 20))" /dev/urandom > seed/data.bin

@@ -14,28 +14,10 @@ cd "$(dirname "$0")/.."
 repo="$PWD"
 cargo build --release --bin tripcd --bin tripc
 bin="$PWD/target/release"
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. "$repo/tests/swarm-lib.sh"
 cd "$work"
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 fail() { echo "interop: FAILED: $*" >&2; exit 1; }
-# Waits up to $2 seconds for command $1 to succeed.
-wait_for() {
-  local deadline=$((SECONDS + $2))
-  until eval "$1"; do
-    [ "$SECONDS" -lt "$deadline" ] || return 1
-    sleep 0.5
-  done
-}
 
 # A 24 MiB payload in two files, 256 KiB pieces.
 mkdir -p payload/set
@@ -47,7 +29,6 @@ mktorrent -a "$announce" -l 18 -o set.torrent payload/set >/dev/null
 hash=$(python3 "$repo/tests/infohash.py" set.torrent)
 echo "$hash" > whitelist
 # opentracker drops to user nobody before it reads the whitelist.
-chmod 755 "$work"
 chmod 644 whitelist
 opentracker -i 127.0.0.1 -p "$tracker_port" -P "$tracker_port" -d / -w "$work/whitelist" >opentracker.log 2>&1 &
 pids+=($!)
