@@ -253,10 +253,43 @@ impl Announcer {
 
     /// The announce in flight failed (no usable reply).
     pub fn handle_error(&mut self, error: &TrackerError, now: Instant) {
+        self.handle_failure(error.to_string(), now);
+    }
+
+    /// The announce in flight failed (an error, or the tracker's refusal):
+    /// `text` says why. A retry follows after the back-off.
+    pub fn handle_failure(&mut self, text: String, now: Instant) {
         let Some(event) = self.in_flight.take() else {
             return;
         };
-        self.on_failure(event, error.to_string(), now);
+        self.on_failure(event, text, now);
+    }
+
+    /// The announce in flight failed and another tracker is there to try:
+    /// the same announce is due again at once, without back-off (BEP 12's
+    /// fallback). A `stopped` announce is not retried elsewhere.
+    pub fn retry_elsewhere(&mut self, text: String, now: Instant) {
+        let Some(event) = self.in_flight.take() else {
+            return;
+        };
+        if event == Some(AnnounceEvent::Stopped) {
+            return self.on_failure(event, text, now);
+        }
+        self.last_error = Some(text);
+        self.due = Some(now);
+    }
+
+    /// Announces now go to a tracker that has not seen this run's
+    /// `started`: the next one carries it again.
+    pub fn new_tracker(&mut self) {
+        if self.phase == Phase::Running {
+            self.started_ok = false;
+        }
+    }
+
+    /// The announce now in flight carries `started`, or would if sent now.
+    pub fn started_acknowledged(&self) -> bool {
+        self.started_ok
     }
 
     fn on_failure(&mut self, event: Option<AnnounceEvent>, text: String, now: Instant) {
@@ -351,6 +384,36 @@ mod tests {
         assert!(a.in_flight());
         assert_eq!(a.poll_timeout(), None, "nothing else while in flight");
         assert_eq!(a.poll_announce(now), None);
+    }
+
+    #[test]
+    fn another_tracker_is_tried_at_once_and_hears_started_again() {
+        let t0 = Instant::now();
+        let mut a = Announcer::new();
+        a.start(t0);
+        send(&mut a, t0, Some(Started));
+        a.retry_elsewhere("refused".into(), t0 + secs(1));
+        assert_eq!(a.last_error(), Some("refused"));
+        assert_eq!(a.failures(), 0, "no back-off for a fallback");
+        send(&mut a, t0 + secs(1), Some(Started));
+        a.handle_reply(&ok(Some(600)), t0 + secs(2));
+        assert!(a.started_acknowledged());
+        send(&mut a, t0 + secs(602), None);
+        // The tracker dies; the next one must hear `started`.
+        a.retry_elsewhere("gone".into(), t0 + secs(603));
+        a.new_tracker();
+        send(&mut a, t0 + secs(603), Some(Started));
+        a.handle_failure("gone too".into(), t0 + secs(604));
+        assert_eq!(a.failures(), 1);
+        assert_eq!(a.poll_timeout(), Some(t0 + secs(604) + FIRST_RETRY));
+        // `stopped` is never retried elsewhere.
+        a.handle_reply(&ok(None), t0 + secs(604)); // nothing in flight: ignored
+        send(&mut a, t0 + secs(634), Some(Started));
+        a.handle_reply(&ok(None), t0 + secs(635));
+        a.stop(t0 + secs(636));
+        send(&mut a, t0 + secs(636), Some(Stopped));
+        a.retry_elsewhere("down".into(), t0 + secs(637));
+        assert!(a.is_idle());
     }
 
     #[test]
