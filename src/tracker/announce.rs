@@ -173,18 +173,49 @@ pub struct Announced {
     pub peers: Vec<SocketAddr>,
 }
 
+/// One torrent's figures from a scrape (or from an announce reply's
+/// `complete`/`incomplete`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Scraped {
+    /// Peers with the whole torrent.
+    pub seeders: u32,
+    /// Peers still downloading.
+    pub leechers: u32,
+    /// Downloads the tracker saw complete (`downloaded` in HTTP scrapes).
+    pub completed: u32,
+}
+
+/// Peers from a compact list: 6-byte entries (IPv4 address, port) or, with
+/// `v6`, 18-byte entries (IPv6 address, port), big endian. Bounded by
+/// [`MAX_PEERS`], without duplicates or unusable addresses; a trailing
+/// partial entry is ignored.
+pub fn compact_peers(bytes: &[u8], v6: bool) -> Vec<SocketAddr> {
+    let mut peers = PeerSet::new();
+    if v6 {
+        peers.add_compact6(bytes);
+    } else {
+        peers.add_compact4(bytes);
+    }
+    peers.peers
+}
+
 /// Why an announce produced no reply we can use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TrackerError {
     /// The announce URL cannot be used: the reason.
     BadUrl(String),
-    /// Something we do not do (yet), e.g. `https`.
+    /// Something we do not do (yet).
     Unsupported(&'static str),
     /// The host name did not resolve: host and reason.
     Resolve(String, String),
     /// No address of the host accepted a connection: host and the last
     /// connection error.
     Connect(String, String),
+    /// The TLS session with an `https` tracker failed: host (with its port
+    /// when not the default) and a reason a person can act on (unknown
+    /// certificate authority, name mismatch, handshake refused, no root
+    /// certificates on this machine).
+    Tls(String, String),
     /// The job's time ran out (resolving, connecting, or waiting for the
     /// reply).
     Timeout,
@@ -205,6 +236,13 @@ pub enum TrackerError {
     Garbage(String),
     /// The worker thread is gone (the engine is shutting down).
     WorkerGone,
+    /// A UDP tracker did not answer before the exchange's deadline: the
+    /// number of packets sent.
+    UdpTimeout(u32),
+    /// Too many UDP tracker exchanges are in flight: the limit.
+    TooBusy(usize),
+    /// The request cannot be sent as asked: the reason.
+    BadRequest(String),
 }
 
 impl fmt::Display for TrackerError {
@@ -218,6 +256,7 @@ impl fmt::Display for TrackerError {
             TrackerError::Connect(host, why) => {
                 write!(f, "could not connect to tracker {host}: {why}")
             }
+            TrackerError::Tls(host, why) => write!(f, "TLS with tracker {host} failed: {why}"),
             TrackerError::Timeout => f.write_str("tracker did not answer in time"),
             TrackerError::Io(why) => write!(f, "connection to tracker failed: {why}"),
             TrackerError::BadResponse(why) => {
@@ -241,6 +280,17 @@ impl fmt::Display for TrackerError {
             }
             TrackerError::Garbage(what) => write!(f, "tracker replied with {what}"),
             TrackerError::WorkerGone => f.write_str("tracker worker has shut down"),
+            TrackerError::UdpTimeout(1) => {
+                f.write_str("UDP tracker did not answer (1 packet sent)")
+            }
+            TrackerError::UdpTimeout(n) => {
+                write!(f, "UDP tracker did not answer ({n} packets sent)")
+            }
+            TrackerError::TooBusy(limit) => write!(
+                f,
+                "too many UDP tracker requests in flight (at most {limit})"
+            ),
+            TrackerError::BadRequest(why) => write!(f, "cannot send tracker request: {why}"),
         }
     }
 }
@@ -262,7 +312,7 @@ fn snippet(body: &[u8]) -> String {
     s
 }
 
-fn garbage(body: &[u8], what: &str) -> TrackerError {
+pub(super) fn garbage(body: &[u8], what: &str) -> TrackerError {
     if body.is_empty() {
         return TrackerError::Garbage("an empty body instead of a bencoded dictionary".into());
     }
@@ -274,7 +324,7 @@ fn garbage(body: &[u8], what: &str) -> TrackerError {
 
 /// Text from a reply, made safe to show: lossy UTF-8, control characters
 /// replaced, at most [`MAX_TEXT`] chars.
-fn clean_text(bytes: &[u8]) -> String {
+pub(super) fn clean_text(bytes: &[u8]) -> String {
     let mut out: String = String::from_utf8_lossy(bytes)
         .chars()
         .take(MAX_TEXT)
@@ -287,7 +337,7 @@ fn clean_text(bytes: &[u8]) -> String {
 
 /// Decodes one bencoded value filling `body`, tolerating trailing
 /// whitespace (some trackers end their reply with a newline).
-fn decode_tolerant(body: &[u8]) -> Result<Value, TrackerError> {
+pub(super) fn decode_tolerant(body: &[u8]) -> Result<Value, TrackerError> {
     let mut reader = Reader::new(body);
     let value = reader.value().map_err(|e| garbage(body, &e.to_string()))?;
     let rest = body.get(reader.position()..).unwrap_or_default();
@@ -714,6 +764,7 @@ ee";
             TrackerError::Unsupported("https trackers are not supported yet"),
             TrackerError::Resolve("t.example".into(), "no such host".into()),
             TrackerError::Connect("127.0.0.1:1".into(), "refused".into()),
+            TrackerError::Tls("t.example".into(), "unknown issuer".into()),
             TrackerError::Timeout,
             TrackerError::Io("reset".into()),
             TrackerError::BadResponse("no status line".into()),
@@ -724,6 +775,10 @@ ee";
             TrackerError::TooLarge("body", 10),
             TrackerError::Garbage("junk".into()),
             TrackerError::WorkerGone,
+            TrackerError::UdpTimeout(1),
+            TrackerError::UdpTimeout(3),
+            TrackerError::TooBusy(1024),
+            TrackerError::BadRequest("no info hash".into()),
         ];
         for e in errors {
             let text = e.to_string();
@@ -732,6 +787,14 @@ ee";
         assert_eq!(
             TrackerError::Http(404, "Not Found".into()).to_string(),
             "tracker replied with HTTP status 404 (Not Found)"
+        );
+        assert_eq!(
+            TrackerError::Tls("t.example:8443".into(), "handshake refused".into()).to_string(),
+            "TLS with tracker t.example:8443 failed: handshake refused"
+        );
+        assert_eq!(
+            TrackerError::UdpTimeout(3).to_string(),
+            "UDP tracker did not answer (3 packets sent)"
         );
     }
 }
