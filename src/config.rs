@@ -68,6 +68,13 @@ pub struct Config {
     /// in tests; peers then come only from incoming connections)
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     pub announce: bool,
+    /// Longest one tracker announce or scrape may take, in seconds: an
+    /// HTTP(S) request with its redirects, or a UDP exchange, whose
+    /// retransmissions start at a quarter of it and double (BEP 15's 15 s
+    /// at the default)
+    #[arg(long, value_name = "SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub tracker_timeout: u64,
     /// Directory of *.rhai scripts [default: <state-dir>/scripts, if it exists]
     #[arg(long, value_name = "DIR")]
     pub scripts: Option<PathBuf>,

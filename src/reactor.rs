@@ -5,11 +5,11 @@
 //! the server's (see [`crate::server`]).
 
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, trace, warn};
-use mio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use mio::net::{TcpListener, TcpStream, UdpSocket, UnixListener, UnixStream};
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -23,6 +23,12 @@ const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
 const PEER_LISTENER: Token = Token(usize::MAX - 3);
 const WAKER: Token = Token(usize::MAX - 4);
+const UDP4: Token = Token(usize::MAX - 5);
+const UDP6: Token = Token(usize::MAX - 6);
+
+/// Datagrams read from the tracker sockets per turn (the rest wait for
+/// the next turn, so a flood cannot hold the loop).
+const UDP_READ_BUDGET: usize = 256;
 
 /// How long quitting waits for `stopped` announces.
 const STOP_ANNOUNCE_WAIT: Duration = Duration::from_secs(2);
@@ -95,6 +101,30 @@ pub struct Reactor {
     /// The tracker worker: HTTP off the loop, results back through the
     /// waker.
     trackers: TrackerWorker,
+    /// The UDP tracker sockets, IPv4 and IPv6 (each when it could be
+    /// opened).
+    udp4: Option<UdpSocket>,
+    udp6: Option<UdpSocket>,
+    /// Datagrams may be waiting on the UDP sockets.
+    udp_readable: bool,
+}
+
+/// A UDP socket for tracker traffic on `ip` (any port), registered.
+fn tracker_socket(poll: &Poll, ip: IpAddr, token: Token) -> Option<UdpSocket> {
+    let bound = UdpSocket::bind(SocketAddr::new(ip, 0)).and_then(|mut s| {
+        poll.registry()
+            .register(&mut s, token, Interest::READABLE)?;
+        Ok(s)
+    });
+    match bound {
+        Ok(s) => Some(s),
+        Err(e) => {
+            // Only UDP trackers of that family are lost; they time out
+            // with a clear error.
+            warn!("no UDP tracker socket on {ip}: {e}");
+            None
+        }
+    }
 }
 
 impl Reactor {
@@ -114,6 +144,18 @@ impl Reactor {
         let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        // Tracker traffic leaves from the peer address when one is set, so
+        // it takes the same route as the peers.
+        let (ip4, ip6) = match server.config().peer_bind {
+            IpAddr::V4(ip) if !ip.is_unspecified() => (IpAddr::V4(ip), None),
+            IpAddr::V6(ip) if !ip.is_unspecified() => (IpAddr::V4(Ipv4Addr::UNSPECIFIED), Some(ip)),
+            _ => (
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                Some(Ipv6Addr::UNSPECIFIED),
+            ),
+        };
+        let udp4 = tracker_socket(&poll, ip4, UDP4);
+        let udp6 = ip6.and_then(|ip| tracker_socket(&poll, IpAddr::V6(ip), UDP6));
         Ok(Reactor {
             poll,
             listener: Some(listener),
@@ -130,6 +172,9 @@ impl Reactor {
             peers: Vec::new(),
             peers_again: Vec::new(),
             trackers: TrackerWorker::spawn(waker),
+            udp4,
+            udp6,
+            udp_readable: false,
         })
     }
 
@@ -168,6 +213,7 @@ impl Reactor {
                 SIGNALS => exit = exit.or(self.signals()),
                 PEER_LISTENER => self.accept_peers(now),
                 WAKER => {} // tracker results are taken every turn
+                UDP4 | UDP6 => self.udp_readable = true,
                 Token(t) if t >= PEER_BASE => self.peer_event(t - PEER_BASE, event, now),
                 Token(id) => {
                     let readable =
@@ -191,7 +237,7 @@ impl Reactor {
     }
 
     fn timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.again.is_empty() || !self.peers_again.is_empty() {
+        if !self.again.is_empty() || !self.peers_again.is_empty() || self.udp_readable {
             return Some(Duration::ZERO);
         }
         [self.server.poll_timeout(now), self.accept_paused_until]
@@ -352,14 +398,62 @@ impl Reactor {
         }
     }
 
-    /// Announces out to the worker, its results in.
+    /// Tracker traffic: jobs out to the worker and its results in;
+    /// datagrams in from the UDP sockets and out to UDP trackers.
     fn trackers_turn(&mut self, now: Instant) {
         while let Some(r) = self.trackers.try_recv() {
             self.server.tracker_result(r, now);
         }
+        if self.udp_readable {
+            self.read_datagrams(now);
+        }
         while let Some(job) = self.server.poll_tracker_job(now) {
             self.trackers.submit(job);
         }
+        while let Some(t) = self.server.poll_tracker_transmit(now) {
+            let socket = match t.destination {
+                SocketAddr::V4(_) => self.udp4.as_ref(),
+                SocketAddr::V6(_) => self.udp6.as_ref(),
+            };
+            let Some(socket) = socket else {
+                debug!("no UDP socket for tracker {}", t.destination);
+                continue;
+            };
+            // A datagram not sent is like one lost: the retransmission
+            // timer covers both.
+            if let Err(e) = socket.send_to(&t.payload, t.destination) {
+                debug!("UDP tracker {}: cannot send: {e}", t.destination);
+            }
+        }
+    }
+
+    /// Reads what the UDP tracker sockets hold, up to the turn's budget.
+    fn read_datagrams(&mut self, now: Instant) {
+        let mut budget = UDP_READ_BUDGET;
+        for socket in [self.udp4.as_ref(), self.udp6.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            while budget > 0 {
+                match socket.recv_from(&mut self.scratch) {
+                    Ok((n, from)) => {
+                        budget -= 1;
+                        let data = self.scratch.get(..n).unwrap_or_default();
+                        self.server.tracker_datagram(from, data, now);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        // E.g. an ICMP error queued on the socket: it
+                        // concerns one datagram, not the socket.
+                        debug!("UDP tracker socket: {e}");
+                        budget -= 1;
+                    }
+                }
+            }
+        }
+        // Budget left: both sockets are drained.
+        self.udp_readable = budget == 0;
     }
 
     /// Binds the peer listener to the `port` setting when it changed, and
@@ -644,8 +738,11 @@ impl Reactor {
         let mut events = Events::with_capacity(64);
         while self.server.announcing() && Instant::now() < stop_by {
             let now = Instant::now();
+            self.server.tracker_timers(now);
             self.trackers_turn(now);
             let _ = self.poll.poll(&mut events, Some(Duration::from_millis(50)));
+            // Readiness is not dispatched here: just try the sockets.
+            self.udp_readable = true;
         }
         if self.server.announcing() {
             warn!("quitting without every tracker's answer to stopped");

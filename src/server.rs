@@ -33,9 +33,9 @@ use crate::registry::{Phase, TorrentError};
 use crate::service::Service;
 use crate::session::Session;
 use crate::swarm::{self, Swarm, SwarmEvent};
-use crate::tracker::schedule::Announcer;
+use crate::tracker::trackers::{self, Progress, TrackerEvent, Trackers};
+use crate::tracker::udp::Transmit;
 use crate::tracker::worker::{Job, JobResult};
-use crate::tracker::{announce_url, parse_announce, AnnounceReply, AnnounceRequest};
 
 /// A client's handle: stable while it is connected, reused after.
 pub type ClientId = usize;
@@ -55,22 +55,6 @@ const SAVE_PROGRESS_EVERY: Duration = Duration::from_secs(30);
 /// Longest a stopped torrent shows `stopping` while its `stopped` announce
 /// is in flight.
 const STOPPING_BOUND: Duration = Duration::from_secs(5);
-
-/// Peers asked of a tracker per announce.
-const NUMWANT: u32 = 50;
-
-/// Longest an announce may take, all told.
-const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What announcing for one torrent needs, kept until its `stopped`
-/// announce is done (the torrent may be removed meanwhile).
-struct Announce {
-    schedule: Announcer,
-    info_hash: [u8; 20],
-    url: String,
-    /// Bytes in the torrent, for `left`.
-    total: u64,
-}
 
 /// How long to wait before retrying a failed commit unasked (a client's
 /// change still triggers a commit at once).
@@ -120,13 +104,10 @@ pub struct Server {
     synced_changes: u64,
     next_report: Option<Instant>,
     next_progress_save: Option<Instant>,
-    /// Announcing, per torrent that has a tracker.
-    announces: HashMap<u64, Announce>,
-    /// Announces in flight: job id to torrent id.
-    jobs: HashMap<u64, u64>,
-    next_job: u64,
-    /// The announce `key`: random, stable for the daemon's run.
-    announce_key: u32,
+    /// Every running torrent's trackers.
+    trackers: Trackers,
+    /// Bytes in each running torrent, for an announce's `left`.
+    sizes: HashMap<u64, u64>,
     /// Torrents showing `stopping`, until when at most.
     stopping: HashMap<u64, Instant>,
     /// The peer port last bound (or tried).
@@ -148,7 +129,11 @@ impl Server {
 
     /// A server with the swarm given (tests fix its randomness).
     pub fn with_swarm(svc: Service, config: Config, swarm: Swarm) -> Server {
-        let announce_key = fastrand::u32(..);
+        let settings = trackers::Settings {
+            timeout: Duration::from_secs(config.tracker_timeout),
+            ..trackers::Settings::default()
+        };
+        let trackers = Trackers::new(settings, fastrand::Rng::new());
         Server {
             svc,
             config,
@@ -164,10 +149,8 @@ impl Server {
             synced_changes: 0,
             next_report: None,
             next_progress_save: None,
-            announces: HashMap::new(),
-            jobs: HashMap::new(),
-            next_job: 1,
-            announce_key,
+            trackers,
+            sizes: HashMap::new(),
             stopping: HashMap::new(),
             bound_port: None,
             awaiting_bind: Vec::new(),
@@ -327,40 +310,34 @@ impl Server {
                     warn!("torrent {}: its geometry is beyond this engine", t.id);
                     continue;
                 }
-                // The tracker in use: the first of the first tier (tiers
-                // and fallback come with the trackers issue).
-                let tracker = t.meta.tiers.first().and_then(|tier| tier.first());
-                if let Some(tr) = tracker.filter(|_| self.config.announce) {
-                    let a = self.announces.entry(t.id).or_insert_with(|| Announce {
-                        schedule: Announcer::new(),
-                        info_hash: t.meta.info_hash,
-                        url: tr.url.clone(),
-                        total: t.meta.total_size(),
-                    });
-                    a.schedule.start(now);
+                if self.config.announce {
+                    let tiers: Vec<Vec<String>> = t
+                        .meta
+                        .tiers
+                        .iter()
+                        .map(|tier| tier.iter().map(|tr| tr.url.clone()).collect())
+                        .collect();
+                    self.sizes.insert(t.id, t.meta.total_size());
+                    self.trackers.start(t.id, t.meta.info_hash, &tiers, now);
                 }
             }
             if !run && self.swarm.is_running(t.id) {
                 self.swarm.stop(t.id);
-                if let Some(a) = self.announces.get_mut(&t.id) {
-                    a.schedule.stop(now);
-                    if !a.schedule.is_idle() {
-                        self.stopping.insert(t.id, now + STOPPING_BOUND);
-                    }
+                self.trackers.stop(t.id, now);
+                if self.trackers.busy(t.id) {
+                    self.stopping.insert(t.id, now + STOPPING_BOUND);
                 }
             }
         }
         for id in self.swarm.running() {
             if reg.torrents().get(id).is_none() {
                 self.swarm.stop(id);
-                if let Some(a) = self.announces.get_mut(&id) {
-                    a.schedule.stop(now);
-                }
+                self.trackers.stop(id, now);
+                self.sizes.remove(&id);
             }
         }
-        self.announces
-            .retain(|_, a| !a.schedule.is_idle() || a.schedule.in_flight());
         drop(reg);
+        self.drain_trackers();
         self.show_stopping(now);
         if self.next_report.is_none() && !self.swarm.running().is_empty() {
             self.next_report = Some(now);
@@ -370,13 +347,10 @@ impl Server {
     /// A stopped torrent says `stopping` while its `stopped` announce is
     /// in flight, for [`STOPPING_BOUND`] at most.
     fn show_stopping(&mut self, now: Instant) {
-        let announces = &self.announces;
+        let trackers = &self.trackers;
         let mut reg = self.svc.registry_mut();
         self.stopping.retain(|id, until| {
-            let busy = now < *until
-                && announces
-                    .get(id)
-                    .is_some_and(|a| !a.schedule.is_idle() || a.schedule.in_flight());
+            let busy = now < *until && trackers.busy(*id);
             if let Some(x) = reg.transfer_mut(*id) {
                 x.stopping = busy;
             }
@@ -392,9 +366,7 @@ impl Server {
                 SwarmEvent::PieceVerified { torrent, piece } => {
                     if reg.piece_verified(torrent, piece as usize) {
                         info!("torrent {torrent}: download complete, seeding");
-                        if let Some(a) = self.announces.get_mut(&torrent) {
-                            a.schedule.completed(now);
-                        }
+                        self.trackers.completed(torrent, now);
                     }
                 }
                 SwarmEvent::StorageFailed {
@@ -522,98 +494,88 @@ impl Server {
         self.swarm.closed(key);
     }
 
-    /// The next announce to send (the reactor hands it to the tracker
-    /// worker and brings back its [`JobResult`]).
+    /// The next job for the tracker worker (an HTTP(S) request or a
+    /// name to resolve); the reactor brings back its [`JobResult`].
     pub fn poll_tracker_job(&mut self, now: Instant) -> Option<Job> {
-        let due = |a: &Announce| a.schedule.poll_timeout().is_some_and(|t| t <= now);
-        if !self.announces.values().any(due) {
-            return None;
+        self.start_announces(now);
+        self.trackers.poll_job()
+    }
+
+    /// The next datagram for a UDP tracker.
+    pub fn poll_tracker_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        self.start_announces(now);
+        self.trackers.poll_transmit(now)
+    }
+
+    /// Starts the announces and scrapes that are due, with fresh totals.
+    fn start_announces(&mut self, now: Instant) {
+        if !self.trackers.due(now) {
+            return;
         }
         // Fresh totals for `uploaded`, `downloaded` and `left`.
         self.report(now);
         let reg = self.svc.registry();
-        for (id, a) in self.announces.iter_mut() {
-            let Some(event) = a.schedule.poll_announce(now) else {
-                continue;
-            };
-            let (downloaded, uploaded, left) = match reg.torrents().get(*id) {
-                Some(t) => (
-                    t.transfer.downloaded,
-                    t.transfer.uploaded,
-                    a.total.saturating_sub(t.completed),
-                ),
-                None => (0, 0, 0),
-            };
-            let req = AnnounceRequest {
-                info_hash: a.info_hash,
-                peer_id: self.swarm.peer_id(),
-                port: reg.settings().port,
-                uploaded,
-                downloaded,
-                left,
-                event,
-                numwant: NUMWANT,
-                key: self.announce_key,
-                trackerid: a.schedule.tracker_id().map(<[u8]>::to_vec),
-                compact: true,
-            };
-            let job = self.next_job;
-            self.next_job += 1;
-            self.jobs.insert(job, *id);
-            debug!("torrent {id}: announcing ({event:?})");
-            return Some(Job {
-                id: job,
-                url: announce_url(&a.url, &req),
-                timeout: ANNOUNCE_TIMEOUT,
-            });
-        }
-        None
+        let sizes = &self.sizes;
+        let progress = |id: u64| match reg.torrents().get(id) {
+            Some(t) => Progress {
+                uploaded: t.transfer.uploaded,
+                downloaded: t.transfer.downloaded,
+                left: sizes.get(&id).map_or(0, |s| s.saturating_sub(t.completed)),
+            },
+            None => Progress::default(),
+        };
+        let port = reg.settings().port;
+        self.trackers
+            .start_due(now, self.swarm.peer_id(), port, progress);
+        drop(reg);
+        self.drain_trackers();
     }
 
-    /// What a tracker answered (or why it did not).
+    /// What the tracker worker did with a job.
     pub fn tracker_result(&mut self, r: JobResult, now: Instant) {
-        let Some(id) = self.jobs.remove(&r.id) else {
-            return;
-        };
-        let Some(a) = self.announces.get_mut(&id) else {
-            return;
-        };
-        let reply = r.result.and_then(|body| parse_announce(&body));
-        match &reply {
-            Ok(r) => a.schedule.handle_reply(r, now),
-            Err(e) => a.schedule.handle_error(e, now),
-        }
-        let message = match reply {
-            Ok(AnnounceReply::Success(ok)) => {
-                debug!("torrent {id}: tracker named {} peers", ok.peers.len());
-                self.swarm.add_peers(id, &ok.peers, swarm::Source::Tracker);
-                ok.warning.map(|w| ("tracker-warning", w))
-            }
-            Ok(AnnounceReply::Failure(why)) => {
-                warn!("torrent {id}: tracker refused: {why}");
-                Some(("tracker-error", why))
-            }
-            Err(e) => {
-                warn!("torrent {id}: announce failed: {e}");
-                Some(("tracker-error", e.to_string()))
-            }
-        };
-        if !a.schedule.in_flight() && a.schedule.is_idle() {
-            self.announces.remove(&id);
-        }
+        self.trackers.handle_job_result(r, now);
+        self.drain_trackers();
         self.show_stopping(now);
-        if let Some(x) = self.svc.registry_mut().transfer_mut(id) {
-            x.tracker_message = message;
+    }
+
+    /// A datagram from a UDP tracker (or anyone) on the tracker socket.
+    pub fn tracker_datagram(&mut self, from: SocketAddr, data: &[u8], now: Instant) {
+        self.trackers.handle_datagram(from, data, now);
+        self.drain_trackers();
+        self.show_stopping(now);
+    }
+
+    /// Applies what the trackers said: peers to the swarm, status to the
+    /// registry.
+    fn drain_trackers(&mut self) {
+        while let Some(e) = self.trackers.poll_event() {
+            match e {
+                TrackerEvent::Peers { torrent, peers } => {
+                    debug!("torrent {torrent}: tracker named {} peers", peers.len());
+                    self.swarm
+                        .add_peers(torrent, &peers, swarm::Source::Tracker);
+                }
+                TrackerEvent::Status { torrent, status } => {
+                    if let Some(x) = self.svc.registry_mut().transfer_mut(torrent) {
+                        x.tracker = Some(status.position);
+                        x.scrape = status.scrape;
+                        x.tracker_message = status.message;
+                    }
+                }
+            }
         }
+    }
+
+    /// The trackers' timers: UDP retransmissions and deadlines.
+    pub fn tracker_timers(&mut self, now: Instant) {
+        self.trackers.handle_timeout(now);
+        self.drain_trackers();
+        self.show_stopping(now);
     }
 
     /// Announces still to send or in flight (shutdown waits for them).
     pub fn announcing(&self) -> bool {
-        !self.jobs.is_empty()
-            || self
-                .announces
-                .values()
-                .any(|a| a.schedule.poll_timeout().is_some())
+        self.trackers.announcing()
     }
 
     /// Announced addresses for torrent `id` (from a tracker).
@@ -728,10 +690,7 @@ impl Server {
             self.swarm.poll_timeout(),
             self.next_report,
             self.next_progress_save,
-            self.announces
-                .values()
-                .filter_map(|a| a.schedule.poll_timeout())
-                .min(),
+            self.trackers.poll_timeout(),
             self.stopping.values().min().copied(),
         ]
         .into_iter()
@@ -744,7 +703,7 @@ impl Server {
     /// timeout (their output is abandoned).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.sync_swarm(now);
-        self.show_stopping(now);
+        self.tracker_timers(now);
         self.swarm.handle_timeout(now);
         self.drain_swarm(now);
         if self.next_report.is_some_and(|t| now >= t) {
@@ -825,9 +784,7 @@ impl Server {
         for id in self.swarm.running() {
             self.swarm.stop(id);
         }
-        for a in self.announces.values_mut() {
-            a.schedule.stop(now);
-        }
+        self.trackers.stop_all(now);
         self.svc.registry_mut().save_progress();
         let result = self.svc.registry_mut().commit().map_err(|e| e.to_string());
         if let Err(e) = &result {
