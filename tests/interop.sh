@@ -4,7 +4,10 @@
 # transmission-daemon, transmission-cli and mktorrent):
 #   - tripcd downloads from aria2c seeding, and seeds to aria2c;
 #   - tripcd downloads from transmission-daemon seeding, and seeds to it;
-# every time through opentracker over HTTP, files compared byte for byte.
+#   - the same with transmission over opentracker's UDP tracker;
+# through opentracker over HTTP (UDP in the last part), files compared byte
+# for byte, and tripcd's scrape figures checked against what opentracker
+# knows.
 # Loopback quirks: Debian's opentracker serves only whitelisted hashes
 # (-w) and chroots unless given -d /; transmission 3.00 never dials 127.x
 # peers a tracker names, so tripcd dials it (it accepts incoming).
@@ -28,6 +31,11 @@ announce="http://127.0.0.1:$tracker_port/announce"
 mktorrent -a "$announce" -l 18 -o set.torrent payload/set >/dev/null
 hash=$(python3 "$repo/tests/infohash.py" set.torrent)
 echo "$hash" > whitelist
+# The UDP part's torrent: other bytes, so another swarm.
+mkdir -p udp-payload/udpset
+head -c 12000000 /dev/urandom > udp-payload/udpset/c.bin
+mktorrent -a "udp://127.0.0.1:$tracker_port/announce" -l 18 -o udp.torrent udp-payload/udpset >/dev/null
+python3 "$repo/tests/infohash.py" udp.torrent >> whitelist
 # opentracker drops to user nobody before it reads the whitelist.
 chmod 644 whitelist
 opentracker -i 127.0.0.1 -p "$tracker_port" -P "$tracker_port" -d / -w "$work/whitelist" >opentracker.log 2>&1 &
@@ -37,10 +45,10 @@ same() {
   cmp -s payload/set/a.bin "$1/set/a.bin" && cmp -s payload/set/b.bin "$1/set/b.bin"
 }
 
-# A tripcd on a fresh state directory with data in $2; prints nothing,
-# sets $tripcd_sock.
+# A tripcd on a fresh state directory with data in $2 and torrent $3
+# (set.torrent by default); prints nothing, sets $tripcd_sock.
 start_tripcd() {
-  local name=$1 data=$2 port
+  local name=$1 data=$2 torrent=${3:-set.torrent} port
   port=$(free_port)
   mkdir -p "$name" "$data"
   RUST_LOG="${TRIPCD_LOG:-info}" "$bin/tripcd" --state-dir "$work/$name" --download-dir "$data" \
@@ -49,9 +57,14 @@ start_tripcd() {
   tripcd_sock="$work/$name/socket"
   wait_for "[ -S '$tripcd_sock' ]" 10 || fail "$name did not start"
   "$bin/tripc" --socket "$tripcd_sock" -p "$port" >/dev/null
-  "$bin/tripc" --socket "$tripcd_sock" -a "$work/set.torrent" >/dev/null
+  "$bin/tripc" --socket "$tripcd_sock" -a "$work/$torrent" >/dev/null
 }
 seeding() { "$bin/tripc" --socket "$1" -l | grep -q seeding; }
+# One get-status field of torrent 1 of the tripcd at socket $1.
+field() {
+  "$bin/tripc" --socket "$1" --json call get-status "{\"id\":[1],\"type\":[\"$2\"]}" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)[0][sys.argv[1]])' "$2"
+}
 
 echo "== tripcd downloads from aria2c"
 aria2c --dir=payload --seed-ratio=0 --enable-dht=false --bt-enable-lpd=false \
@@ -103,4 +116,36 @@ wait_for "transmission-remote $rpc2 -t 1 -i | grep -q 'Percent Done: 100%'" 120 
   || fail "transmission did not finish downloading from tripcd"
 same tr2/data || fail "files transmission got from tripcd differ"
 echo "ok: transmission downloaded from tripcd"
+# opentracker counts the transmission seeder and tripcd (seeding now):
+# tripcd's HTTP scrape must say so (it scrapes after each announce with an
+# event, so after its `completed`).
+wait_for "[ \"\$(field '$tripcd_sock' scrape-seeders)\" -ge 2 ]" 60 \
+  || fail "HTTP scrape figures never showed 2 seeders: $(field "$tripcd_sock" scrape-seeders)"
+echo "ok: HTTP scrape says $(field "$tripcd_sock" scrape-seeders) seeders"
+
+echo "== tripcd and transmission-daemon over a UDP tracker"
+same_udp() { cmp -s udp-payload/udpset/c.bin "$1/udpset/c.bin"; }
+mkdir -p tr3/data && cp -r udp-payload/udpset tr3/data/
+rpc3=$(free_port)
+tr_seed "$work/tr3" "$rpc3"
+transmission-remote "$rpc3" -a udp.torrent >/dev/null
+wait_for "transmission-remote $rpc3 -t 1 -i | grep -q 'Percent Done: 100%'" 60 \
+  || fail "transmission did not verify its UDP copy"
+rpc4=$(free_port)
+tr_seed "$work/tr4" "$rpc4"
+transmission-remote "$rpc4" -a udp.torrent >/dev/null
+wait_for "transmission-remote $rpc4 -t 1 -it | grep -q 'Got a list'" 60 \
+  || fail "transmission did not announce over UDP"
+start_tripcd t3 "$work/t3-data" udp.torrent
+wait_for "seeding '$tripcd_sock'" 120 || fail "tripcd did not finish downloading over UDP announces"
+same_udp t3-data || fail "files from transmission (UDP tracker) differ"
+echo "ok: tripcd downloaded from transmission, peers from a UDP tracker"
+wait_for "transmission-remote $rpc4 -t 1 -i | grep -q 'Percent Done: 100%'" 120 \
+  || fail "transmission did not finish downloading from tripcd (UDP tracker)"
+same_udp tr4/data || fail "files transmission got from tripcd (UDP tracker) differ"
+echo "ok: transmission downloaded from tripcd, peers from a UDP tracker"
+wait_for "[ \"\$(field '$tripcd_sock' scrape-seeders)\" -ge 2 ]" 60 \
+  || fail "UDP scrape figures never showed 2 seeders: $(field "$tripcd_sock" scrape-seeders)"
+[ "$(field "$tripcd_sock" error)" = "" ] || fail "tracker error: $(field "$tripcd_sock" error-message)"
+echo "ok: UDP scrape says $(field "$tripcd_sock" scrape-seeders) seeders, completed $(field "$tripcd_sock" scrape-completed)"
 echo "interop: all passed"

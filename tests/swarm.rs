@@ -8,8 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::tracker::TestTracker;
-use common::{multi_torrent, noise, Daemon, HANG};
-use tripcd::client::Client;
+use common::{add, multi_torrent, noise, status, wait_for_state, Daemon, HANG};
 use tripcd::codec::Value;
 
 /// Files of the test torrent: across piece boundaries, one tiny, and a
@@ -41,45 +40,6 @@ fn daemon_on_port(state: &Path) -> (Daemon, u16) {
         .request("port", &Value::Int(port.into()))
         .expect("port set");
     (d, port)
-}
-
-fn add(c: &mut Client, torrent: &[u8], dir: &Path) -> i64 {
-    let req = Value::dict([
-        ("autostart", Value::Int(1)),
-        ("data", Value::Bytes(torrent.to_vec())),
-        ("directory", Value::str(dir.to_str().expect("utf-8 path"))),
-    ]);
-    let reply = c.request("addfile-detailed", &req).unwrap().unwrap();
-    reply.value.as_list().unwrap()[0]
-        .get("id")
-        .and_then(Value::as_int)
-        .unwrap()
-}
-
-fn status(c: &mut Client, id: i64, ty: &str) -> Value {
-    let req = Value::dict([
-        ("id", Value::List(vec![Value::Int(id)])),
-        ("type", Value::List(vec![Value::str(ty)])),
-    ]);
-    let reply = c.request("get-status", &req).unwrap().unwrap();
-    reply.value.as_list().unwrap()[0]
-        .get(ty)
-        .cloned()
-        .unwrap_or(Value::Int(-2))
-}
-
-/// Waits until torrent `id` of `c` says `state` (bounded by [`HANG`], which
-/// only turns a hang into a failure).
-fn wait_for_state(c: &mut Client, id: i64, state: &str) {
-    let start = Instant::now();
-    loop {
-        let now = status(c, id, "state");
-        if now.as_str() == Some(state) {
-            return;
-        }
-        assert!(start.elapsed() < HANG, "still {now:?}, not {state}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn assert_same_files(dir: &Path) {

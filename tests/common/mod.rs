@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod tls;
 pub mod tracker;
 
 use std::io::{BufRead, BufReader, ErrorKind, Write};
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tripcd::client::{Client, ClientError, FrameReader};
 use tripcd::codec::{decode, split_frame, Value};
@@ -33,6 +34,15 @@ impl Daemon {
     /// Starts tripcd in `state` with extra arguments, and waits until it
     /// says it is ready. `Err` carries its stderr if it exits instead.
     pub fn try_start(state: &Path, args: &[&str]) -> Result<Daemon, String> {
+        Daemon::try_start_env(state, args, &[])
+    }
+
+    /// [`Daemon::try_start`] with extra environment variables.
+    pub fn try_start_env(
+        state: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Daemon, String> {
         let socket = match args.iter().position(|a| *a == "--socket") {
             Some(i) => PathBuf::from(args[i + 1]),
             None => state.join("socket"),
@@ -53,6 +63,7 @@ impl Daemon {
         let mut child = cmd
             .args(args)
             .env("RUST_LOG", "debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -407,6 +418,17 @@ pub fn multi_torrent(
     piece_length: usize,
     announce: &str,
 ) -> Vec<u8> {
+    tiered_torrent(name, files, piece_length, &[&[announce]])
+}
+
+/// [`multi_torrent`] with tiers of trackers (BEP 12 `announce-list`;
+/// `announce` is the first tracker of the first tier).
+pub fn tiered_torrent(
+    name: &str,
+    files: &[(&str, &[u8])],
+    piece_length: usize,
+    tiers: &[&[&str]],
+) -> Vec<u8> {
     use sha1::{Digest, Sha1};
     let all: Vec<u8> = files.iter().flat_map(|(_, d)| d.iter().copied()).collect();
     let pieces: Vec<u8> = all
@@ -428,9 +450,16 @@ pub fn multi_torrent(
         ("piece length", Value::Int(piece_length as i64)),
         ("pieces", Value::Bytes(pieces)),
     ]);
-    Value::dict([("announce", Value::str(announce)), ("info", info)])
-        .to_bencode()
-        .expect("encodes")
+    let announce = tiers.first().and_then(|t| t.first()).copied().unwrap_or("");
+    let mut top = vec![("announce", Value::str(announce)), ("info", info)];
+    if tiers.len() > 1 || tiers.iter().any(|t| t.len() > 1) {
+        let list = tiers
+            .iter()
+            .map(|t| Value::List(t.iter().map(|u| Value::str(u)).collect()))
+            .collect();
+        top.push(("announce-list", Value::List(list)));
+    }
+    Value::dict(top).to_bencode().expect("encodes")
 }
 
 /// Repeatable noise.
@@ -452,4 +481,50 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
+}
+
+/// Adds `torrent` (metainfo bytes) with its data in `dir`, started.
+pub fn add(c: &mut Client, torrent: &[u8], dir: &Path) -> i64 {
+    add_with(c, torrent, dir, true)
+}
+
+/// Adds `torrent` with its data in `dir`, started or not.
+pub fn add_with(c: &mut Client, torrent: &[u8], dir: &Path, start: bool) -> i64 {
+    let req = Value::dict([
+        ("autostart", Value::Int(start.into())),
+        ("data", Value::Bytes(torrent.to_vec())),
+        ("directory", Value::str(dir.to_str().expect("utf-8 path"))),
+    ]);
+    let reply = c.request("addfile-detailed", &req).unwrap().unwrap();
+    reply.value.as_list().unwrap()[0]
+        .get("id")
+        .and_then(Value::as_int)
+        .unwrap()
+}
+
+/// One status field of torrent `id` (`Int(-2)` when absent).
+pub fn status(c: &mut Client, id: i64, ty: &str) -> Value {
+    let req = Value::dict([
+        ("id", Value::List(vec![Value::Int(id)])),
+        ("type", Value::List(vec![Value::str(ty)])),
+    ]);
+    let reply = c.request("get-status", &req).unwrap().unwrap();
+    reply.value.as_list().unwrap()[0]
+        .get(ty)
+        .cloned()
+        .unwrap_or(Value::Int(-2))
+}
+
+/// Waits until torrent `id` of `c` says `state` (bounded by [`HANG`], which
+/// only turns a hang into a failure).
+pub fn wait_for_state(c: &mut Client, id: i64, state: &str) {
+    let start = Instant::now();
+    loop {
+        let now = status(c, id, "state");
+        if now.as_str() == Some(state) {
+            return;
+        }
+        assert!(start.elapsed() < HANG, "still {now:?}, not {state}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
