@@ -63,7 +63,7 @@ seeding() { "$bin/tripc" --socket "$1" -l | grep -q seeding; }
 # One get-status field of torrent 1 of the tripcd at socket $1.
 field() {
   "$bin/tripc" --socket "$1" --json call get-status "{\"id\":[1],\"type\":[\"$2\"]}" \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)[0][sys.argv[1]])' "$2"
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["value"][0][sys.argv[1]])' "$2"
 }
 
 echo "== tripcd downloads from aria2c"

@@ -179,6 +179,22 @@ fn a_tracker_replying_garbage_is_a_tracker_error() {
         "{text}"
     );
     assert_eq!(status(&mut c, id, "state").as_str(), Some("seeding"));
+    // `tripc -l` shows it under the torrent's row.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tripc"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .arg("-l")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    let line = out
+        .lines()
+        .find(|l| l.contains("tracker-error"))
+        .unwrap_or("");
+    assert!(
+        line.starts_with("    tracker-error: tracker replied with something that is not"),
+        "{out}"
+    );
 }
 
 /// Trackers that never answer, HTTP (accepts, never replies) and UDP:

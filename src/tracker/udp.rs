@@ -64,6 +64,10 @@ const MAX_DOUBLINGS: u32 = 16;
 /// due again the moment it was sent and `poll_transmit` would never end.
 const MIN_RETRANSMIT_BASE: Duration = Duration::from_millis(1);
 
+/// The longest exchange timeout honoured, so that `start + timeout` stays
+/// representable.
+const MAX_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 /// A connect request.
 pub fn encode_connect(txid: u32) -> Vec<u8> {
     let mut out = Vec::with_capacity(CONNECT_LEN);
@@ -457,12 +461,13 @@ pub struct UdpClient {
 impl UdpClient {
     /// A client with no exchanges. `rng` draws transaction ids;
     /// `retransmit_base` is BEP 15's 15 s (at least 1 ms is used);
-    /// `exchange_timeout` bounds each exchange, connect included.
+    /// `exchange_timeout` bounds each exchange, connect included (at most
+    /// a day is used).
     pub fn new(rng: fastrand::Rng, retransmit_base: Duration, exchange_timeout: Duration) -> Self {
         UdpClient {
             rng,
             base: retransmit_base.max(MIN_RETRANSMIT_BASE),
-            timeout: exchange_timeout,
+            timeout: exchange_timeout.min(MAX_EXCHANGE_TIMEOUT),
             exchanges: BTreeMap::new(),
             connects: BTreeMap::new(),
             txids: HashMap::new(),
@@ -505,8 +510,8 @@ impl UdpClient {
                 )));
             }
         }
-        // A deadline past what `Instant` can hold is a nonsense timeout;
-        // it ends the exchange at once rather than panicking.
+        // Only reachable with an `Instant` near the end of its range; the
+        // exchange then ends at once rather than panicking.
         let deadline = now.checked_add(self.timeout).unwrap_or(now);
         self.exchanges.insert(
             id,
@@ -543,7 +548,7 @@ impl UdpClient {
         let txid = response.txid();
         match self.txids.get(&txid).copied() {
             None => log::debug!(
-                "ignoring UDP tracker {} reply from {from}: no request with transaction id {txid:#010x}",
+                "ignoring UDP tracker {} reply from {from}: unknown transaction id {txid:#x}",
                 response.kind()
             ),
             Some(Owner::Connect(tracker)) => {
@@ -872,7 +877,10 @@ impl UdpClient {
             (_, Response::Error { message, .. }) if !fresh && exchange.may_reconnect => {
                 // The id came from the cache: the tracker may have
                 // restarted and forgotten it. Try once with a new one.
-                log::debug!("UDP tracker {tracker} refused a cached connection id ({message}); reconnecting");
+                log::debug!(
+                    "UDP tracker {tracker} refused a cached connection id ({message}); \
+                     reconnecting"
+                );
                 exchange.may_reconnect = false;
                 if self
                     .cache
@@ -894,5 +902,999 @@ impl UdpClient {
             }
         };
         self.finish(id, Ok(result));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr, UdpSocket};
+
+    const BASE: Duration = Duration::from_secs(15);
+    const TIMEOUT: Duration = Duration::from_secs(60);
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    fn client() -> UdpClient {
+        UdpClient::new(fastrand::Rng::with_seed(7), BASE, TIMEOUT)
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn request() -> AnnounceRequest {
+        AnnounceRequest {
+            info_hash: [0xaa; 20],
+            peer_id: *b"-TR0001-abcdefghijkl",
+            port: 51413,
+            uploaded: 3,
+            downloaded: 1,
+            left: 2,
+            event: Some(AnnounceEvent::Started),
+            numwant: 50,
+            key: 0xdead_beef,
+            trackerid: None,
+            compact: true,
+        }
+    }
+
+    fn be32(p: &[u8], at: usize) -> u32 {
+        u32::from_be_bytes(p[at..at + 4].try_into().unwrap())
+    }
+
+    fn be64(p: &[u8], at: usize) -> u64 {
+        u64::from_be_bytes(p[at..at + 8].try_into().unwrap())
+    }
+
+    fn header(action: u32, txid: u32) -> Vec<u8> {
+        let mut out = action.to_be_bytes().to_vec();
+        out.extend_from_slice(&txid.to_be_bytes());
+        out
+    }
+
+    fn connect_reply(txid: u32, id: u64) -> Vec<u8> {
+        let mut out = header(ACTION_CONNECT, txid);
+        out.extend_from_slice(&id.to_be_bytes());
+        out
+    }
+
+    fn announce_reply(
+        txid: u32,
+        interval: u32,
+        leechers: u32,
+        seeders: u32,
+        peers: &[u8],
+    ) -> Vec<u8> {
+        let mut out = header(ACTION_ANNOUNCE, txid);
+        for n in [interval, leechers, seeders] {
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+        out.extend_from_slice(peers);
+        out
+    }
+
+    fn scrape_reply(txid: u32, entries: &[(u32, u32, u32)]) -> Vec<u8> {
+        let mut out = header(ACTION_SCRAPE, txid);
+        for &(s, c, l) in entries {
+            for n in [s, c, l] {
+                out.extend_from_slice(&n.to_be_bytes());
+            }
+        }
+        out
+    }
+
+    fn error_reply(txid: u32, text: &[u8]) -> Vec<u8> {
+        let mut out = header(ACTION_ERROR, txid);
+        out.extend_from_slice(text);
+        out
+    }
+
+    /// A tracker good enough to talk to the client: it hands out
+    /// connection ids, accepts only those, and logs what it receives.
+    struct FakeTracker {
+        addr: SocketAddr,
+        next_id: u64,
+        accepted: Vec<u64>,
+        /// Connect packets still to drop.
+        drop_connects: usize,
+        /// Announce/scrape packets still to drop.
+        drop_requests: usize,
+        /// Refuse announces and scrapes with this text.
+        refuse: Option<&'static [u8]>,
+        peers: Vec<u8>,
+        /// (time, action, connection id) of every packet received.
+        log: Vec<(Instant, u32, u64)>,
+    }
+
+    impl FakeTracker {
+        fn new(addr: SocketAddr) -> Self {
+            FakeTracker {
+                addr,
+                next_id: 0x1000,
+                accepted: Vec::new(),
+                drop_connects: 0,
+                drop_requests: 0,
+                refuse: None,
+                peers: vec![10, 0, 0, 1, 0x1a, 0xe1, 10, 0, 0, 2, 0x1a, 0xe2],
+                log: Vec::new(),
+            }
+        }
+
+        fn handle(&mut self, p: &[u8], now: Instant) -> Option<Vec<u8>> {
+            let (conn, action, txid) = (be64(p, 0), be32(p, 8), be32(p, 12));
+            self.log.push((now, action, conn));
+            if action == ACTION_CONNECT {
+                assert_eq!((p.len(), conn), (CONNECT_LEN, PROTOCOL_ID));
+                if self.drop_connects > 0 {
+                    self.drop_connects -= 1;
+                    return None;
+                }
+                self.next_id += 1;
+                self.accepted.push(self.next_id);
+                return Some(connect_reply(txid, self.next_id));
+            }
+            if self.drop_requests > 0 {
+                self.drop_requests -= 1;
+                return None;
+            }
+            if !self.accepted.contains(&conn) {
+                return Some(error_reply(txid, b"Connection ID missmatch.\0"));
+            }
+            if let Some(text) = self.refuse {
+                return Some(error_reply(txid, text));
+            }
+            match action {
+                ACTION_ANNOUNCE => {
+                    assert_eq!(p.len(), ANNOUNCE_LEN);
+                    Some(announce_reply(txid, 1800, 3, 5, &self.peers))
+                }
+                ACTION_SCRAPE => {
+                    let n = u32::try_from((p.len() - 16) / 20).unwrap();
+                    let entries: Vec<_> = (1..=n).map(|i| (i, i * 10, i * 100)).collect();
+                    Some(scrape_reply(txid, &entries))
+                }
+                other => panic!("unexpected action {other}"),
+            }
+        }
+
+        /// (seconds since `t0`, action) of every packet received.
+        fn times(&self, t0: Instant) -> Vec<(u64, u32)> {
+            self.log
+                .iter()
+                .map(|(t, a, _)| (t.duration_since(t0).as_secs(), *a))
+                .collect()
+        }
+    }
+
+    /// Hands everything due at `now` to the tracker and its replies back.
+    fn pump(c: &mut UdpClient, t: &mut FakeTracker, now: Instant) {
+        while let Some(tx) = c.poll_transmit(now) {
+            assert_eq!(tx.destination, t.addr);
+            if let Some(reply) = t.handle(&tx.payload, now) {
+                c.handle_datagram(t.addr, &reply, now);
+            }
+        }
+    }
+
+    /// Runs the client's timers from `start` until it is idle or the next
+    /// event is past `until`; returns the time reached.
+    fn run(c: &mut UdpClient, t: &mut FakeTracker, start: Instant, until: Instant) -> Instant {
+        let mut now = start;
+        for _ in 0..1000 {
+            c.handle_timeout(now);
+            pump(c, t, now);
+            match c.poll_timeout() {
+                Some(next) if next <= until => {
+                    assert!(next > now, "poll_timeout did not move on");
+                    now = next;
+                }
+                _ => return now,
+            }
+        }
+        panic!("the client never settled");
+    }
+
+    fn results(c: &mut UdpClient) -> Vec<(u64, Result<UdpReply, TrackerError>)> {
+        std::iter::from_fn(|| c.poll_result()).collect()
+    }
+
+    fn announced(result: Option<(u64, Result<UdpReply, TrackerError>)>) -> (u64, Announced) {
+        match result {
+            Some((id, Ok(UdpReply::Announced(a)))) => (id, a),
+            other => panic!("expected an announce reply, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn encodes_a_connect_request() {
+        assert_eq!(
+            encode_connect(0xdead_beef),
+            [0, 0, 0x04, 0x17, 0x27, 0x10, 0x19, 0x80, 0, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef]
+        );
+    }
+
+    #[test]
+    fn encodes_an_announce_request() {
+        let packet = encode_announce(0x0102_0304_0506_0708, 0x0a0b_0c0d, &request());
+        let mut expected = vec![1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 1, 0x0a, 0x0b, 0x0c, 0x0d];
+        expected.extend_from_slice(&[0xaa; 20]);
+        expected.extend_from_slice(b"-TR0001-abcdefghijkl");
+        expected.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 1]); // downloaded
+        expected.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 2]); // left
+        expected.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 3]); // uploaded
+        expected.extend_from_slice(&[0, 0, 0, 2]); // started
+        expected.extend_from_slice(&[0, 0, 0, 0]); // ip
+        expected.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]); // key
+        expected.extend_from_slice(&[0, 0, 0, 50]); // num_want
+        expected.extend_from_slice(&[0xc8, 0xd5]); // port 51413
+        assert_eq!(packet, expected);
+        assert_eq!(packet.len(), ANNOUNCE_LEN);
+
+        let mut req = request();
+        for (event, code) in [
+            (None, 0),
+            (Some(AnnounceEvent::Completed), 1),
+            (Some(AnnounceEvent::Started), 2),
+            (Some(AnnounceEvent::Stopped), 3),
+        ] {
+            req.event = event;
+            assert_eq!(be32(&encode_announce(0, 0, &req), 80), code);
+        }
+        // num_want is signed on the wire: never sent negative by accident.
+        req.numwant = u32::MAX;
+        assert_eq!(be32(&encode_announce(0, 0, &req), 92), 0x7fff_ffff);
+    }
+
+    #[test]
+    fn encodes_a_scrape_request() {
+        let packet = encode_scrape(9, 0x11, &[[1; 20], [2; 20]]);
+        let mut expected = vec![0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 2, 0, 0, 0, 0x11];
+        expected.extend_from_slice(&[1; 20]);
+        expected.extend_from_slice(&[2; 20]);
+        assert_eq!(packet, expected);
+        let many = vec![[3; 20]; MAX_SCRAPE_HASHES + 6];
+        assert_eq!(
+            encode_scrape(9, 0x11, &many).len(),
+            16 + 20 * MAX_SCRAPE_HASHES
+        );
+    }
+
+    #[test]
+    fn parses_every_reply_kind() {
+        assert_eq!(
+            parse_response(&[0, 0, 0, 0, 0, 0, 0, 7, 1, 2, 3, 4, 5, 6, 7, 8], false),
+            Ok(Response::Connect {
+                txid: 7,
+                connection_id: 0x0102_0304_0506_0708
+            })
+        );
+        let peers = [10, 0, 0, 1, 0x1a, 0xe1, 10, 0, 0, 2, 0, 0, 1, 2, 3];
+        assert_eq!(
+            parse_response(&announce_reply(8, 1800, 3, 5, &peers), false),
+            Ok(Response::Announce {
+                txid: 8,
+                interval: secs(1800),
+                leechers: 3,
+                seeders: 5,
+                // port 0 skipped, partial entry ignored
+                peers: vec![addr("10.0.0.1:6881")],
+            })
+        );
+        let mut peers6 = vec![0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 7];
+        peers6.extend_from_slice(&[0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 8]);
+        match parse_response(&announce_reply(8, 60, 0, 0, &peers6), true) {
+            Ok(Response::Announce { peers, .. }) => assert_eq!(
+                peers,
+                vec![addr("[2001:db8::1]:7"), addr("[2001:db8::2]:8")]
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            parse_response(&scrape_reply(9, &[(1, 2, 3), (4, 5, 6)]), false),
+            Ok(Response::Scrape {
+                txid: 9,
+                scraped: vec![
+                    Scraped {
+                        seeders: 1,
+                        completed: 2,
+                        leechers: 3
+                    },
+                    Scraped {
+                        seeders: 4,
+                        completed: 5,
+                        leechers: 6
+                    },
+                ]
+            })
+        );
+        assert_eq!(
+            parse_response(&error_reply(10, b"bad\x1b[31m torrent\0"), false),
+            Ok(Response::Error {
+                txid: 10,
+                message: "bad [31m torrent".into()
+            })
+        );
+        assert_eq!(
+            parse_response(&error_reply(10, b""), false),
+            Ok(Response::Error {
+                txid: 10,
+                message: String::new()
+            })
+        );
+    }
+
+    #[test]
+    fn bounds_what_a_reply_yields() {
+        match parse_response(&announce_reply(1, u32::MAX, 0, 0, &[]), false) {
+            Ok(Response::Announce { interval, .. }) => assert_eq!(interval, MAX_INTERVAL),
+            other => panic!("{other:?}"),
+        }
+        let entries = vec![(1, 1, 1); 200];
+        match parse_response(&scrape_reply(1, &entries), false) {
+            Ok(Response::Scrape { scraped, .. }) => assert_eq!(scraped.len(), MAX_SCRAPE_HASHES),
+            other => panic!("{other:?}"),
+        }
+        let long = vec![b'x'; 5000];
+        match parse_response(&error_reply(1, &long), false) {
+            Ok(Response::Error { message, .. }) => {
+                assert_eq!(message.len(), super::super::announce::MAX_TEXT)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn short_and_unknown_packets_are_errors() {
+        assert_eq!(
+            parse_response(&[], false),
+            Err(PacketError::TooShort {
+                action: None,
+                len: 0
+            })
+        );
+        assert_eq!(
+            parse_response(&[0, 0, 0, 0, 0, 0, 0], false),
+            Err(PacketError::TooShort {
+                action: None,
+                len: 7
+            })
+        );
+        let connect = connect_reply(1, 2);
+        assert_eq!(
+            parse_response(&connect[..15], false),
+            Err(PacketError::TooShort {
+                action: Some(0),
+                len: 15
+            })
+        );
+        let announce = announce_reply(1, 2, 3, 4, &[]);
+        assert_eq!(
+            parse_response(&announce[..19], false),
+            Err(PacketError::TooShort {
+                action: Some(1),
+                len: 19
+            })
+        );
+        assert_eq!(
+            parse_response(&header(4, 1), false),
+            Err(PacketError::UnknownAction(4))
+        );
+        assert_eq!(
+            PacketError::TooShort {
+                action: Some(1),
+                len: 19
+            }
+            .to_string(),
+            "a 19-byte datagram is too short for a reply with action 1"
+        );
+        assert!(PacketError::TooShort {
+            action: None,
+            len: 3
+        }
+        .to_string()
+        .contains("too short"));
+        assert!(PacketError::UnknownAction(9).to_string().contains("9"));
+        // Every prefix of every kind, and random junk: errors, no panics.
+        let mut rng = fastrand::Rng::with_seed(1);
+        let samples = [
+            connect_reply(1, 2),
+            announce_reply(1, 2, 3, 4, &[1; 40]),
+            scrape_reply(1, &[(1, 2, 3)]),
+            error_reply(1, b"no"),
+        ];
+        for sample in &samples {
+            for cut in 0..=sample.len() {
+                let _ = parse_response(&sample[..cut], rng.bool());
+            }
+        }
+        for _ in 0..2000 {
+            let len = rng.usize(..64);
+            let junk: Vec<u8> = (0..len).map(|_| rng.u8(..4)).collect();
+            let _ = parse_response(&junk, rng.bool());
+        }
+    }
+
+    #[test]
+    fn a_full_announce_exchange() {
+        let t0 = Instant::now();
+        let mut tracker = FakeTracker::new(addr("10.0.0.1:6969"));
+        let mut c = client();
+        c.start(1, tracker.addr, UdpRequest::Announce(request()), t0)
+            .unwrap();
+        assert_eq!(c.in_flight(), 1);
+        assert_eq!(c.poll_timeout(), Some(t0));
+        pump(&mut c, &mut tracker, t0);
+        let (id, a) = announced(c.poll_result());
+        assert_eq!(id, 1);
+        assert_eq!(
+            a,
+            Announced {
+                interval: Some(secs(1800)),
+                complete: Some(5),
+                incomplete: Some(3),
+                peers: vec![addr("10.0.0.1:6881"), addr("10.0.0.2:6882")],
+                ..Announced::default()
+            }
+        );
+        assert_eq!(
+            tracker.times(t0),
+            [(0, ACTION_CONNECT), (0, ACTION_ANNOUNCE)]
+        );
+        assert_eq!(tracker.log[1].2, 0x1001, "announce uses the id given");
+        assert_eq!(c.in_flight(), 0);
+        assert_eq!(c.poll_timeout(), None);
+        assert_eq!(c.poll_result(), None);
+        assert!(c.txids.is_empty() && c.connects.is_empty());
+    }
+
+    #[test]
+    fn retransmits_after_base_then_doubling() {
+        let t0 = Instant::now();
+        let mut tracker = FakeTracker::new(addr("10.0.0.1:6969"));
+        tracker.drop_connects = 2;
+        let mut c = client();
+        c.start(1, tracker.addr, UdpRequest::Announce(request()), t0)
+            .unwrap();
+        let first = c.poll_transmit(t0).unwrap();
+        assert_eq!(c.poll_transmit(t0), None);
+        assert_eq!(c.poll_timeout(), Some(t0 + BASE));
+        assert_eq!(c.poll_transmit(t0 + BASE - Duration::from_millis(1)), None);
+        let second = c.poll_transmit(t0 + BASE).unwrap();
+        assert_eq!(second, first, "a retransmission repeats the packet");
+        assert_eq!(c.poll_timeout(), Some(t0 + 3 * BASE));
+        c.cancel(1);
+
+        c.start(2, tracker.addr, UdpRequest::Announce(request()), t0)
+            .unwrap();
+        run(&mut c, &mut tracker, t0, t0 + secs(600));
+        assert_eq!(
+            tracker.times(t0),
+            [
+                (0, ACTION_CONNECT),
+                (15, ACTION_CONNECT),
+                (45, ACTION_CONNECT),
+                (45, ACTION_ANNOUNCE)
+            ]
+        );
+        assert_eq!(announced(c.poll_result()).0, 2);
+    }
+
+    #[test]
+    fn the_deadline_ends_the_exchange() {
+        let t0 = Instant::now();
+        let mut tracker = FakeTracker::new(addr("10.0.0.1:6969"));
+        tracker.drop_connects = usize::MAX;
+        let mut c = client();
+        c.start(1, tracker.addr, UdpRequest::Announce(request()), t0)
+            .unwrap();
+        let end = run(&mut c, &mut tracker, t0, t0 + secs(600));
+        assert_eq!(end, t0 + TIMEOUT);
+        assert_eq!(
+            tracker.times(t0),
+            [
+                (0, ACTION_CONNECT),
+                (15, ACTION_CONNECT),
+                (45, ACTION_CONNECT)
+            ]
+        );
+        let got = results(&mut c);
+        assert_eq!(got, [(1, Err(TrackerError::UdpTimeout(3)))]);
+        assert_eq!(
+            TrackerError::UdpTimeout(3).to_string(),
+            "UDP tracker did not answer (3 packets sent)"
+        );
+        assert_eq!(c.poll_timeout(), None);
+        assert_eq!(c.poll_transmit(t0 + secs(1000)), None);
+        assert!(c.txids.is_empty() && c.connects.is_empty());
+    }
+
+    #[test]
+    fn the_request_step_restarts_backoff_but_keeps_the_deadline() {
+        let t0 = Instant::now();
+        let mut tracker = FakeTracker::new(addr("10.0.0.1:6969"));
+        tracker.drop_connects = 2;
+        tracker.drop_requests = usize::MAX;
+        let mut c = UdpClient::new(fastrand::Rng::with_seed(3), BASE, secs(120));
+        c.start(1, tracker.addr, UdpRequest::Announce(request()), t0)
+            .unwrap();
+        run(&mut c, &mut tracker, t0, t0 + secs(600));
+        assert_eq!(
+            tracker.times(t0),
+            [
+                (0, ACTION_CONNECT),
+                (15, ACTION_CONNECT),
+                (45, ACTION_CONNECT),
+                (45, ACTION_ANNOUNCE),
+                (60, ACTION_ANNOUNCE),
+                (90, ACTION_ANNOUNCE),
+            ]
+        );
+        assert_eq!(results(&mut c), [(1, Err(TrackerError::UdpTimeout(6)))]);
+    }
+
+    #[test]
+    fn reuses_the_connection_id_for_a_minute() {
+        let t0 = Instant::now();
+        let mut tracker = FakeTracker::new(addr("10.0.0.1:6969"));
+        let mut c = client();
+        for (id, at) in [(1, 0), (2, 59), (3, 60), (4, 61)] {
+            c.start(
+                id,
+                tracker.addr,
+                UdpRequest::Announce(request()),
+                t0 + secs(at),
+            )
+            .unwrap();
+            pump(&mut c, &mut tracker, t0 + secs(at));
+            assert_eq!(announced(c.poll_result()).0, id);
+        }
+        let log: Vec<_> = tracker
+            .log
+            .iter()
+            .map(|(t, a, conn)| (t.duration_since(t0).as_secs(), *a, *conn))
+            .collect();
+        assert_eq!(
+            log,
+            [
+                (0, ACTION_CONNECT, PROTOCOL_ID),
+                (0, ACTION_ANNOUNCE, 0x1001),
+                (59, ACTION_ANNOUNCE, 0x1001),
+                (60, ACTION_CONNECT, PROTOCOL_ID),
+                (60, ACTION_ANNOUNCE, 0x1002),
+                (61, ACTION_ANNOUNCE, 0x1002),
+            ]
+        );
+        // Expired ids are dropped, not kept forever.
+        assert_eq!(c.cache.len(), 1);
+        c.handle_timeout(t0 + secs(120));
+        assert!(c.cache.is_empty());
+    }
+
+    #[test]
+    fn an_id_expiring_during_retransmission_is_renewed() {
+        let t0 = Instant::now();
+        let mut tracker = FakeTracker::new(addr("10.0.0.1:6969"));
+        let mut c = client();
+        c.start(1, tracker.addr, UdpRequest::Announce(request()), t0)
+            .unwrap();
+        pump(&mut c, &mut tracker, t0);
+        results(&mut c);
+        tracker.drop_requests = 1;
+        c.start(
+            2,
+            tracker.addr,
+            UdpRequest::Announce(request()),
+            t0 + secs(50),
+        )
+        .unwrap();
+        run(&mut c, &mut tracker, t0 + secs(50), t0 + secs(600));
+        assert_eq!(
+            tracker.times(t0)[2..],
+            [
+                (50, ACTION_ANNOUNCE),
+                (65, ACTION_CONNECT),
+                (65, ACTION_ANNOUNCE)
+            ]
+        );
+        assert_eq!(tracker.log[4].2, 0x1002);
+        assert_eq!(announced(c.poll_result()).0, 2);
+    }
+
+    #[test]
+    fn exchanges_to_one_tracker_share_a_connect() {
+        let t0 = Instant::now();
+        let mut tracker = FakeTracker::new(addr("10.0.0.1:6969"));
+        tracker.drop_connects = 1;
+        let mut c = client();
+        c.start(1, tracker.addr, UdpRequest::Announce(request()), t0)
+            .unwrap();
+        c.start(2, tracker.addr, UdpRequest::Scrape(vec![[1; 20]]), t0)
+            .unwrap();
+        pump(&mut c, &mut tracker, t0);
+        // A third joins the connect in flight, and the first leaves it.
+        c.start(
+            3,
+            tracker.addr,
+            UdpRequest::Announce(request()),
+            t0 + secs(5),
+        )
+        .unwrap();
+        pump(&mut c, &mut tracker, t0 + secs(5));
+        c.cancel(1);
+        run(&mut c, &mut tracker, t0 + secs(5), t0 + secs(600));
+        assert_eq!(
+            tracker.times(t0),
+            [
+                (0, ACTION_CONNECT),
+                (15, ACTION_CONNECT),
+                (15, ACTION_SCRAPE),
+                (15, ACTION_ANNOUNCE),
+            ]
+        );
+        let ids: Vec<u64> = results(&mut c)
+            .into_iter()
+            .map(|(id, r)| {
+                assert!(r.is_ok());
+                id
+            })
+            .collect();
+        assert_eq!(ids, [2, 3]);
+
+        // When every waiter leaves, the connect goes too.
+        c.cache.clear();
+        c.start(4, tracker.addr, UdpRequest::Announce(request()), t0)
+            .unwrap();
+        assert_eq!(c.connects.len(), 1);
+        c.cancel(4);
+        assert!(c.connects.is_empty() && c.txids.is_empty());
+        assert_eq!(c.poll_timeout(), None);
+        assert_eq!(c.poll_transmit(t0), None);
+    }
+
+    #[test]
+    fn foreign_and_malformed_packets_are_ignored() {
+        let t0 = Instant::now();
+        let tracker = addr("10.0.0.1:6969");
+        let mut c = client();
+        c.start(1, tracker, UdpRequest::Announce(request()), t0)
+            .unwrap();
+        let connect = c.poll_transmit(t0).unwrap().payload;
+        let txid = be32(&connect, 12);
+        let other_port = addr("10.0.0.1:6970");
+        let other_host = addr("10.0.0.2:6969");
+        let junk = [
+            (other_port, connect_reply(txid, 5)),
+            (other_host, connect_reply(txid, 5)),
+            (other_host, error_reply(txid, b"go away")),
+            (tracker, connect_reply(txid ^ 1, 5)),
+            (tracker, connect_reply(txid, 5)[..15].to_vec()),
+            (tracker, announce_reply(txid, 1, 1, 1, &[])),
+            (tracker, scrape_reply(txid, &[])),
+            (tracker, header(7, txid)),
+            (tracker, Vec::new()),
+        ];
+        for (from, packet) in &junk {
+            c.handle_datagram(*from, packet, t0);
+        }
+        assert_eq!(c.poll_result(), None);
+        assert_eq!(c.poll_transmit(t0), None, "still connecting");
+        c.handle_datagram(tracker, &connect_reply(txid, 5), t0);
+        let announce = c.poll_transmit(t0).unwrap().payload;
+        assert_eq!(be64(&announce, 0), 5);
+        let txid = be32(&announce, 12);
+        for packet in [
+            connect_reply(txid, 6),
+            scrape_reply(txid, &[(1, 1, 1)]),
+            announce_reply(txid, 1, 1, 1, &[])[..19].to_vec(),
+        ] {
+            c.handle_datagram(tracker, &packet, t0);
+        }
+        c.handle_datagram(other_port, &announce_reply(txid, 1, 1, 1, &[]), t0);
+        assert_eq!(c.poll_result(), None);
+        assert_eq!(c.in_flight(), 1);
+        // A dual-stack socket reports the tracker as IPv4-mapped: that is
+        // still the tracker.
+        c.handle_datagram(
+            addr("[::ffff:10.0.0.1]:6969"),
+            &announce_reply(txid, 1, 1, 1, &[]),
+            t0,
+        );
+        let (_, a) = announced(c.poll_result());
+        assert_eq!(a.interval, Some(secs(1)));
+        // A duplicate of the reply finds nothing.
+        c.handle_datagram(tracker, &announce_reply(txid, 1, 1, 1, &[]), t0);
+        assert_eq!(c.poll_result(), None);
+    }
+
+    #[test]
+    fn an_error_reply_is_a_failure() {
+        let t0 = Instant::now();
+        let mut tracker = FakeTracker::new(addr("10.0.0.1:6969"));
+        tracker.refuse = Some(b"unregistered torrent\n");
+        let mut c = client();
+        c.start(1, tracker.addr, UdpRequest::Announce(request()), t0)
+            .unwrap();
+        pump(&mut c, &mut tracker, t0);
+        assert_eq!(
+            results(&mut c),
+            [(1, Ok(UdpReply::Failure("unregistered torrent".into())))]
+        );
+        // A fresh connection id: no reconnect.
+        assert_eq!(
+            tracker.times(t0),
+            [(0, ACTION_CONNECT), (0, ACTION_ANNOUNCE)]
+        );
+
+        // An error to a connect fails every exchange waiting on it.
+        let tracker = addr("10.0.0.9:80");
+        c.start(2, tracker, UdpRequest::Announce(request()), t0)
+            .unwrap();
+        c.start(3, tracker, UdpRequest::Scrape(vec![[1; 20]]), t0)
+            .unwrap();
+        let connect = c.poll_transmit(t0).unwrap().payload;
+        assert_eq!(c.poll_transmit(t0), None);
+        c.handle_datagram(tracker, &error_reply(be32(&connect, 12), b"busy"), t0);
+        assert_eq!(
+            results(&mut c),
+            [
+                (2, Ok(UdpReply::Failure("busy".into()))),
+                (3, Ok(UdpReply::Failure("busy".into())))
+            ]
+        );
+        assert!(c.txids.is_empty() && c.connects.is_empty() && c.exchanges.is_empty());
+    }
+
+    #[test]
+    fn an_error_on_a_cached_id_reconnects_once() {
+        let t0 = Instant::now();
+        let mut tracker = FakeTracker::new(addr("10.0.0.1:6969"));
+        let mut c = client();
+        c.start(1, tracker.addr, UdpRequest::Announce(request()), t0)
+            .unwrap();
+        pump(&mut c, &mut tracker, t0);
+        results(&mut c);
+        // The tracker restarts and forgets the id.
+        tracker.accepted.clear();
+        c.start(
+            2,
+            tracker.addr,
+            UdpRequest::Announce(request()),
+            t0 + secs(10),
+        )
+        .unwrap();
+        pump(&mut c, &mut tracker, t0 + secs(10));
+        assert_eq!(announced(c.poll_result()).0, 2);
+        assert_eq!(
+            tracker.times(t0)[2..],
+            [
+                (10, ACTION_ANNOUNCE),
+                (10, ACTION_CONNECT),
+                (10, ACTION_ANNOUNCE)
+            ]
+        );
+        assert_eq!(c.cache.get(&tracker.addr).map(|e| e.id), Some(0x1002));
+
+        // A tracker that refuses anyway: one reconnect, then the failure.
+        tracker.refuse = Some(b"torrent banned");
+        c.start(
+            3,
+            tracker.addr,
+            UdpRequest::Announce(request()),
+            t0 + secs(20),
+        )
+        .unwrap();
+        pump(&mut c, &mut tracker, t0 + secs(20));
+        assert_eq!(
+            results(&mut c),
+            [(3, Ok(UdpReply::Failure("torrent banned".into())))]
+        );
+        assert_eq!(
+            tracker.times(t0)[5..],
+            [
+                (20, ACTION_ANNOUNCE),
+                (20, ACTION_CONNECT),
+                (20, ACTION_ANNOUNCE)
+            ]
+        );
+    }
+
+    #[test]
+    fn an_ipv6_tracker_sends_18_byte_peers() {
+        let t0 = Instant::now();
+        let mut tracker = FakeTracker::new(SocketAddr::new(
+            Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).into(),
+            6969,
+        ));
+        tracker.peers = vec![
+            0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9, 0x1a, 0xe1,
+        ];
+        let mut c = client();
+        c.start(1, tracker.addr, UdpRequest::Announce(request()), t0)
+            .unwrap();
+        pump(&mut c, &mut tracker, t0);
+        assert_eq!(
+            announced(c.poll_result()).1.peers,
+            [addr("[2001:db8::9]:6881")]
+        );
+
+        // An IPv4-mapped tracker address is IPv4: 6-byte peers.
+        let mut tracker = FakeTracker::new(addr("[::ffff:10.0.0.1]:6969"));
+        c.start(2, tracker.addr, UdpRequest::Announce(request()), t0)
+            .unwrap();
+        pump(&mut c, &mut tracker, t0);
+        assert_eq!(
+            announced(c.poll_result()).1.peers,
+            [addr("10.0.0.1:6881"), addr("10.0.0.2:6882")]
+        );
+    }
+
+    #[test]
+    fn scrapes_several_hashes() {
+        let t0 = Instant::now();
+        let mut tracker = FakeTracker::new(addr("10.0.0.1:6969"));
+        let mut c = client();
+        let hashes = vec![[1; 20], [2; 20], [3; 20]];
+        c.start(1, tracker.addr, UdpRequest::Scrape(hashes.clone()), t0)
+            .unwrap();
+        let connect = c.poll_transmit(t0).unwrap().payload;
+        c.handle_datagram(tracker.addr, &connect_reply(be32(&connect, 12), 77), t0);
+        let scrape = c.poll_transmit(t0).unwrap().payload;
+        assert_eq!(scrape, encode_scrape(77, be32(&scrape, 12), &hashes));
+        // Extra entries beyond the hashes asked are dropped.
+        let reply = scrape_reply(
+            be32(&scrape, 12),
+            &[(1, 2, 3), (4, 5, 6), (7, 8, 9), (0, 0, 0)],
+        );
+        c.handle_datagram(tracker.addr, &reply, t0);
+        let expected: Vec<Scraped> = [(1, 2, 3), (4, 5, 6), (7, 8, 9)]
+            .iter()
+            .map(|&(seeders, completed, leechers)| Scraped {
+                seeders,
+                completed,
+                leechers,
+            })
+            .collect();
+        assert_eq!(results(&mut c), [(1, Ok(UdpReply::Scraped(expected)))]);
+
+        // Through the fake tracker, with the cached id.
+        c.start(2, tracker.addr, UdpRequest::Scrape(hashes), t0)
+            .unwrap();
+        tracker.accepted.push(77);
+        pump(&mut c, &mut tracker, t0);
+        match c.poll_result() {
+            Some((2, Ok(UdpReply::Scraped(s)))) => assert_eq!(s.len(), 3),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn everything_is_bounded() {
+        let t0 = Instant::now();
+        let tracker = addr("10.0.0.1:6969");
+        let mut c = client();
+        let too_many = vec![[0; 20]; MAX_SCRAPE_HASHES + 1];
+        let err = c
+            .start(1, tracker, UdpRequest::Scrape(too_many), t0)
+            .unwrap_err();
+        assert!(err.to_string().contains("at most 74 info hashes"), "{err}");
+        assert!(matches!(
+            c.start(1, tracker, UdpRequest::Scrape(Vec::new()), t0),
+            Err(TrackerError::BadRequest(_))
+        ));
+        let most = vec![[0; 20]; MAX_SCRAPE_HASHES];
+        c.start(1, tracker, UdpRequest::Scrape(most), t0).unwrap();
+        assert!(matches!(
+            c.start(1, tracker, UdpRequest::Announce(request()), t0),
+            Err(TrackerError::BadRequest(_))
+        ));
+        for id in 2..=MAX_IN_FLIGHT as u64 {
+            c.start(id, tracker, UdpRequest::Announce(request()), t0)
+                .unwrap();
+        }
+        assert_eq!(c.in_flight(), MAX_IN_FLIGHT);
+        assert_eq!(
+            c.start(0, tracker, UdpRequest::Announce(request()), t0),
+            Err(TrackerError::TooBusy(MAX_IN_FLIGHT))
+        );
+        // All share one connect: one packet.
+        assert!(c.poll_transmit(t0).is_some());
+        assert_eq!(c.poll_transmit(t0), None);
+        // Finished but uncollected results still count.
+        c.handle_timeout(t0 + TIMEOUT);
+        assert_eq!(c.in_flight(), 0);
+        assert_eq!(c.results.len(), MAX_IN_FLIGHT);
+        assert!(c
+            .start(0, tracker, UdpRequest::Announce(request()), t0 + TIMEOUT)
+            .is_err());
+        assert!(
+            c.start(5, tracker, UdpRequest::Announce(request()), t0 + TIMEOUT)
+                .is_err(),
+            "an uncollected result keeps its id"
+        );
+        c.cancel(5);
+        assert_eq!(c.results.len(), MAX_IN_FLIGHT - 1);
+        c.start(5, tracker, UdpRequest::Announce(request()), t0 + TIMEOUT)
+            .unwrap();
+        c.cancel(5);
+        assert!(c.txids.is_empty() && c.connects.is_empty());
+
+        // Connection ids of many trackers: bounded, oldest dropped first.
+        let mut c = client();
+        let n = MAX_CACHED_CONNECTIONS + 10;
+        for i in 0..n {
+            let now = t0 + Duration::from_millis(i as u64);
+            let port = u16::try_from(1000 + i).unwrap();
+            let tracker = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
+            c.start(1, tracker, UdpRequest::Announce(request()), now)
+                .unwrap();
+            let connect = c.poll_transmit(now).unwrap().payload;
+            c.handle_datagram(tracker, &connect_reply(be32(&connect, 12), 1), now);
+            c.cancel(1);
+        }
+        assert_eq!(c.cache.len(), MAX_CACHED_CONNECTIONS);
+        assert!(!c.cache.contains_key(&addr("127.0.0.1:1000")));
+        assert!(c.cache.contains_key(&addr("127.0.0.1:1010")));
+        assert!(c.txids.is_empty() && c.exchanges.is_empty());
+        c.handle_timeout(t0 + secs(120));
+        assert!(c.cache.is_empty());
+    }
+
+    #[test]
+    fn odd_settings_neither_hang_nor_panic() {
+        let t0 = Instant::now();
+        let tracker = addr("10.0.0.1:6969");
+        // A zero base would make a packet due again the moment it is sent.
+        let mut c = UdpClient::new(fastrand::Rng::with_seed(1), Duration::ZERO, TIMEOUT);
+        c.start(1, tracker, UdpRequest::Announce(request()), t0)
+            .unwrap();
+        assert!(c.poll_transmit(t0).is_some());
+        assert_eq!(c.poll_transmit(t0), None);
+        // A zero timeout ends the exchange before anything is sent.
+        let mut c = UdpClient::new(fastrand::Rng::with_seed(1), BASE, Duration::ZERO);
+        c.start(1, tracker, UdpRequest::Announce(request()), t0)
+            .unwrap();
+        assert_eq!(c.poll_transmit(t0), None);
+        assert_eq!(results(&mut c), [(1, Err(TrackerError::UdpTimeout(0)))]);
+        // Huge durations: no overflow; the timeout is capped at a day.
+        let mut c = UdpClient::new(fastrand::Rng::with_seed(1), Duration::MAX, Duration::MAX);
+        c.start(1, tracker, UdpRequest::Announce(request()), t0)
+            .unwrap();
+        assert!(c.poll_transmit(t0).is_some());
+        assert_eq!(c.poll_timeout(), Some(t0 + MAX_EXCHANGE_TIMEOUT));
+        assert_eq!(c.poll_transmit(t0 + secs(1_000_000)), None);
+        assert_eq!(results(&mut c), [(1, Err(TrackerError::UdpTimeout(1)))]);
+    }
+
+    #[test]
+    fn talks_over_real_sockets_on_loopback() {
+        let client_socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tracker_socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for s in [&client_socket, &tracker_socket] {
+            s.set_read_timeout(Some(secs(5))).unwrap();
+        }
+        let mut tracker = FakeTracker::new(tracker_socket.local_addr().unwrap());
+        let t0 = Instant::now();
+        let mut c = client();
+        c.start(1, tracker.addr, UdpRequest::Announce(request()), t0)
+            .unwrap();
+        let mut buf = [0u8; 2048];
+        while c.poll_result().is_none() {
+            let tx = c.poll_transmit(t0).expect("something to send");
+            client_socket.send_to(&tx.payload, tx.destination).unwrap();
+            let (n, from) = tracker_socket.recv_from(&mut buf).unwrap();
+            assert_eq!(from, client_socket.local_addr().unwrap());
+            let reply = tracker.handle(&buf[..n], t0).unwrap();
+            tracker_socket.send_to(&reply, from).unwrap();
+            let (n, from) = client_socket.recv_from(&mut buf).unwrap();
+            c.handle_datagram(from, &buf[..n], t0);
+            if tracker.log.len() == 2 {
+                break;
+            }
+        }
+        let (id, a) = announced(c.poll_result());
+        assert_eq!((id, a.peers.len()), (1, 2));
     }
 }

@@ -305,6 +305,9 @@ struct Row {
     down: i64,
     up: i64,
     eta: i64,
+    /// The error code ("" when none) and its text.
+    error: String,
+    error_message: String,
 }
 
 impl Row {
@@ -339,6 +342,8 @@ fn list(client: &mut Client, style: Style, out: &mut impl Write) -> Result<(), R
             "download-speed",
             "upload-speed",
             "eta",
+            "error",
+            "error-message",
         ],
     )?;
     let rows: Vec<Row> = infos
@@ -356,6 +361,8 @@ fn list(client: &mut Client, style: Style, out: &mut impl Write) -> Result<(), R
                 down: st_int("download-speed"),
                 up: st_int("upload-speed"),
                 eta: st.map_or(-1, |s| int(s, "eta")),
+                error: st.map(|s| text(s, "error")).unwrap_or_default(),
+                error_message: st.map(|s| text(s, "error-message")).unwrap_or_default(),
             }
         })
         .collect();
@@ -367,6 +374,7 @@ fn list(client: &mut Client, style: Style, out: &mut impl Write) -> Result<(), R
                     "id": r.id, "name": r.name, "size": r.size, "state": r.state,
                     "completed": r.completed, "progress": (r.progress() * 10.0).round() / 10.0,
                     "download_speed": r.down, "upload_speed": r.up, "eta": r.eta,
+                    "error": r.error, "error_message": r.error_message,
                 })
             })
             .collect();
@@ -393,7 +401,13 @@ fn list(client: &mut Client, style: Style, out: &mut impl Write) -> Result<(), R
             ]
         })
         .collect();
-    print_table(out, &header, &cells, 1, style.width)
+    // A torrent's error goes on a line of its own under its row, as later
+    // transmission-remote versions show it.
+    let notes: Vec<Option<String>> = rows
+        .iter()
+        .map(|r| (!r.error.is_empty()).then(|| format!("    {}: {}", r.error, r.error_message)))
+        .collect();
+    print_table(out, &header, &cells, &notes, 1, style.width)
 }
 
 fn info(client: &mut Client, style: Style, out: &mut impl Write) -> Result<(), RemoteError> {
@@ -412,14 +426,16 @@ fn info(client: &mut Client, style: Style, out: &mut impl Write) -> Result<(), R
         .iter()
         .map(|i| [int(i, "id").to_string(), text(i, "hash"), text(i, "name")])
         .collect();
-    print_table(out, &["ID", "HASH", "NAME"], &cells, 2, style.width)
+    print_table(out, &["ID", "HASH", "NAME"], &cells, &[], 2, style.width)
 }
 
 /// Prints aligned columns; column `flex` (the name) is cut to fit `width`.
+/// A row's note, if any, follows it on a line of its own, cut likewise.
 fn print_table<const N: usize>(
     out: &mut impl Write,
     header: &[&str; N],
     rows: &[[String; N]],
+    notes: &[Option<String>],
     flex: usize,
     width: Option<usize>,
 ) -> Result<(), RemoteError> {
@@ -459,8 +475,15 @@ fn print_table<const N: usize>(
         "{}",
         line(header.iter().map(|h| h.to_string()).collect())
     )?;
-    for row in rows {
+    for (i, row) in rows.iter().enumerate() {
         writeln!(out, "{}", line(row.to_vec()))?;
+        if let Some(Some(note)) = notes.get(i) {
+            let note = match width {
+                Some(w) => fit(note, w),
+                None => note.clone(),
+            };
+            writeln!(out, "{note}")?;
+        }
     }
     Ok(())
 }
@@ -537,12 +560,14 @@ mod tests {
             "a very long torrent name indeed".to_string(),
         ]];
         let mut out = Vec::new();
-        print_table(&mut out, &["ID", "NAME"], &rows, 1, Some(16)).unwrap();
+        let notes = [Some("    tracker-error: could not connect".to_string())];
+        print_table(&mut out, &["ID", "NAME"], &rows, &notes, 1, Some(16)).unwrap();
         let text = String::from_utf8(out).unwrap();
         for line in text.lines() {
             assert!(line.chars().count() <= 16, "{line:?}");
         }
         assert!(text.contains('…'));
+        assert_eq!(text.lines().last(), Some("    tracker-err…"));
     }
 
     #[test]
