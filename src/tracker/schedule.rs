@@ -52,8 +52,8 @@ pub struct Announcer {
     completed_pending: bool,
     /// `completed()` was already called in this run.
     completed_seen: bool,
-    /// Some announce of this run reached (or may have reached) the
-    /// tracker, so a `stopped` is worth sending.
+    /// A tracker acknowledged an announce of this run, so a `stopped` is
+    /// worth sending.
     contacted: bool,
     /// When the next announce is due (meaningless while one is in flight).
     due: Option<Instant>,
@@ -173,7 +173,6 @@ impl Announcer {
         }
         let event = self.next_event();
         self.in_flight = Some(event);
-        self.contacted = true;
         Some(event)
     }
 
@@ -223,6 +222,7 @@ impl Announcer {
             AnnounceReply::Success(a) => a,
         };
         self.failures = 0;
+        self.contacted = true;
         self.last_error = None;
         self.last_warning.clone_from(&announced.warning);
         self.last_success = Some(now);
@@ -294,7 +294,12 @@ impl Announcer {
 
     fn on_failure(&mut self, event: Option<AnnounceEvent>, text: String, now: Instant) {
         self.last_error = Some(text);
-        if event == Some(AnnounceEvent::Stopped) {
+        if event == Some(AnnounceEvent::Stopped)
+            || (self.phase == Phase::Stopping && !self.contacted)
+        {
+            // Also: stopped while an announce was in flight, which failed,
+            // and no tracker has ever heard of us this run: nothing to
+            // take back.
             // No retries for `stopped`: the tracker forgets us by itself,
             // and a stopped torrent should not keep a connection going.
             return self.stopped_done();
@@ -591,11 +596,30 @@ mod tests {
         send(&mut a, t0, Some(Started));
         a.stop(t0 + secs(1));
         assert_eq!(a.poll_timeout(), None, "still one in flight");
-        a.handle_error(&TrackerError::Timeout, t0 + secs(2));
+        a.handle_reply(&ok(None), t0 + secs(2));
         assert_eq!(a.poll_timeout(), Some(t0 + secs(2)));
         send(&mut a, t0 + secs(2), Some(Stopped));
         a.handle_reply(&ok(None), t0 + secs(3));
         assert!(a.is_idle());
+    }
+
+    #[test]
+    fn a_tracker_that_never_heard_of_us_gets_no_stopped() {
+        let t0 = Instant::now();
+        let mut a = Announcer::new();
+        a.start(t0);
+        send(&mut a, t0, Some(Started));
+        a.handle_error(&TrackerError::Timeout, t0 + secs(1));
+        a.stop(t0 + secs(2));
+        assert!(a.is_idle(), "its started failed: nothing to take back");
+        // Stopped while `started` is in flight, which then fails: idle too.
+        a.start(t0 + secs(3));
+        send(&mut a, t0 + secs(3), Some(Started));
+        a.stop(t0 + secs(4));
+        assert!(!a.is_idle());
+        a.handle_error(&TrackerError::Timeout, t0 + secs(5));
+        assert!(a.is_idle());
+        assert_eq!(a.poll_timeout(), None);
     }
 
     #[test]

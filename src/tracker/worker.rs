@@ -441,6 +441,12 @@ fn describe_tls_error(e: &rustls::Error, name: &str) -> String {
             }
             CertificateError::Revoked => "its certificate has been revoked".into(),
             CertificateError::BadSignature => "its certificate's signature does not verify".into(),
+            // webpki's reason for a self-signed certificate, the usual
+            // sight on a private tracker.
+            CertificateError::Other(o) if o.to_string().contains("CaUsedAsEndEntity") => {
+                "its certificate is self-signed and not among the trusted roots".into()
+            }
+            CertificateError::Other(o) => format!("its certificate was rejected ({o})"),
             other => format!("its certificate was rejected: {other}"),
         },
         E::InvalidMessage(_) | E::InappropriateMessage { .. } => {
