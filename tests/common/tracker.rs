@@ -158,6 +158,17 @@ impl TestTracker {
         }
     }
 
+    /// Like [`TestTracker::start`], serving HTTPS with `config` (use
+    /// [`TestTracker::https_url`]). A client that fails the handshake is
+    /// dropped, as a real server would.
+    pub fn start_tls(config: Arc<rustls::ServerConfig>) -> TestTracker {
+        let wrap: Wrap = Box::new(move |tcp| {
+            let tls = super::tls::accept(tcp, &config).ok()?;
+            Some(Box::new(tls) as Box<dyn Stream>)
+        });
+        TestTracker::start_with(Some(wrap))
+    }
+
     /// `http://127.0.0.1:PORT/announce`.
     pub fn url(&self) -> String {
         format!("http://{}/announce", self.addr)
