@@ -73,6 +73,7 @@ fn a_socket_path_that_is_not_a_socket_is_left_alone() {
 
 #[test]
 fn settings_survive_a_clean_restart() {
+    let _ports = common::fixed_ports();
     let dir = tempfile::tempdir().unwrap();
     let mut d = Daemon::start_in(dir.path(), &[]);
     let mut c = d.client();
@@ -102,6 +103,7 @@ fn settings_survive_a_clean_restart() {
 
 #[test]
 fn an_acknowledged_setting_survives_kill_9() {
+    let _ports = common::fixed_ports();
     let dir = tempfile::tempdir().unwrap();
     let mut d = Daemon::start_in(dir.path(), &[]);
     let mut c = d.client();
@@ -158,6 +160,7 @@ fn tagged_quit_answers_then_exits_zero() {
 
 #[test]
 fn frames_sent_just_before_hanging_up_still_run() {
+    let _ports = common::fixed_ports();
     // transmission-remote writes and may close at once.
     let dir = tempfile::tempdir().unwrap();
     let mut d = Daemon::start_in(dir.path(), &[]);

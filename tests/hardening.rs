@@ -285,6 +285,7 @@ fn kill_9_in_a_burst_of_acknowledged_adds_loses_none() {
 
 #[test]
 fn a_failed_write_answers_failed_and_the_daemon_keeps_serving() {
+    let _ports = common::fixed_ports();
     let state = tempfile::tempdir().unwrap();
     let d = Daemon::start_in(state.path(), &[]);
     let mut c = d.client();
@@ -309,6 +310,7 @@ fn a_failed_write_answers_failed_and_the_daemon_keeps_serving() {
 
 #[test]
 fn a_corrupt_state_file_is_set_aside_with_a_clear_log_line() {
+    let _ports = common::fixed_ports();
     let state = tempfile::tempdir().unwrap();
     let d = Daemon::start_in(state.path(), &[]);
     let mut c: Client = d.client();
@@ -361,6 +363,7 @@ impl Drop for SmallDisk {
 
 #[test]
 fn a_full_disk_answers_failed_and_the_daemon_keeps_serving() {
+    let _ports = common::fixed_ports();
     let Some(disk) = SmallDisk::mount("1m") else {
         eprintln!("skipped: cannot mount a tmpfs here (the simulated failure test still runs)");
         return;

@@ -375,6 +375,57 @@ fn a_corrupted_piece_leaves_exactly_the_good_bytes() {
     assert_eq!(st.get("completed"), Some(&Value::Int(50_000 - 16_384)));
 }
 
+/// Protocol 1.20's `verify`: data damaged after a check is found by the
+/// next one, for a running and for a paused torrent; unknown ids are
+/// skipped; `get-supported` names it; the paused one is checked (it
+/// never was) and stays paused.
+#[test]
+fn verify_checks_the_data_again() {
+    let state = tempfile::tempdir().unwrap();
+    let d = Daemon::start_in(state.path(), &[]);
+    let mut c = d.client();
+    let data = data_copy();
+    let running = add(&mut c, &fixture("hello.torrent"), data.path(), 1);
+    let paused = add(&mut c, &fixture("multi.torrent"), data.path(), 0);
+    assert_eq!(settle(&mut c, running).get("state"), Some(&s("seeding")));
+    let st = status(&mut c, paused, &["completed", "state"]);
+    assert_eq!(
+        st.get("completed"),
+        Some(&Value::Int(0)),
+        "paused: not checked"
+    );
+    let path = data.path().join("hello.txt");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[20_000] ^= 0xFF;
+    std::fs::write(&path, bytes).unwrap();
+    std::fs::write(data.path().join("multi/a.bin"), b"short").unwrap();
+    let reply = c
+        .call(
+            "verify",
+            &Value::List(vec![
+                Value::Int(running),
+                Value::Int(paused),
+                Value::Int(99),
+            ]),
+        )
+        .unwrap();
+    assert_eq!(reply.key, "succeeded");
+    let st = settle(&mut c, running);
+    assert_eq!(st.get("state"), Some(&s("downloading")));
+    assert_eq!(st.get("completed"), Some(&Value::Int(50_000 - 16_384)));
+    let st = settle(&mut c, paused);
+    assert_eq!(st.get("state"), Some(&s("paused")));
+    let completed = st.get("completed").and_then(Value::as_int).unwrap();
+    assert!(completed > 0, "checked: b.txt's pieces are good");
+    assert_eq!(st.get("running"), Some(&Value::Int(0)));
+    assert_eq!(c.call("verify", &s("1")).unwrap().key, "bad-format");
+    let supported = c
+        .request("get-supported", &list(&["verify"]))
+        .unwrap()
+        .unwrap();
+    assert_eq!(supported.value, list(&["verify"]));
+}
+
 #[test]
 fn missing_data_is_not_an_error_but_a_missing_directory_is() {
     let state = tempfile::tempdir().unwrap();

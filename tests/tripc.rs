@@ -170,6 +170,34 @@ fn start_stop_remove_by_hash_in_any_case_and_all() {
     assert!(err.contains("40-digit hex"), "{err}");
 }
 
+/// `-v/--verify`: data damaged after the first check is found again.
+#[test]
+fn verify_by_hash_and_all() {
+    let state = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let copy = data.path().join("hello.txt");
+    std::fs::copy(fixture("data/hello.txt"), &copy).unwrap();
+    let d = Daemon::start_in(
+        state.path(),
+        &["--download-dir", data.path().to_str().unwrap()],
+    );
+    let f = fixture("");
+    ok(&d, &f, &["-a", "hello.torrent"]);
+    assert_eq!(settled(&d)[0]["state"], "seeding");
+    let mut bytes = std::fs::read(&copy).unwrap();
+    bytes[0] ^= 1;
+    std::fs::write(&copy, bytes).unwrap();
+    let out = ok(&d, &f, &["-v", HELLO]);
+    assert_eq!(out.trim(), format!("verify: torrent 1 ({HELLO})"));
+    let l = settled(&d);
+    assert_eq!(l[0]["state"], "downloading");
+    assert_eq!(l[0]["completed"], 50_000 - 16_384);
+    std::fs::copy(fixture("data/hello.txt"), &copy).unwrap();
+    let out = ok(&d, &f, &["--verify", "all"]);
+    assert_eq!(out.trim(), "verify: all torrents");
+    assert_eq!(settled(&d)[0]["state"], "seeding");
+}
+
 #[test]
 fn every_setting_flag_in_the_order_given() {
     let state = tempfile::tempdir().unwrap();

@@ -136,6 +136,7 @@ fn check_socket(case: &Case, bytewise: bool) {
 
 #[test]
 fn every_vector_over_the_socket() {
+    let _ports = common::fixed_ports();
     for case in &cases() {
         check_socket(case, false);
     }
@@ -143,6 +144,7 @@ fn every_vector_over_the_socket() {
 
 #[test]
 fn every_vector_over_the_socket_one_byte_per_write() {
+    let _ports = common::fixed_ports();
     for case in &cases() {
         check_socket(case, true);
     }

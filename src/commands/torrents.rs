@@ -27,6 +27,7 @@ pub(super) const BUILTINS: &[(&str, u8, Builtin)] = &[
     ("stop-all", 2, stop_all),
     ("remove", 2, remove),
     ("remove-all", 2, remove_all),
+    ("verify", 2, verify),
 ];
 
 fn path_of(bytes: &[u8]) -> PathBuf {
@@ -291,6 +292,11 @@ fn stop(ctx: &mut Ctx<'_>, v: &Value) -> Reply {
 
 fn remove(ctx: &mut Ctx<'_>, v: &Value) -> Reply {
     act_on_ids(ctx, v, Registry::remove)
+}
+
+/// Protocol 1.20: checks the listed torrents' data again.
+fn verify(ctx: &mut Ctx<'_>, v: &Value) -> Reply {
+    act_on_ids(ctx, v, Registry::verify)
 }
 
 fn start_all(ctx: &mut Ctx<'_>, _: &Value) -> Reply {

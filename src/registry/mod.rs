@@ -158,6 +158,7 @@ enum Undo {
     Added(u64),
     Removed(Box<Torrent>),
     Running(u64, bool),
+    Verify(u64),
 }
 
 /// Settings and torrents, with their on-disk home.
@@ -463,6 +464,15 @@ impl Registry {
         }
     }
 
+    /// Checks a torrent's data again (queued like any check). Unknown ids,
+    /// and torrents already waiting for or under a check, are ignored.
+    pub fn verify(&mut self, id: u64) {
+        if self.torrents.verify(id) {
+            // No event: scripts hear of the check when it ends.
+            self.journal(Undo::Verify(id));
+        }
+    }
+
     /// Stops a torrent. Unknown ids are ignored.
     pub fn stop(&mut self, id: u64) {
         if self.torrents.stop(id) {
@@ -625,6 +635,9 @@ impl Registry {
                 Undo::Running(id, false) => {
                     self.torrents.stop(id);
                 }
+                // Undone in the turn that queued it: the check has not
+                // begun (checks run after the commit).
+                Undo::Verify(id) => self.torrents.unverify(id),
             }
         }
         self.new_copies.clear();

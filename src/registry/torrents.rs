@@ -393,6 +393,30 @@ impl Torrents {
         changed
     }
 
+    /// Queues a check of a torrent's data again (protocol 1.20's
+    /// `verify`), whether it runs or not; a running torrent moves no data
+    /// until the check ends. Returns whether a check was queued (not when
+    /// one is already queued or under way).
+    pub fn verify(&mut self, id: u64) -> bool {
+        let Some(t) = self.by_id.get_mut(&id) else {
+            return false;
+        };
+        if matches!(t.phase, Phase::WaitingCheck | Phase::Checking) {
+            return false;
+        }
+        t.phase = Phase::WaitingCheck;
+        self.queue.push_back(id);
+        true
+    }
+
+    /// Takes back a [`Torrents::verify`] whose check has not begun.
+    pub fn unverify(&mut self, id: u64) {
+        self.cancel_check(id);
+        if let Some(t) = self.by_id.get_mut(&id) {
+            t.settle();
+        }
+    }
+
     /// Stops a torrent, abandoning any check. Returns whether its running
     /// flag changed.
     pub fn stop(&mut self, id: u64) -> bool {

@@ -528,3 +528,13 @@ pub fn wait_for_state(c: &mut Client, id: i64, state: &str) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Held by a test that sets a fixed peer port (51413, 6881...), which the
+/// daemon really binds: two such tests at once in one test binary would
+/// take each other's port.
+pub fn fixed_ports() -> std::sync::MutexGuard<'static, ()> {
+    static PORTS: Mutex<()> = Mutex::new(());
+    PORTS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

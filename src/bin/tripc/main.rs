@@ -53,6 +53,9 @@ struct Args {
     /// Stop `all` torrents or the one with this hash
     #[arg(short = 'S', long = "stop", value_name = "all|HASH", action = ArgAction::Append)]
     stop: Vec<Target>,
+    /// Check the data of `all` torrents or of the one with this hash again (protocol 1.20)
+    #[arg(short = 'v', long = "verify", value_name = "all|HASH", action = ArgAction::Append)]
+    verify: Vec<Target>,
     /// Remove `all` torrents or the one with this hash (data is kept)
     #[arg(short = 'r', long = "remove", value_name = "all|HASH", action = ArgAction::Append)]
     remove: Vec<Target>,
@@ -140,6 +143,10 @@ fn actions(args: &Args, m: &clap::ArgMatches) -> Result<Vec<Action>, String> {
     out.extend(pairs(
         "stop",
         args.stop.iter().cloned().map(Action::Stop).collect(),
+    ));
+    out.extend(pairs(
+        "verify",
+        args.verify.iter().cloned().map(Action::Verify).collect(),
     ));
     out.extend(pairs(
         "remove",

@@ -48,6 +48,8 @@ pub enum Action {
     Start(Target),
     /// Stop torrents.
     Stop(Target),
+    /// Check torrents' data again.
+    Verify(Target),
     /// Remove torrents (never their data).
     Remove(Target),
     /// Set the peer port.
@@ -201,6 +203,7 @@ fn run_one(
         Action::Start(t) => act(client, "start", t, out, &mut done)?,
         Action::Stop(t) => act(client, "stop", t, out, &mut done)?,
         Action::Remove(t) => act(client, "remove", t, out, &mut done)?,
+        Action::Verify(t) => verify(client, t, out, &mut done)?,
         Action::Port(p) => {
             client.request("port", &Value::Int((*p).into()))?;
             done(format!("port set to {p}"), out)?;
@@ -275,6 +278,28 @@ fn act(
             done(format!("{key}: torrent {id} ({})", hex(h)), out)
         }
     }
+}
+
+/// `verify` has no `-all` form: `all` sends every torrent's id.
+fn verify(
+    client: &mut Client,
+    target: &Target,
+    out: &mut impl Write,
+    done: &mut Done<'_>,
+) -> Result<(), RemoteError> {
+    let (ids, what) = match target {
+        Target::All => {
+            let infos = data_list(client, "get-info-all", &[])?;
+            let ids = infos.iter().map(|i| Value::Int(int(i, "id"))).collect();
+            (ids, "all torrents".to_string())
+        }
+        Target::Hash(h) => {
+            let id = id_of(client, h)?;
+            (vec![Value::Int(id)], format!("torrent {id} ({})", hex(h)))
+        }
+    };
+    client.request("verify", &Value::List(ids))?;
+    done(format!("verify: {what}"), out)
 }
 
 fn id_of(client: &mut Client, hash: &[u8; 20]) -> Result<i64, RemoteError> {
