@@ -678,6 +678,38 @@ mod tests {
     }
 
     #[test]
+    fn verify_queues_once_and_unverify_takes_it_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = torrent_of(&[&[1u8; 100]], 32, dir.path());
+        let mut ts = Torrents::new();
+        let id = ts.insert(meta, "/x".into(), dir.path().into());
+        ts.start(id);
+        run_to_end(&mut ts, 1 << 20);
+        assert_eq!(ts.get(id).unwrap().phase, Phase::Seeding);
+        assert!(ts.verify(id));
+        assert!(!ts.verify(id), "already waiting");
+        assert!(!ts.verify(id + 1), "unknown");
+        assert_eq!(ts.get(id).unwrap().phase, Phase::WaitingCheck);
+        ts.unverify(id);
+        assert_eq!(ts.get(id).unwrap().phase, Phase::Seeding);
+        assert!(!ts.has_work());
+        // A paused torrent is checked and stays paused.
+        ts.stop(id);
+        std::fs::write(dir.path().join("t/a0"), [0u8; 100]).unwrap();
+        assert!(ts.verify(id));
+        let events = run_to_end(&mut ts, 1 << 20);
+        assert_eq!(
+            events,
+            vec![CheckEvent::Finished {
+                id,
+                completed: 0,
+                complete: false
+            }]
+        );
+        assert_eq!(ts.get(id).unwrap().phase, Phase::Paused);
+    }
+
+    #[test]
     fn a_bad_piece_leaves_exactly_the_good_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let meta = torrent_of(&[&[1u8; 100]], 32, dir.path());
