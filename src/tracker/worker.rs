@@ -648,7 +648,9 @@ fn connect(
         let tries = u32::try_from(addrs.len() - i).unwrap_or(1).max(1);
         match TcpStream::connect_timeout(addr, left / tries) {
             Ok(stream) => return Ok(stream),
-            Err(e) => last = format!("{addr}: {e}"),
+            // The address is worth naming only when there were several.
+            Err(e) if addrs.len() > 1 => last = format!("{addr}: {e}"),
+            Err(e) => last = e.to_string(),
         }
     }
     remaining(deadline)?;
