@@ -68,6 +68,18 @@ pub struct Config {
     /// in tests; peers then come only from incoming connections)
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     pub announce: bool,
+    /// Peer connections in all torrents together
+    #[arg(long, value_name = "N", default_value_t = 240,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_peers: u64,
+    /// Peer connections of one torrent
+    #[arg(long, value_name = "N", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_peers_per_torrent: u64,
+    /// Outgoing peer connections being set up at once
+    #[arg(long, value_name = "N", default_value_t = 16,
+          value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub max_half_open: u64,
     /// Longest one tracker announce or scrape may take, in seconds: an
     /// HTTP(S) request with its redirects, or a UDP exchange, whose
     /// retransmissions start at a quarter of it and double (BEP 15's 15 s

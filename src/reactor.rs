@@ -494,10 +494,11 @@ impl Reactor {
             match listener.accept() {
                 Ok((stream, addr)) => match self.server.peer_accept(addr, now) {
                     Some(key) => {
+                        debug!("peer {addr}: accepted");
                         self.add_peer(key, stream, false);
                         self.read_peer(key, now);
                     }
-                    None => debug!("peer {addr}: refused"),
+                    None => debug!("peer {addr}: refused (banned, or --max-peers reached)"),
                 },
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -123,7 +123,14 @@ impl Server {
     pub fn new(svc: Service, config: Config) -> Server {
         let mut rng = fastrand::Rng::new();
         let peer_id = swarm::new_peer_id(&mut rng);
-        let swarm = Swarm::new(peer_id, swarm::Limits::default(), rng);
+        let limits = swarm::Limits {
+            max_peers: usize::try_from(config.max_peers).unwrap_or(usize::MAX),
+            max_peers_per_torrent: usize::try_from(config.max_peers_per_torrent)
+                .unwrap_or(usize::MAX),
+            max_half_open: usize::try_from(config.max_half_open).unwrap_or(usize::MAX),
+            ..swarm::Limits::default()
+        };
+        let swarm = Swarm::new(peer_id, limits, rng);
         Server::with_swarm(svc, config, swarm)
     }
 

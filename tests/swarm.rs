@@ -333,3 +333,36 @@ fn a_stop_shows_stopping_while_its_announce_waits() {
     wait_for_state(&mut c, id, "paused");
     drop(silent);
 }
+
+/// `--max-peers 1`: a second peer connection is closed at once while the
+/// first waits for its handshake (for up to 20 s).
+#[test]
+fn past_max_peers_a_connection_is_closed_at_once() {
+    use std::io::Read;
+    let state = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start_in(state.path(), &["--max-peers", "1"]);
+    let port = common::free_port();
+    d.client()
+        .request("port", &Value::Int(port.into()))
+        .unwrap();
+    let mut first = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let me = first.local_addr().unwrap();
+    d.wait_for_log(&format!("peer {me}: accepted")).unwrap();
+    let mut second = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    second.set_read_timeout(Some(HANG)).unwrap();
+    let mut buf = [0u8; 1];
+    assert_eq!(second.read(&mut buf).unwrap_or(0), 0, "closed at once");
+    let me = second.local_addr().unwrap();
+    d.wait_for_log(&format!("peer {me}: refused")).unwrap();
+    first
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let err = first.read(&mut buf).unwrap_err();
+    assert!(
+        matches!(
+            err.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "the first is still open: {err}"
+    );
+}

@@ -812,6 +812,32 @@ mod tests {
     }
 
     #[test]
+    fn peer_limits_bound_dials_and_accepts() {
+        let meta = metainfo(&files());
+        let dir = tempfile::tempdir().unwrap();
+        let now = Instant::now();
+        let limits = Limits {
+            max_peers: 3,
+            max_peers_per_torrent: 2,
+            max_half_open: 1,
+            ..Limits::default()
+        };
+        let mut rng = fastrand::Rng::with_seed(4);
+        let mut s = Swarm::new(new_peer_id(&mut rng), limits, rng);
+        s.start(&torrent(&meta, dir.path(), false), now).unwrap();
+        let many: Vec<SocketAddr> = (1..=6).map(addr).collect();
+        s.add_peers(1, &many, Source::Tracker);
+        let (k1, _) = s.poll_dial(now).expect("a first dial");
+        assert_eq!(s.poll_dial(now), None, "one half-open at a time");
+        s.dialed(k1, true, now);
+        let (k2, _) = s.poll_dial(now).expect("a second dial");
+        s.dialed(k2, true, now);
+        assert_eq!(s.poll_dial(now), None, "two peers per torrent");
+        assert!(s.accept(addr(50), now).is_some(), "a third peer in all");
+        assert_eq!(s.accept(addr(51), now), None, "past three in all");
+    }
+
+    #[test]
     fn a_leecher_downloads_every_file_from_a_seeder_without_sockets() {
         let data = files();
         let meta = metainfo(&data);
