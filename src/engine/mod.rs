@@ -1,7 +1,8 @@
 //! The BitTorrent engine's domain logic: pieces, storage, piece picking,
-//! choking and rates. Nothing here knows of sockets or the wire; time and
+//! choking, rates and bandwidth (speed-limit token buckets). Nothing here knows of sockets or the wire; time and
 //! randomness are passed in, so every decision is testable.
 
+pub mod bandwidth;
 pub mod bitfield;
 pub mod choker;
 pub mod picker;

@@ -1,5 +1,9 @@
-//! The peer wire protocol (BEP 3), sans-IO: the codec and one
-//! connection's state machine. Nothing here touches a socket.
+//! The peer wire protocol (BEP 3), sans-IO: the codec, one connection's
+//! state machine, and the MSE/PE encryption handshake. Nothing here
+//! touches a socket.
+
+pub mod mse;
+pub mod pex;
+pub mod wire;
 
 pub mod conn;
-pub mod wire;
