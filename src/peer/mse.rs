@@ -415,6 +415,127 @@ fn append_remainder(done: &mut Established, data: &[u8]) {
     }
 }
 
+/// A role's in-progress handshake state.
+trait Phase {
+    /// How many buffered bytes this state may use before it decides; this is
+    /// what keeps the buffer bounded.
+    fn need(&self) -> usize;
+}
+
+/// What one role-specific transition did.
+enum Step<S> {
+    /// More input is needed; the state is unchanged.
+    Wait(S),
+    /// A transition happened; try the next state at once.
+    Next(S),
+    /// The handshake is complete.
+    Done(Box<Established>),
+}
+
+/// Where a handshake is, seen from the shared driver.
+enum Stage<S> {
+    Running(S),
+    Done(Box<Established>),
+    /// The result was taken with `poll_done`.
+    Finished,
+    /// Dead; the error is returned again on any later input.
+    Failed(MseError),
+}
+
+/// Input/output buffers the role-specific transitions work on.
+struct Io {
+    buf: Vec<u8>,
+    out: VecDeque<Vec<u8>>,
+}
+
+/// The part both roles share: buffering bounded by [`Phase::need`], the
+/// terminal stages, and the error path. The roles supply only transitions.
+struct Driver<S> {
+    io: Io,
+    stage: Stage<S>,
+}
+
+impl<S: Phase> Driver<S> {
+    fn new(first: S, out: VecDeque<Vec<u8>>) -> Driver<S> {
+        Driver {
+            io: Io {
+                buf: Vec::new(),
+                out,
+            },
+            stage: Stage::Running(first),
+        }
+    }
+
+    /// Feeds `data` through `advance` (one transition on the buffer, if it
+    /// allows one), buffering no more than the current state needs.
+    fn handle_input(
+        &mut self,
+        mut data: &[u8],
+        mut advance: impl FnMut(S, &mut Io) -> Result<Step<S>, MseError>,
+    ) -> Result<(), MseError> {
+        loop {
+            // `Finished` is only a placeholder while the state is moved out.
+            let state = match std::mem::replace(&mut self.stage, Stage::Finished) {
+                Stage::Running(state) => state,
+                Stage::Done(mut done) => {
+                    append_remainder(&mut done, data);
+                    self.stage = Stage::Done(done);
+                    return Ok(());
+                }
+                Stage::Finished => return Err(MseError::Finished),
+                Stage::Failed(e) => {
+                    self.stage = Stage::Failed(e.clone());
+                    return Err(e);
+                }
+            };
+            let state = match advance(state, &mut self.io) {
+                Ok(Step::Wait(state)) => state,
+                Ok(Step::Next(next)) => {
+                    self.stage = Stage::Running(next);
+                    continue;
+                }
+                Ok(Step::Done(done)) => {
+                    self.stage = Stage::Done(done);
+                    continue;
+                }
+                Err(e) => {
+                    // Dead: nothing more to send, nothing to keep.
+                    self.io.buf = Vec::new();
+                    self.io.out.clear();
+                    self.stage = Stage::Failed(e.clone());
+                    return Err(e);
+                }
+            };
+            let want = state.need().saturating_sub(self.io.buf.len());
+            self.stage = Stage::Running(state);
+            if data.is_empty() {
+                return Ok(());
+            }
+            let (now, later) = data.split_at(want.min(data.len()));
+            self.io.buf.extend_from_slice(now);
+            data = later;
+        }
+    }
+
+    fn poll_output(&mut self) -> Option<Vec<u8>> {
+        self.io.out.pop_front()
+    }
+
+    fn poll_done(&mut self) -> Option<Established> {
+        match std::mem::replace(&mut self.stage, Stage::Finished) {
+            Stage::Done(done) => Some(*done),
+            other => {
+                self.stage = other;
+                None
+            }
+        }
+    }
+
+    fn buffered(&self) -> usize {
+        self.io.buf.len()
+    }
+}
+
 enum IState {
     /// Ya and PadA are queued; waiting for Yb.
     AwaitYb,
@@ -434,29 +555,38 @@ enum IState {
         selected: u32,
         len: usize,
     },
-    Done(Box<Established>),
-    Finished,
-    Failed(MseError),
-    /// Only while a transition is computed.
-    Transient,
 }
 
-/// The side that connected: knows the torrent, speaks first.
-pub struct Initiator {
+impl Phase for IState {
+    fn need(&self) -> usize {
+        match self {
+            IState::AwaitYb => DH_LEN,
+            IState::ScanVc { .. } => VC_WINDOW,
+            IState::AwaitSelect { .. } => SELECT_LEN,
+            IState::AwaitPadD { len, .. } => *len,
+        }
+    }
+}
+
+/// What the initiator's transitions need besides the buffers.
+struct InitiatorRole {
     info_hash: [u8; 20],
     provide: u32,
     private_key: [u8; 20],
     initial_payload: Vec<u8>,
-    buf: Vec<u8>,
-    out: VecDeque<Vec<u8>>,
-    state: IState,
+}
+
+/// The side that connected: knows the torrent, speaks first.
+pub struct Initiator {
+    role: InitiatorRole,
+    driver: Driver<IState>,
 }
 
 impl fmt::Debug for Initiator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Initiator")
-            .field("provide", &self.provide)
-            .field("buffered", &self.buf.len())
+            .field("provide", &self.role.provide)
+            .field("buffered", &self.driver.buffered())
             .finish_non_exhaustive()
     }
 }
@@ -478,13 +608,13 @@ impl Initiator {
         let mut first = public_key(&secrets.private_key).to_vec();
         first.extend_from_slice(&secrets.pad);
         Ok(Initiator {
-            info_hash,
-            provide: policy.bits(),
-            private_key: secrets.private_key,
-            initial_payload,
-            buf: Vec::new(),
-            out: VecDeque::from([first]),
-            state: IState::AwaitYb,
+            role: InitiatorRole {
+                info_hash,
+                provide: policy.bits(),
+                private_key: secrets.private_key,
+                initial_payload,
+            },
+            driver: Driver::new(IState::AwaitYb, VecDeque::from([first])),
         })
     }
 
@@ -492,80 +622,35 @@ impl Initiator {
     /// dead and returns the same error again. Once the handshake is done,
     /// input up to `poll_done` is payload, added (decrypted) to the
     /// remainder: call `poll_done` after each call.
-    pub fn handle_input(&mut self, mut data: &[u8]) -> Result<(), MseError> {
-        loop {
-            match &mut self.state {
-                IState::Failed(e) => return Err(e.clone()),
-                IState::Finished => return Err(MseError::Finished),
-                IState::Done(done) => {
-                    append_remainder(done, data);
-                    return Ok(());
-                }
-                _ => {}
-            }
-            let state = std::mem::replace(&mut self.state, IState::Transient);
-            match self.advance(state) {
-                Ok((next, progressed)) => {
-                    self.state = next;
-                    if progressed {
-                        continue;
-                    }
-                }
-                Err(e) => {
-                    // Dead: nothing more to send, nothing to keep.
-                    self.buf = Vec::new();
-                    self.out.clear();
-                    self.state = IState::Failed(e.clone());
-                    return Err(e);
-                }
-            }
-            if data.is_empty() {
-                return Ok(());
-            }
-            let (now, later) = data.split_at(self.want().min(data.len()));
-            self.buf.extend_from_slice(now);
-            data = later;
-        }
+    pub fn handle_input(&mut self, data: &[u8]) -> Result<(), MseError> {
+        let role = &mut self.role;
+        self.driver
+            .handle_input(data, |state, io| role.advance(state, io))
     }
 
     /// Bytes to send to the peer, in order.
     pub fn poll_output(&mut self) -> Option<Vec<u8>> {
-        self.out.pop_front()
+        self.driver.poll_output()
     }
 
     /// The result, once; later input is an error. Drain `poll_output` too.
     pub fn poll_done(&mut self) -> Option<Established> {
-        match std::mem::replace(&mut self.state, IState::Transient) {
-            IState::Done(done) => {
-                self.state = IState::Finished;
-                Some(*done)
-            }
-            other => {
-                self.state = other;
-                None
-            }
-        }
+        self.driver.poll_done()
     }
 
-    /// How many more bytes the current state may use before it decides;
-    /// this is what keeps `buf` bounded.
-    fn want(&self) -> usize {
-        let need = match &self.state {
-            IState::AwaitYb => DH_LEN,
-            IState::ScanVc { .. } => VC_WINDOW,
-            IState::AwaitSelect { .. } => SELECT_LEN,
-            IState::AwaitPadD { len, .. } => *len,
-            _ => 0,
-        };
-        need.saturating_sub(self.buf.len())
+    #[cfg(test)]
+    fn buffered(&self) -> usize {
+        self.driver.buffered()
     }
+}
 
-    /// One transition if the buffer allows it; `false` if more input is needed.
-    fn advance(&mut self, state: IState) -> Result<(IState, bool), MseError> {
+impl InitiatorRole {
+    /// One transition if the buffer allows it.
+    fn advance(&mut self, state: IState, io: &mut Io) -> Result<Step<IState>, MseError> {
         match state {
             IState::AwaitYb => {
-                let Some(yb) = take_array::<DH_LEN>(&mut self.buf) else {
-                    return Ok((IState::AwaitYb, false));
+                let Some(yb) = take_array::<DH_LEN>(&mut io.buf) else {
+                    return Ok(Step::Wait(IState::AwaitYb));
                 };
                 let s = shared_secret(&self.private_key, &yb)?;
                 let mut enc = stream(b"keyA", &s, &self.info_hash);
@@ -587,22 +672,22 @@ impl Initiator {
                 secret.extend_from_slice(&ia);
                 enc.apply_keystream(&mut secret);
                 msg.extend_from_slice(&secret);
-                self.out.push_back(msg);
+                io.out.push_back(msg);
                 let mut vc = VC;
                 dec.apply_keystream(&mut vc);
-                Ok((IState::ScanVc { enc, dec, vc }, true))
+                Ok(Step::Next(IState::ScanVc { enc, dec, vc }))
             }
-            IState::ScanVc { enc, dec, vc } => match find(&self.buf, &vc) {
+            IState::ScanVc { enc, dec, vc } => match find(&io.buf, &vc) {
                 Some(at) => {
-                    self.buf.drain(..at + vc.len());
-                    Ok((IState::AwaitSelect { enc, dec }, true))
+                    io.buf.drain(..at + vc.len());
+                    Ok(Step::Next(IState::AwaitSelect { enc, dec }))
                 }
-                None if self.buf.len() >= VC_WINDOW => Err(MseError::VcNotFound),
-                None => Ok((IState::ScanVc { enc, dec, vc }, false)),
+                None if io.buf.len() >= VC_WINDOW => Err(MseError::VcNotFound),
+                None => Ok(Step::Wait(IState::ScanVc { enc, dec, vc })),
             },
             IState::AwaitSelect { enc, mut dec } => {
-                let Some(mut head) = take_array::<SELECT_LEN>(&mut self.buf) else {
-                    return Ok((IState::AwaitSelect { enc, dec }, false));
+                let Some(mut head) = take_array::<SELECT_LEN>(&mut io.buf) else {
+                    return Ok(Step::Wait(IState::AwaitSelect { enc, dec }));
                 };
                 dec.apply_keystream(&mut head);
                 let selected = be_u32(&head);
@@ -617,15 +702,12 @@ impl Initiator {
                 if len > MAX_PAD {
                     return Err(MseError::PadTooLong(len));
                 }
-                Ok((
-                    IState::AwaitPadD {
-                        enc,
-                        dec,
-                        selected,
-                        len,
-                    },
-                    true,
-                ))
+                Ok(Step::Next(IState::AwaitPadD {
+                    enc,
+                    dec,
+                    selected,
+                    len,
+                }))
             }
             IState::AwaitPadD {
                 enc,
@@ -633,34 +715,20 @@ impl Initiator {
                 selected,
                 len,
             } => {
-                let Some(mut pad) = take_vec(&mut self.buf, len) else {
-                    let next = IState::AwaitPadD {
+                let Some(mut pad) = take_vec(&mut io.buf, len) else {
+                    return Ok(Step::Wait(IState::AwaitPadD {
                         enc,
                         dec,
                         selected,
                         len,
-                    };
-                    return Ok((next, false));
+                    }));
                 };
                 // Decrypted only to keep the stream in step.
                 dec.apply_keystream(&mut pad);
-                let done = establish(
-                    self.info_hash,
-                    selected,
-                    enc,
-                    dec,
-                    &mut self.buf,
-                    Vec::new(),
-                );
-                Ok((IState::Done(Box::new(done)), true))
+                let done = establish(self.info_hash, selected, enc, dec, &mut io.buf, Vec::new());
+                Ok(Step::Done(Box::new(done)))
             }
-            other => Ok((other, false)),
         }
-    }
-
-    #[cfg(test)]
-    fn buffered(&self) -> usize {
-        self.buf.len()
     }
 }
 
@@ -693,27 +761,39 @@ enum RState {
         selected: u32,
         len: usize,
     },
-    Done(Box<Established>),
-    Finished,
-    Failed(MseError),
-    Transient,
+}
+
+impl Phase for RState {
+    fn need(&self) -> usize {
+        match self {
+            RState::AwaitYa => DH_LEN,
+            RState::ScanReq1 { .. } => REQ1_WINDOW,
+            RState::AwaitReq2 { .. } => 20,
+            RState::AwaitProvide { .. } => PROVIDE_LEN,
+            RState::AwaitPadC { len, .. } => len + 2,
+            RState::AwaitIa { len, .. } => *len,
+        }
+    }
+}
+
+/// What the responder's transitions need besides the buffers.
+struct ResponderRole {
+    policy: Policy,
+    private_key: [u8; 20],
+    pad: Vec<u8>,
 }
 
 /// The side that accepted: learns the torrent from the initiator's req2.
 pub struct Responder {
-    policy: Policy,
-    private_key: [u8; 20],
-    pad: Vec<u8>,
-    buf: Vec<u8>,
-    out: VecDeque<Vec<u8>>,
-    state: RState,
+    role: ResponderRole,
+    driver: Driver<RState>,
 }
 
 impl fmt::Debug for Responder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Responder")
-            .field("policy", &self.policy)
-            .field("buffered", &self.buf.len())
+            .field("policy", &self.role.policy)
+            .field("buffered", &self.driver.buffered())
             .finish_non_exhaustive()
     }
 }
@@ -724,12 +804,12 @@ impl Responder {
     pub fn new(policy: Policy, secrets: Secrets) -> Result<Responder, MseError> {
         check_local(&secrets)?;
         Ok(Responder {
-            policy,
-            private_key: secrets.private_key,
-            pad: secrets.pad,
-            buf: Vec::new(),
-            out: VecDeque::new(),
-            state: RState::AwaitYa,
+            role: ResponderRole {
+                policy,
+                private_key: secrets.private_key,
+                pad: secrets.pad,
+            },
+            driver: Driver::new(RState::AwaitYa, VecDeque::new()),
         })
     }
 
@@ -740,138 +820,87 @@ impl Responder {
     /// (decrypted) to the remainder: call `poll_done` after each call.
     pub fn handle_input(
         &mut self,
-        mut data: &[u8],
+        data: &[u8],
         lookup: impl Fn(&[u8; 20]) -> Option<[u8; 20]>,
     ) -> Result<(), MseError> {
-        loop {
-            match &mut self.state {
-                RState::Failed(e) => return Err(e.clone()),
-                RState::Finished => return Err(MseError::Finished),
-                RState::Done(done) => {
-                    append_remainder(done, data);
-                    return Ok(());
-                }
-                _ => {}
-            }
-            let state = std::mem::replace(&mut self.state, RState::Transient);
-            match self.advance(state, &lookup) {
-                Ok((next, progressed)) => {
-                    self.state = next;
-                    if progressed {
-                        continue;
-                    }
-                }
-                Err(e) => {
-                    // Dead: nothing more to send, nothing to keep.
-                    self.buf = Vec::new();
-                    self.out.clear();
-                    self.state = RState::Failed(e.clone());
-                    return Err(e);
-                }
-            }
-            if data.is_empty() {
-                return Ok(());
-            }
-            let (now, later) = data.split_at(self.want().min(data.len()));
-            self.buf.extend_from_slice(now);
-            data = later;
-        }
+        let role = &mut self.role;
+        self.driver
+            .handle_input(data, |state, io| role.advance(state, io, &lookup))
     }
 
     /// Bytes to send to the peer, in order.
     pub fn poll_output(&mut self) -> Option<Vec<u8>> {
-        self.out.pop_front()
+        self.driver.poll_output()
     }
 
     /// The result, once; later input is an error. Drain `poll_output` too:
     /// step 4 is queued when the handshake completes.
     pub fn poll_done(&mut self) -> Option<Established> {
-        match std::mem::replace(&mut self.state, RState::Transient) {
-            RState::Done(done) => {
-                self.state = RState::Finished;
-                Some(*done)
-            }
-            other => {
-                self.state = other;
-                None
-            }
-        }
+        self.driver.poll_done()
     }
 
-    /// How many more bytes the current state may use before it decides.
-    fn want(&self) -> usize {
-        let need = match &self.state {
-            RState::AwaitYa => DH_LEN,
-            RState::ScanReq1 { .. } => REQ1_WINDOW,
-            RState::AwaitReq2 { .. } => 20,
-            RState::AwaitProvide { .. } => PROVIDE_LEN,
-            RState::AwaitPadC { len, .. } => len + 2,
-            RState::AwaitIa { len, .. } => *len,
-            _ => 0,
-        };
-        need.saturating_sub(self.buf.len())
+    #[cfg(test)]
+    fn buffered(&self) -> usize {
+        self.driver.buffered()
     }
+}
 
+impl ResponderRole {
+    /// One transition if the buffer allows it.
     fn advance(
         &mut self,
         state: RState,
+        io: &mut Io,
         lookup: &impl Fn(&[u8; 20]) -> Option<[u8; 20]>,
-    ) -> Result<(RState, bool), MseError> {
+    ) -> Result<Step<RState>, MseError> {
         match state {
             RState::AwaitYa => {
-                let Some(ya) = take_array::<DH_LEN>(&mut self.buf) else {
-                    return Ok((RState::AwaitYa, false));
+                let Some(ya) = take_array::<DH_LEN>(&mut io.buf) else {
+                    return Ok(Step::Wait(RState::AwaitYa));
                 };
                 let s = shared_secret(&self.private_key, &ya)?;
                 let mut msg = public_key(&self.private_key).to_vec();
                 msg.extend_from_slice(&std::mem::take(&mut self.pad));
-                self.out.push_back(msg);
+                io.out.push_back(msg);
                 let req1 = sha1_of(&[b"req1", &s]);
-                Ok((
-                    RState::ScanReq1 {
-                        s: Box::new(s),
-                        req1,
-                    },
-                    true,
-                ))
+                Ok(Step::Next(RState::ScanReq1 {
+                    s: Box::new(s),
+                    req1,
+                }))
             }
-            RState::ScanReq1 { s, req1 } => match find(&self.buf, &req1) {
+            RState::ScanReq1 { s, req1 } => match find(&io.buf, &req1) {
                 Some(at) => {
-                    self.buf.drain(..at + req1.len());
-                    Ok((RState::AwaitReq2 { s }, true))
+                    io.buf.drain(..at + req1.len());
+                    Ok(Step::Next(RState::AwaitReq2 { s }))
                 }
-                None if self.buf.len() >= REQ1_WINDOW => Err(MseError::SyncNotFound),
-                None => Ok((RState::ScanReq1 { s, req1 }, false)),
+                None if io.buf.len() >= REQ1_WINDOW => Err(MseError::SyncNotFound),
+                None => Ok(Step::Wait(RState::ScanReq1 { s, req1 })),
             },
             RState::AwaitReq2 { s } => {
-                let Some(masked) = take_array::<20>(&mut self.buf) else {
-                    return Ok((RState::AwaitReq2 { s }, false));
+                let Some(masked) = take_array::<20>(&mut io.buf) else {
+                    return Ok(Step::Wait(RState::AwaitReq2 { s }));
                 };
                 let req2 = xor20(&masked, &sha1_of(&[b"req3", &s[..]]));
                 let info_hash = lookup(&req2).ok_or(MseError::UnknownTorrent)?;
                 let dec = stream(b"keyA", &s, &info_hash);
                 let enc = stream(b"keyB", &s, &info_hash);
-                Ok((
-                    RState::AwaitProvide {
-                        info_hash,
-                        enc,
-                        dec,
-                    },
-                    true,
-                ))
+                Ok(Step::Next(RState::AwaitProvide {
+                    info_hash,
+                    enc,
+                    dec,
+                }))
             }
             RState::AwaitProvide {
                 info_hash,
                 enc,
                 mut dec,
             } => {
-                let Some(mut head) = take_array::<PROVIDE_LEN>(&mut self.buf) else {
-                    let next = RState::AwaitProvide {
+                let Some(mut head) = take_array::<PROVIDE_LEN>(&mut io.buf) else {
+                    return Ok(Step::Wait(RState::AwaitProvide {
                         info_hash,
                         enc,
                         dec,
-                    };
-                    return Ok((next, false));
+                    }));
                 };
                 dec.apply_keystream(&mut head);
                 if head.get(..8) != Some(&VC[..]) {
@@ -884,16 +913,13 @@ impl Responder {
                 if len > MAX_PAD {
                     return Err(MseError::PadTooLong(len));
                 }
-                Ok((
-                    RState::AwaitPadC {
-                        info_hash,
-                        enc,
-                        dec,
-                        selected,
-                        len,
-                    },
-                    true,
-                ))
+                Ok(Step::Next(RState::AwaitPadC {
+                    info_hash,
+                    enc,
+                    dec,
+                    selected,
+                    len,
+                }))
             }
             RState::AwaitPadC {
                 info_hash,
@@ -902,31 +928,27 @@ impl Responder {
                 selected,
                 len,
             } => {
-                let Some(mut pad_and_len) = take_vec(&mut self.buf, len + 2) else {
-                    let next = RState::AwaitPadC {
+                let Some(mut pad_and_len) = take_vec(&mut io.buf, len + 2) else {
+                    return Ok(Step::Wait(RState::AwaitPadC {
                         info_hash,
                         enc,
                         dec,
                         selected,
                         len,
-                    };
-                    return Ok((next, false));
+                    }));
                 };
                 dec.apply_keystream(&mut pad_and_len);
                 let ia_len = be_u16(pad_and_len.get(len..).unwrap_or_default());
                 if ia_len > MAX_IA {
                     return Err(MseError::PayloadTooLong(ia_len));
                 }
-                Ok((
-                    RState::AwaitIa {
-                        info_hash,
-                        enc,
-                        dec,
-                        selected,
-                        len: ia_len,
-                    },
-                    true,
-                ))
+                Ok(Step::Next(RState::AwaitIa {
+                    info_hash,
+                    enc,
+                    dec,
+                    selected,
+                    len: ia_len,
+                }))
             }
             RState::AwaitIa {
                 info_hash,
@@ -935,15 +957,14 @@ impl Responder {
                 selected,
                 len,
             } => {
-                let Some(mut ia) = take_vec(&mut self.buf, len) else {
-                    let next = RState::AwaitIa {
+                let Some(mut ia) = take_vec(&mut io.buf, len) else {
+                    return Ok(Step::Wait(RState::AwaitIa {
                         info_hash,
                         enc,
                         dec,
                         selected,
                         len,
-                    };
-                    return Ok((next, false));
+                    }));
                 };
                 dec.apply_keystream(&mut ia);
                 let mut msg = Vec::with_capacity(8 + SELECT_LEN);
@@ -951,17 +972,11 @@ impl Responder {
                 msg.extend_from_slice(&selected.to_be_bytes());
                 msg.extend_from_slice(&0u16.to_be_bytes()); // no PadD
                 enc.apply_keystream(&mut msg);
-                self.out.push_back(msg);
-                let done = establish(info_hash, selected, enc, dec, &mut self.buf, ia);
-                Ok((RState::Done(Box::new(done)), true))
+                io.out.push_back(msg);
+                let done = establish(info_hash, selected, enc, dec, &mut io.buf, ia);
+                Ok(Step::Done(Box::new(done)))
             }
-            other => Ok((other, false)),
         }
-    }
-
-    #[cfg(test)]
-    fn buffered(&self) -> usize {
-        self.buf.len()
     }
 }
 
