@@ -100,20 +100,27 @@ pub fn percent_encode_into(out: &mut String, bytes: &[u8]) {
     }
 }
 
-/// The announce URL: `base` with the request's parameters appended.
-///
-/// `base` may carry a query of its own (private trackers put a passkey
-/// there), so parameters are joined with `&` then; a fragment is dropped
-/// since it is never sent.
-pub fn announce_url(base: &str, req: &AnnounceRequest) -> String {
+/// `base` without its fragment, ready for one more query parameter: `?`
+/// or `&` appended as its query needs; `room` bytes spare for them.
+pub(super) fn with_query(base: &str, room: usize) -> String {
     let base = base.split('#').next().unwrap_or(base);
-    let mut url = String::with_capacity(base.len() + 256);
+    let mut url = String::with_capacity(base.len() + room);
     url.push_str(base);
     if !base.contains('?') {
         url.push('?');
     } else if !base.ends_with('?') && !base.ends_with('&') {
         url.push('&');
     }
+    url
+}
+
+/// The announce URL: `base` with the request's parameters appended.
+///
+/// `base` may carry a query of its own (private trackers put a passkey
+/// there), so parameters are joined with `&` then; a fragment is dropped
+/// since it is never sent.
+pub fn announce_url(base: &str, req: &AnnounceRequest) -> String {
+    let mut url = with_query(base, 256);
     url.push_str("info_hash=");
     percent_encode_into(&mut url, &req.info_hash);
     url.push_str("&peer_id=");
@@ -460,8 +467,9 @@ impl PeerSet {
     }
 }
 
-/// Reads a tracker's reply body.
-pub fn parse_announce(body: &[u8]) -> Result<AnnounceReply, TrackerError> {
+/// A reply body (announce or scrape) as a bencoded dictionary, or
+/// `Err` with the tracker's `failure reason`, cleaned.
+pub(super) fn reply_dict(body: &[u8]) -> Result<Result<Value, String>, TrackerError> {
     let value = decode_tolerant(body)?;
     if value.as_dict().is_none() {
         return Err(garbage(body, "bencode, but not a dictionary"));
@@ -471,8 +479,17 @@ pub fn parse_announce(body: &[u8]) -> Result<AnnounceReply, TrackerError> {
             .as_bytes()
             .map(clean_text)
             .unwrap_or_else(|| "(failure reason is not a string)".into());
-        return Ok(AnnounceReply::Failure(text));
+        return Ok(Err(text));
     }
+    Ok(Ok(value))
+}
+
+/// Reads a tracker's reply body.
+pub fn parse_announce(body: &[u8]) -> Result<AnnounceReply, TrackerError> {
+    let value = match reply_dict(body)? {
+        Ok(value) => value,
+        Err(text) => return Ok(AnnounceReply::Failure(text)),
+    };
     let mut peers = PeerSet::new();
     match value.get("peers") {
         Some(Value::Bytes(b)) => peers.add_compact4(b),

@@ -5,7 +5,7 @@
 use crate::codec::bencode::Value;
 
 use super::announce::{
-    clean_text, decode_tolerant, garbage, percent_encode_into, Scraped, TrackerError,
+    garbage, percent_encode_into, reply_dict, with_query, Scraped, TrackerError,
 };
 
 /// A tracker's reply to a scrape of one torrent.
@@ -40,13 +40,7 @@ pub fn scrape_base(announce: &str) -> Option<String> {
 
 /// The scrape request URL for `info_hash` on the scrape URL `base`.
 pub fn scrape_url(base: &str, info_hash: &[u8; 20]) -> String {
-    let mut url = String::with_capacity(base.len() + 72);
-    url.push_str(base);
-    if !base.contains('?') {
-        url.push('?');
-    } else if !base.ends_with('?') && !base.ends_with('&') {
-        url.push('&');
-    }
+    let mut url = with_query(base, 72);
     url.push_str("info_hash=");
     percent_encode_into(&mut url, info_hash);
     url
@@ -61,17 +55,10 @@ fn count(entry: &Value, key: &str) -> u32 {
 
 /// Reads a scrape reply body for `info_hash`.
 pub fn parse_scrape(body: &[u8], info_hash: &[u8; 20]) -> Result<ScrapeReply, TrackerError> {
-    let value = decode_tolerant(body)?;
-    if value.as_dict().is_none() {
-        return Err(garbage(body, "bencode, but not a dictionary"));
-    }
-    if let Some(reason) = value.get("failure reason") {
-        let text = reason
-            .as_bytes()
-            .map(clean_text)
-            .unwrap_or_else(|| "(failure reason is not a string)".into());
-        return Ok(ScrapeReply::Failure(text));
-    }
+    let value = match reply_dict(body)? {
+        Ok(value) => value,
+        Err(text) => return Ok(ScrapeReply::Failure(text)),
+    };
     let Some(files) = value.get("files").and_then(Value::as_dict) else {
         return Err(garbage(body, "a scrape reply without `files`"));
     };
