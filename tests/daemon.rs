@@ -85,6 +85,7 @@ fn settings_survive_a_clean_restart() {
         ("downlimit", Value::Int(100)),
         ("uplimit", Value::Int(20)),
         ("directory", Value::str("/srv/seeds")),
+        ("encryption", Value::str("plaintext")),
     ] {
         assert_eq!(c.request(key, &value).unwrap(), None, "{key}");
     }
@@ -99,6 +100,73 @@ fn settings_survive_a_clean_restart() {
     assert_eq!(get(&d, "get-downlimit"), Value::Int(100));
     assert_eq!(get(&d, "get-uplimit"), Value::Int(20));
     assert_eq!(get(&d, "get-directory"), Value::str("/srv/seeds"));
+    // The spelling survives too, not only the mode.
+    assert_eq!(get(&d, "get-encryption"), Value::str("plaintext"));
+}
+
+/// Protocol 1.06's `encryption` and 1.20's `tolerated` spelling: each is
+/// echoed as sent, the last spelling wins, anything else is bad-format and
+/// changes nothing, and the choice outlives the daemon.
+#[test]
+fn encryption_echoes_the_spelling_used_last_and_persists() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start_in(dir.path(), &[]);
+    assert_eq!(get(&d, "get-encryption"), Value::str("preferred"));
+    let mut c = d.client();
+    for mode in ["required", "preferred", "plaintext", "tolerated"] {
+        assert_eq!(c.request("encryption", &Value::str(mode)).unwrap(), None);
+        let reply = c.call("get-encryption", &Value::empty()).unwrap();
+        assert_eq!(reply.key, "encryption");
+        assert_eq!(reply.value, Value::str(mode));
+    }
+    assert_eq!(get(&d, "get-encryption"), Value::str("tolerated"));
+    assert_eq!(
+        c.request("encryption", &Value::str("plaintext")).unwrap(),
+        None
+    );
+    assert_eq!(get(&d, "get-encryption"), Value::str("plaintext"));
+    for bad in [
+        Value::str("none"),
+        Value::str("Required"),
+        Value::str(""),
+        Value::Int(1),
+        Value::List(vec![Value::str("required")]),
+    ] {
+        assert_eq!(
+            c.call("encryption", &bad).unwrap().key,
+            "bad-format",
+            "{bad:?}"
+        );
+    }
+    assert_eq!(get(&d, "get-encryption"), Value::str("plaintext"));
+    let supported = c
+        .call(
+            "get-supported",
+            &Value::List(vec![
+                Value::str("encryption"),
+                Value::str("get-encryption"),
+                Value::str("verify"),
+            ]),
+        )
+        .unwrap();
+    assert_eq!(supported.key, "supported");
+    assert_eq!(
+        supported.value,
+        Value::List(vec![
+            Value::str("encryption"),
+            Value::str("get-encryption"),
+            Value::str("verify"),
+        ])
+    );
+    assert_eq!(
+        c.request("encryption", &Value::str("tolerated")).unwrap(),
+        None
+    );
+    drop(c);
+    d.signal(Signal::SIGTERM);
+    assert!(d.wait().success());
+    let d = Daemon::start_in(dir.path(), &[]);
+    assert_eq!(get(&d, "get-encryption"), Value::str("tolerated"));
 }
 
 #[test]

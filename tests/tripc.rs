@@ -261,6 +261,48 @@ fn every_setting_flag_in_the_order_given() {
     assert!(err.contains("70000"), "{err}");
 }
 
+/// `--encryption` sends the spelling given (1.20's `tolerated` too);
+/// clap refuses any other before the daemon is asked.
+#[test]
+fn encryption_is_sent_as_spelled_and_bad_modes_are_refused() {
+    let state = tempfile::tempdir().unwrap();
+    let d = Daemon::start_in(state.path(), &[]);
+    let cwd = state.path();
+    assert_eq!(get(&d, "get-encryption"), Value::str("preferred"));
+    let out = ok(&d, cwd, &["--encryption", "tolerated"]);
+    assert_eq!(out.trim(), "encryption set to tolerated");
+    assert_eq!(get(&d, "get-encryption"), Value::str("tolerated"));
+    // In the order given, with the other settings flags.
+    ok(
+        &d,
+        cwd,
+        &[
+            "--encryption",
+            "required",
+            "-p",
+            "7000",
+            "--encryption",
+            "plaintext",
+        ],
+    );
+    assert_eq!(get(&d, "get-encryption"), Value::str("plaintext"));
+    assert_eq!(get(&d, "get-port"), Value::Int(7000));
+    let j: serde_json::Value =
+        serde_json::from_str(&ok(&d, cwd, &["--json", "--encryption", "preferred"])).unwrap();
+    assert_eq!(
+        j,
+        serde_json::json!({"ok": true, "done": "encryption set to preferred"})
+    );
+    for bad in ["none", "Required", ""] {
+        let out = tripc(&d, cwd, &["--encryption", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.lines().count(), 1, "{err:?}");
+        assert!(err.contains("--encryption"), "{err}");
+    }
+    assert_eq!(get(&d, "get-encryption"), Value::str("preferred"));
+}
+
 #[test]
 fn call_sends_any_key_with_a_json_value() {
     let state = tempfile::tempdir().unwrap();

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use super::{Builtin, Ctx, Reply};
 use crate::codec::Value;
-use crate::registry::Settings;
+use crate::registry::{Encryption, Settings};
 
 /// Key, lowest protocol version, handler.
 pub(super) const BUILTINS: &[(&str, u8, Builtin)] = &[
@@ -27,6 +27,8 @@ pub(super) const BUILTINS: &[(&str, u8, Builtin)] = &[
     ("get-uplimit", 2, get_uplimit),
     ("directory", 2, set_directory),
     ("get-directory", 2, get_directory),
+    ("encryption", 2, set_encryption),
+    ("get-encryption", 2, get_encryption),
 ];
 
 fn noop(_: &mut Ctx<'_>, _: &Value) -> Reply {
@@ -133,6 +135,18 @@ fn set_directory(ctx: &mut Ctx<'_>, v: &Value) -> Reply {
     Reply::Done
 }
 
+/// Protocol 1.06's spellings and 1.20's `tolerated`; the spelling is kept,
+/// so `get-encryption` echoes the one used last.
+fn set_encryption(ctx: &mut Ctx<'_>, v: &Value) -> Reply {
+    match v.as_bytes().and_then(Encryption::parse) {
+        Some(mode) => {
+            ctx.registry.update_settings(|s| s.encryption = mode);
+            Reply::Done
+        }
+        None => Reply::BadFormat,
+    }
+}
+
 fn get_port(ctx: &mut Ctx<'_>, _: &Value) -> Reply {
     Reply::data("port", Value::Int(ctx.registry.settings().port.into()))
 }
@@ -166,4 +180,60 @@ fn get_uplimit(ctx: &mut Ctx<'_>, _: &Value) -> Reply {
 fn get_directory(ctx: &mut Ctx<'_>, _: &Value) -> Reply {
     let dir = ctx.registry.settings().directory.as_os_str().as_bytes();
     Reply::data("directory", Value::Bytes(dir.to_vec()))
+}
+
+fn get_encryption(ctx: &mut Ctx<'_>, _: &Value) -> Reply {
+    let mode = ctx.registry.settings().encryption;
+    Reply::data("encryption", Value::str(mode.as_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::{CommandTable, Control};
+    use crate::registry::Registry;
+
+    /// Runs `handler` on a registry, as the dispatcher would.
+    fn run(reg: &mut Registry, handler: super::super::Builtin, value: &Value) -> Reply {
+        let table = CommandTable::builtin();
+        let mut control = Control::default();
+        let mut ctx = Ctx {
+            registry: reg,
+            table: &table,
+            control: &mut control,
+            tagged: true,
+        };
+        handler(&mut ctx, value)
+    }
+
+    #[test]
+    fn encryption_echoes_the_spelling_used_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut reg = Registry::open(dir.path(), Settings::defaults("/dl".into())).unwrap();
+        let get = |reg: &mut Registry| run(reg, get_encryption, &Value::empty());
+        let mode = |m: &str| Reply::data("encryption", Value::str(m));
+        assert_eq!(get(&mut reg), mode("preferred"));
+        for word in [
+            "required",
+            "tolerated",
+            "plaintext",
+            "preferred",
+            "tolerated",
+        ] {
+            assert_eq!(
+                run(&mut reg, set_encryption, &Value::str(word)),
+                Reply::Done
+            );
+            assert_eq!(get(&mut reg), mode(word));
+        }
+        for bad in [
+            Value::str("none"),
+            Value::str("Required"),
+            Value::Int(1),
+            Value::List(vec![]),
+        ] {
+            assert_eq!(run(&mut reg, set_encryption, &bad), Reply::BadFormat);
+        }
+        assert_eq!(get(&mut reg), mode("tolerated"), "unchanged by refusals");
+    }
 }

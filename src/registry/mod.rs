@@ -25,7 +25,7 @@ use log::{error, info, warn};
 
 use crate::codec::{decode, EncodeError, Value};
 pub use metainfo::{Metainfo, MetainfoError};
-pub use settings::Settings;
+pub use settings::{Encryption, Settings};
 pub use torrents::{CheckEvent, PeerInfo, Phase, Torrent, TorrentError, Torrents, Transfer};
 
 /// A state directory that cannot be used at all.

@@ -5,6 +5,51 @@ use std::path::PathBuf;
 
 use crate::codec::Value;
 
+/// How peer connections are encrypted (protocol 1.06's `encryption`).
+///
+/// `Plaintext` and `Tolerated` are the same mode, spelled by protocol 1.06
+/// and 1.20; they are kept apart only so the daemon can answer with the
+/// spelling the client used last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encryption {
+    /// Only encrypted connections.
+    Required,
+    /// Encrypted when the peer can, plaintext otherwise.
+    Preferred,
+    /// Plaintext allowed, spelled as protocol 1.06 does.
+    Plaintext,
+    /// Plaintext allowed, spelled as protocol 1.20 does.
+    Tolerated,
+}
+
+impl Encryption {
+    /// The protocol's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encryption::Required => "required",
+            Encryption::Preferred => "preferred",
+            Encryption::Plaintext => "plaintext",
+            Encryption::Tolerated => "tolerated",
+        }
+    }
+
+    /// Reads the protocol's spelling; anything else is `None`.
+    pub fn parse(bytes: &[u8]) -> Option<Encryption> {
+        match bytes {
+            b"required" => Some(Encryption::Required),
+            b"preferred" => Some(Encryption::Preferred),
+            b"plaintext" => Some(Encryption::Plaintext),
+            b"tolerated" => Some(Encryption::Tolerated),
+            _ => None,
+        }
+    }
+
+    /// Plaintext connections are allowed (either spelling of that mode).
+    pub fn is_tolerated(self) -> bool {
+        matches!(self, Encryption::Plaintext | Encryption::Tolerated)
+    }
+}
+
 /// Daemon-wide settings, as clients set and read them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
@@ -22,6 +67,8 @@ pub struct Settings {
     pub uplimit: i64,
     /// Default directory for the data of torrents added from now on.
     pub directory: PathBuf,
+    /// Encryption of peer connections.
+    pub encryption: Encryption,
 }
 
 impl Settings {
@@ -35,6 +82,8 @@ impl Settings {
             downlimit: -1,
             uplimit: -1,
             directory,
+            // Transmission's default.
+            encryption: Encryption::Preferred,
         }
     }
 
@@ -49,6 +98,7 @@ impl Settings {
             ("downlimit", self.downlimit != other.downlimit),
             ("uplimit", self.uplimit != other.uplimit),
             ("directory", self.directory != other.directory),
+            ("encryption", self.encryption != other.encryption),
         ]
         .into_iter()
         .filter_map(|(name, differs)| differs.then_some(name))
@@ -65,6 +115,7 @@ impl Settings {
                 Value::Bytes(self.directory.as_os_str().as_bytes().to_vec()),
             ),
             ("downlimit", Value::Int(self.downlimit)),
+            ("encryption", Value::str(self.encryption.as_str())),
             ("pex", Value::Int(self.pex.into())),
             ("port", Value::Int(self.port.into())),
             ("uplimit", Value::Int(self.uplimit)),
@@ -111,6 +162,13 @@ impl Settings {
             }
             Some(_) => return Err("settings key \"directory\" is not an absolute path".into()),
         }
+        match value.get("encryption") {
+            None => {}
+            Some(v) => match v.as_bytes().and_then(Encryption::parse) {
+                Some(e) => s.encryption = e,
+                None => return Err("settings key \"encryption\" is not a known mode".into()),
+            },
+        }
         Ok(s)
     }
 }
@@ -126,8 +184,36 @@ mod tests {
         s.automap = true;
         s.pex = false;
         s.downlimit = 100;
-        let back = Settings::from_value(&s.to_value(), Settings::defaults("/x".into())).unwrap();
-        assert_eq!(back, s);
+        for mode in [
+            Encryption::Required,
+            Encryption::Preferred,
+            Encryption::Plaintext,
+            Encryption::Tolerated,
+        ] {
+            s.encryption = mode;
+            let back =
+                Settings::from_value(&s.to_value(), Settings::defaults("/x".into())).unwrap();
+            assert_eq!(back, s);
+        }
+    }
+
+    #[test]
+    fn encryption_spellings() {
+        for word in ["required", "preferred", "plaintext", "tolerated"] {
+            let mode = Encryption::parse(word.as_bytes()).unwrap();
+            assert_eq!(mode.as_str(), word);
+        }
+        assert!(Encryption::parse(b"Required").is_none());
+        assert!(Encryption::parse(b"").is_none());
+        assert!(Encryption::Plaintext.is_tolerated());
+        assert!(Encryption::Tolerated.is_tolerated());
+        assert!(!Encryption::Preferred.is_tolerated());
+        assert!(!Encryption::Required.is_tolerated());
+        let a = Settings::defaults("/d".into());
+        assert_eq!(a.encryption, Encryption::Preferred);
+        let mut b = a.clone();
+        b.encryption = Encryption::Tolerated;
+        assert_eq!(a.differences(&b), ["encryption"]);
     }
 
     #[test]
@@ -137,6 +223,12 @@ mod tests {
         let s = Settings::from_value(&partial, d.clone()).unwrap();
         assert_eq!(s.port, 1);
         assert_eq!(s.directory, d.directory);
+        assert_eq!(s.encryption, Encryption::Preferred);
+        for bad in [Value::str("none"), Value::Int(1)] {
+            let bad = Value::dict([("encryption", bad)]);
+            let err = Settings::from_value(&bad, d.clone()).unwrap_err();
+            assert!(err.contains("encryption"), "{err}");
+        }
         let bad = Value::dict([("port", Value::str("x"))]);
         assert!(Settings::from_value(&bad, d.clone()).is_err());
         let bad = Value::dict([("port", Value::Int(70000))]);

@@ -18,6 +18,7 @@ Examples:
   tripc -a ~/ubuntu.torrent -l          add a torrent, then list all
   tripc -S all -p 51413 -s all          stop all, change port, start all
   tripc -d 500 -U                       download at most 500 KiB/s, upload freely
+  tripc --encryption required           encrypted peer connections only
   tripc -l --json                       the list as JSON
   tripc call get-supported '[\"noop\",\"get-uptime\"]'
   tripc completions bash > /etc/bash_completion.d/tripc
@@ -91,6 +92,11 @@ struct Args {
     /// Default download folder for new torrents
     #[arg(short = 'f', long = "folder", value_name = "DIR", action = ArgAction::Append)]
     folder: Vec<PathBuf>,
+    /// Encryption of peer connections (protocol 1.06; `tolerated` is 1.20's
+    /// spelling of `plaintext`, sent as given)
+    #[arg(long = "encryption", value_name = "MODE", action = ArgAction::Append,
+          value_parser = ["required", "preferred", "tolerated", "plaintext"])]
+    encryption: Vec<String>,
     /// Stop the daemon
     #[arg(short = 'q', long = "quit", num_args = 0, default_missing_value = "", action = ArgAction::Append)]
     quit: Vec<String>,
@@ -175,6 +181,14 @@ fn actions(args: &Args, m: &clap::ArgMatches) -> Result<Vec<Action>, String> {
         args.folder
             .iter()
             .map(|f| Action::Folder(cwd.join(f)))
+            .collect(),
+    ));
+    out.extend(pairs(
+        "encryption",
+        args.encryption
+            .iter()
+            .cloned()
+            .map(Action::Encryption)
             .collect(),
     ));
     out.sort_by_key(|(i, _)| *i);

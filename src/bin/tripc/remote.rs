@@ -64,6 +64,9 @@ pub enum Action {
     Automap(bool),
     /// Set the default download folder for new torrents.
     Folder(PathBuf),
+    /// Set the encryption mode, spelled as the user gave it (the daemon
+    /// echoes that spelling).
+    Encryption(String),
     /// Stop the daemon.
     Quit,
     /// Send any key with any value; print the reply.
@@ -228,6 +231,10 @@ fn run_one(
             let v = Value::Bytes(dir.as_os_str().as_encoded_bytes().to_vec());
             client.request("directory", &v)?;
             done(format!("download folder set to {}", dir.display()), out)?;
+        }
+        Action::Encryption(mode) => {
+            client.request("encryption", &Value::str(mode))?;
+            done(format!("encryption set to {mode}"), out)?;
         }
         Action::Quit => {
             // The daemon may close the connection before answering.
