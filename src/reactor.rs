@@ -98,6 +98,9 @@ pub struct Reactor {
     peers: Vec<Option<PeerSock>>,
     /// Peers with input left over (read budget used up).
     peers_again: Vec<usize>,
+    /// Readable peers waiting for the download limit, first come first
+    /// read.
+    peers_starved: Vec<usize>,
     /// The tracker worker: HTTP off the loop, results back through the
     /// waker.
     trackers: TrackerWorker,
@@ -171,6 +174,7 @@ impl Reactor {
             peer_listener: None,
             peers: Vec::new(),
             peers_again: Vec::new(),
+            peers_starved: Vec::new(),
             trackers: TrackerWorker::spawn(waker),
             udp4,
             udp6,
@@ -240,11 +244,22 @@ impl Reactor {
         if !self.again.is_empty() || !self.peers_again.is_empty() || self.udp_readable {
             return Some(Duration::ZERO);
         }
-        [self.server.poll_timeout(now), self.accept_paused_until]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|d| d.saturating_duration_since(now))
+        let starved = if self.peers_starved.is_empty() {
+            None
+        } else if self.server.peer_read_allowance(now) > 0 {
+            Some(now)
+        } else {
+            self.server.peer_read_wake(now)
+        };
+        [
+            self.server.poll_timeout(now),
+            self.accept_paused_until,
+            starved,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|d| d.saturating_duration_since(now))
     }
 
     fn signals(&mut self) -> Option<Exit> {
@@ -370,6 +385,11 @@ impl Reactor {
     /// The peers' part of a turn: the listener follows the `port`
     /// setting, new dials, output written, closes applied.
     fn peer_turn(&mut self, now: Instant) {
+        if !self.peers_starved.is_empty() && self.server.peer_read_allowance(now) > 0 {
+            for key in std::mem::take(&mut self.peers_starved) {
+                self.read_peer(key, now);
+            }
+        }
         for key in std::mem::take(&mut self.peers_again) {
             self.read_peer(key, now);
         }
@@ -394,6 +414,7 @@ impl Reactor {
                 let _ = self.poll.registry().deregister(&mut p.stream);
             }
             self.peers_again.retain(|k| *k != key);
+            self.peers_starved.retain(|k| *k != key);
             self.server.peer_closed(key);
         }
     }
@@ -564,7 +585,16 @@ impl Reactor {
                 self.peers_again.push(key);
                 return;
             }
-            let cap = budget.min(self.scratch.len());
+            // The download limit is applied here: unread bytes stay in
+            // the kernel, and TCP slows the sender down.
+            let allowed = self.server.peer_read_allowance(now);
+            if allowed == 0 {
+                if !self.peers_starved.contains(&key) {
+                    self.peers_starved.push(key);
+                }
+                return;
+            }
+            let cap = budget.min(self.scratch.len()).min(allowed);
             match p.stream.read(&mut self.scratch[..cap]) {
                 Ok(0) => {
                     p.readable = false;

@@ -29,7 +29,8 @@ use slab::Slab;
 use std::net::SocketAddr;
 
 use crate::config::Config;
-use crate::registry::{Phase, TorrentError};
+use crate::peer::mse::Policy;
+use crate::registry::{Encryption, Phase, Settings, TorrentError};
 use crate::service::Service;
 use crate::session::Session;
 use crate::swarm::{self, Swarm, SwarmEvent};
@@ -308,6 +309,7 @@ impl Server {
         self.sync_due = false;
         self.synced_changes = changes;
         let reg = self.svc.registry();
+        self.swarm.set_manners(manners(reg.settings()), now);
         for t in reg.torrents().iter() {
             let run = t.running
                 && t.error.is_none()
@@ -469,6 +471,17 @@ impl Server {
         self.swarm.dialed(key, ok, now);
     }
 
+    /// Bytes the reactor may read from peers now (the download limit);
+    /// when 0, it waits for [`Server::peer_read_wake`].
+    pub fn peer_read_allowance(&self, now: Instant) -> usize {
+        self.swarm.read_allowance(now)
+    }
+
+    /// When reading from peers may go on after the allowance ran out.
+    pub fn peer_read_wake(&self, now: Instant) -> Option<Instant> {
+        self.swarm.read_wake(now)
+    }
+
     /// Bytes from peer `key`.
     pub fn peer_receive(&mut self, key: usize, bytes: &[u8], now: Instant) {
         self.swarm.receive(key, bytes, now);
@@ -476,7 +489,7 @@ impl Server {
     }
 
     /// Bytes to send to peer `key`.
-    pub fn peer_output(&self, key: usize) -> &[u8] {
+    pub fn peer_output(&mut self, key: usize) -> &[u8] {
         self.swarm.output(key)
     }
 
@@ -694,7 +707,7 @@ impl Server {
         [
             self.next_sweep,
             self.retry_commit,
-            self.swarm.poll_timeout(),
+            self.swarm.poll_timeout(now),
             self.next_report,
             self.next_progress_save,
             self.trackers.poll_timeout(),
@@ -821,6 +834,23 @@ impl Server {
             .flatten()
             .min()
             .map(|t| (t / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)))
+    }
+}
+
+/// What the swarm must follow of the settings: limits in KiB/s become
+/// bytes/s (negative: none).
+fn manners(s: &Settings) -> swarm::Manners {
+    let limit = |kib: i64| u64::try_from(kib).ok().map(|k| k.saturating_mul(1024));
+    swarm::Manners {
+        download_limit: limit(s.downlimit),
+        upload_limit: limit(s.uplimit),
+        pex: s.pex,
+        encryption: match s.encryption {
+            Encryption::Required => Policy::Required,
+            Encryption::Preferred => Policy::Preferred,
+            Encryption::Plaintext | Encryption::Tolerated => Policy::Tolerated,
+        },
+        listen_port: s.port,
     }
 }
 

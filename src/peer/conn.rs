@@ -74,6 +74,8 @@ pub enum PeerError {
     TooEarly,
     /// Both sides have every piece: nothing to exchange.
     BothSeeds,
+    /// Already connected to this peer (same peer id) for the torrent.
+    Duplicate,
 }
 
 impl fmt::Display for PeerError {
@@ -97,6 +99,7 @@ impl fmt::Display for PeerError {
             PeerError::OutputOverflow => write!(f, "over {MAX_OUTPUT} bytes unread"),
             PeerError::TooEarly => f.write_str("message before the torrent is known"),
             PeerError::BothSeeds => f.write_str("both are seeds"),
+            PeerError::Duplicate => f.write_str("already connected to this peer"),
         }
     }
 }
@@ -512,6 +515,12 @@ impl PeerConn {
         self.peer_requests.pop_front()
     }
 
+    /// The block the peer asked for next, without taking it (to check
+    /// that a speed limit allows it first).
+    pub fn peek_peer_request(&self) -> Option<&Block> {
+        self.peer_requests.front()
+    }
+
     /// Requests the peer has queued.
     pub fn peer_request_count(&self) -> usize {
         self.peer_requests.len()
@@ -550,6 +559,12 @@ impl PeerConn {
             };
             self.send(&msg, now);
         }
+    }
+
+    /// Sends an extension protocol message (BEP 10): `id` 0 is the
+    /// extension handshake, others the ids the peer gave its extensions.
+    pub fn extended(&mut self, id: u8, payload: &[u8], now: Instant) {
+        self.send(&Message::Extended { id, payload }, now);
     }
 
     /// Announces a piece we now have.

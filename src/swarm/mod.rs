@@ -11,22 +11,40 @@
 //! verified, storage errors), [`Swarm::poll_timeout`] and
 //! [`Swarm::handle_timeout`] for timers.
 
+mod link;
 mod session;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use log::{debug, info};
+use log::{debug, info, warn};
 use slab::Slab;
 
+use crate::engine::bandwidth::TokenBucket;
 use crate::engine::bitfield::Bitfield;
 use crate::engine::picker::{PeerKey, Picker};
 use crate::engine::rate::RateMeter;
-use crate::peer::conn::{PeerConn, PeerError};
-use crate::peer::wire::Handshake;
+use crate::peer::conn::{PeerConn, PeerError, MAX_PEER_REQUESTS};
+use crate::peer::mse::{self, Policy, Secrets};
+use crate::peer::pex::{
+    ExtendedHandshake, LocalHandshake, PexFlags, PexMessage, PexState, HANDSHAKE_EXT_ID,
+    OUR_UT_PEX_ID,
+};
+use crate::peer::wire::{Handshake, Message};
 use crate::registry::{PeerInfo, Torrent};
+use link::Link;
 use session::{ServeError, Session};
+
+/// The handshake's reserved bit for the extension protocol (BEP 10).
+const EXTENSION_BIT: (usize, u8) = (5, 0x10);
+
+/// What we call ourselves in the extension handshake.
+const CLIENT_NAME: &str = concat!("tripcd ", env!("CARGO_PKG_VERSION"));
+
+/// Addresses remembered as plaintext-only (they dropped our MSE
+/// handshake); forgotten all at once past this many.
+const MAX_PLAIN_ONLY: usize = 4096;
 
 /// Output queued to a peer beyond which we stop serving it blocks until
 /// it reads (its requests wait in its queue).
@@ -60,6 +78,33 @@ pub struct Limits {
     pub max_half_open: usize,
     /// Bytes of unfinished pieces held in memory per torrent.
     pub max_partial_bytes: u64,
+}
+
+/// The daemon-wide settings the swarm follows, changeable at any time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Manners {
+    /// Payload bytes/s received in all, `None` for no limit.
+    pub download_limit: Option<u64>,
+    /// Payload bytes/s sent in all, `None` for no limit.
+    pub upload_limit: Option<u64>,
+    /// Peer exchange on torrents that are not private.
+    pub pex: bool,
+    /// Message stream encryption.
+    pub encryption: Policy,
+    /// Our peer port, told to peers in the extension handshake (0: none).
+    pub listen_port: u16,
+}
+
+impl Default for Manners {
+    fn default() -> Manners {
+        Manners {
+            download_limit: None,
+            upload_limit: None,
+            pex: true,
+            encryption: Policy::Preferred,
+            listen_port: 0,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -133,9 +178,24 @@ pub struct Stats {
     pub left: u64,
 }
 
+/// Peer exchange with one peer: the id it gave `ut_pex`, and the state.
+struct PexLink {
+    id: u8,
+    state: PexState,
+}
+
 struct Peer {
     conn: PeerConn,
+    /// The stream under `conn`: plaintext or encrypted.
+    link: Link,
     addr: SocketAddr,
+    /// Where it accepts connections: the address dialled, or for an
+    /// incoming peer its address with the port its extension handshake
+    /// gave (what peer exchange passes on).
+    listen: Option<SocketAddr>,
+    pex: Option<PexLink>,
+    /// Listed in the swarm's upload queue.
+    uploading: bool,
     torrent: Option<u64>,
     source: Source,
     /// Outgoing, not connected yet.
@@ -160,6 +220,49 @@ pub struct Swarm {
     banned: HashSet<SocketAddr>,
     to_close: Vec<usize>,
     events: VecDeque<SwarmEvent>,
+    manners: Manners,
+    /// The upload limit, over all torrents.
+    up: TokenBucket,
+    /// The download limit, over all torrents.
+    down: TokenBucket,
+    /// Peers with requests to serve, in turn: one block each per round,
+    /// so that under a limit every peer gets its share.
+    upload_queue: VecDeque<usize>,
+    /// HASH('req2', info_hash) of every running torrent, for incoming
+    /// MSE handshakes.
+    by_req2: HashMap<[u8; 20], [u8; 20]>,
+    /// Peers that dropped our MSE handshake: dialled in plaintext next.
+    plain_only: HashSet<SocketAddr>,
+}
+
+/// Fresh secrets for one MSE handshake: the private key from the
+/// system's random source, the padding's length and bytes from `rng`
+/// (they only need to look random).
+fn mse_secrets(rng: &mut fastrand::Rng) -> Secrets {
+    let mut key = [0u8; 20];
+    if let Err(e) = getrandom::getrandom(&mut key) {
+        warn!("no system randomness ({e}): an MSE key from the fallback generator");
+        rng.fill(&mut key);
+    }
+    if key == [0; 20] {
+        key[19] = 1;
+    }
+    let mut pad = vec![0u8; rng.usize(..=mse::MAX_PAD)];
+    rng.fill(&mut pad);
+    Secrets {
+        private_key: key,
+        pad,
+    }
+}
+
+/// Whether serving one block went through.
+enum Served {
+    /// A block was queued; the peer may have more.
+    One,
+    /// Nothing to serve now (no request, or its output is full).
+    Idle,
+    /// The upload limit is spent for now.
+    Starved,
 }
 
 /// What a ban applies to: the whole IP address, except on loopback, where
@@ -202,6 +305,7 @@ pub fn new_peer_id(rng: &mut fastrand::Rng) -> [u8; 20] {
 impl Swarm {
     /// A swarm speaking as `peer_id`.
     pub fn new(peer_id: [u8; 20], limits: Limits, rng: fastrand::Rng) -> Swarm {
+        let now = Instant::now();
         Swarm {
             peer_id,
             limits,
@@ -213,7 +317,45 @@ impl Swarm {
             banned: HashSet::new(),
             to_close: Vec::new(),
             events: VecDeque::new(),
+            manners: Manners::default(),
+            up: TokenBucket::unlimited(now),
+            down: TokenBucket::unlimited(now),
+            upload_queue: VecDeque::new(),
+            by_req2: HashMap::new(),
+            plain_only: HashSet::new(),
         }
+    }
+
+    /// Follows the settings: limits take effect at once; turning peer
+    /// exchange off stops it with every peer.
+    pub fn set_manners(&mut self, m: Manners, now: Instant) {
+        if m == self.manners {
+            return;
+        }
+        self.up.set_rate(m.upload_limit, now);
+        self.down.set_rate(m.download_limit, now);
+        if !m.pex {
+            for (_, p) in self.peers.iter_mut() {
+                p.pex = None;
+            }
+        }
+        self.manners = m;
+    }
+
+    /// The settings followed.
+    pub fn manners(&self) -> Manners {
+        self.manners
+    }
+
+    /// Bytes the reactor may read from peers now (the download limit);
+    /// `usize::MAX` without one.
+    pub fn read_allowance(&self, now: Instant) -> usize {
+        self.down.available(now)
+    }
+
+    /// When reading may go on, after [`Swarm::read_allowance`] said 0.
+    pub fn read_wake(&self, now: Instant) -> Option<Instant> {
+        self.down.poll_timeout(now)
     }
 
     /// Our peer id.
@@ -239,6 +381,8 @@ impl Swarm {
         }
         let s = Session::new(t, self.limits.max_partial_bytes, now)?;
         self.by_hash.insert(t.meta.info_hash, t.id);
+        self.by_req2
+            .insert(mse::req2_hash(&t.meta.info_hash), t.meta.info_hash);
         self.sessions.insert(t.id, s);
         info!("torrent {}: session started", t.id);
         Some(())
@@ -250,6 +394,7 @@ impl Swarm {
             return;
         };
         self.by_hash.remove(&s.info_hash);
+        self.by_req2.remove(&mse::req2_hash(&s.info_hash));
         for key in s.peers {
             self.close(key.0, "torrent stopped");
         }
@@ -341,6 +486,7 @@ impl Swarm {
         }
         Some(self.insert(
             PeerConn::incoming(now),
+            Link::incoming(),
             addr,
             None,
             Source::Incoming,
@@ -349,9 +495,11 @@ impl Swarm {
         ))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn insert(
         &mut self,
         conn: PeerConn,
+        link: Link,
         addr: SocketAddr,
         torrent: Option<u64>,
         source: Source,
@@ -360,7 +508,11 @@ impl Swarm {
     ) -> usize {
         self.peers.insert(Peer {
             conn,
+            link,
             addr,
+            listen: dialing.then_some(addr),
+            pex: None,
+            uploading: false,
             torrent,
             source,
             dialing,
@@ -385,13 +537,21 @@ impl Swarm {
             .find(|(_, s)| s.peers.len() < per_torrent && s.wants_peers())?;
         let id = *id;
         let (addr, source) = s.next_candidate()?;
-        let hs = Handshake {
-            reserved: [0; 8],
-            info_hash: s.info_hash,
-            peer_id: self.peer_id,
+        let info_hash = s.info_hash;
+        let link = match self.manners.encryption {
+            Policy::Tolerated => Link::plain(),
+            Policy::Preferred if self.plain_only.contains(&addr) => Link::plain(),
+            policy => match Link::initiate(info_hash, policy, mse_secrets(&mut self.rng)) {
+                Ok(link) => link,
+                Err(e) => {
+                    warn!("peer {addr}: {e}");
+                    return None;
+                }
+            },
         };
         let key = self.insert(
-            PeerConn::outgoing(hs, now),
+            PeerConn::outgoing(self.our_handshake(info_hash), now),
+            link,
             addr,
             Some(id),
             source,
@@ -403,6 +563,17 @@ impl Swarm {
         }
         self.half_open += 1;
         Some((key, addr))
+    }
+
+    /// Our handshake for a torrent: the extension protocol offered.
+    fn our_handshake(&self, info_hash: [u8; 20]) -> Handshake {
+        let mut reserved = [0; 8];
+        reserved[EXTENSION_BIT.0] |= EXTENSION_BIT.1;
+        Handshake {
+            reserved,
+            info_hash,
+            peer_id: self.peer_id,
+        }
     }
 
     /// An outgoing connection is established (`true`) or failed.
@@ -428,12 +599,95 @@ impl Swarm {
         if p.closing {
             return;
         }
-        p.conn.receive(bytes, now);
+        // The download limit counts what is read (payload and the little
+        // framing around it): the reactor reads no more than allowed.
+        self.down.take(bytes.len(), now);
+        let by_req2 = &self.by_req2;
+        let rng = &mut self.rng;
+        let fed = p.link.receive(
+            bytes,
+            &mut p.conn,
+            self.manners.encryption,
+            &mut || mse_secrets(rng),
+            &|h| by_req2.get(h).copied(),
+            now,
+        );
+        if let Err(e) = fed {
+            self.close(key, &e);
+            return;
+        }
         if let Err(e) = self.drive(key, now) {
             self.close(key, &e.to_string());
         } else if self.peers.get(key).is_some_and(|p| !p.conn.wants_input()) {
             self.close(key, "sends more than it lets us parse");
         }
+        self.want_upload(key);
+        self.pump_uploads(now);
+    }
+
+    /// Lists `key` in the upload queue if it has requests and room.
+    fn want_upload(&mut self, key: usize) {
+        if let Some(p) = self.peers.get_mut(key) {
+            let ready = p.conn.peer_request_count() > 0
+                && p.conn.queued_output() < UPLOAD_SOFT_LIMIT
+                && !p.closing;
+            if ready && !p.uploading {
+                p.uploading = true;
+                self.upload_queue.push_back(key);
+            }
+        }
+    }
+
+    /// Serves queued peers one block each in turn while the upload limit
+    /// allows; a peer starved of tokens is first when they come back.
+    fn pump_uploads(&mut self, now: Instant) {
+        while let Some(key) = self.upload_queue.pop_front() {
+            match self.serve_block(key, now) {
+                Ok(Served::One) => self.upload_queue.push_back(key),
+                Ok(Served::Starved) => {
+                    self.upload_queue.push_front(key);
+                    return;
+                }
+                Ok(Served::Idle) => {
+                    if let Some(p) = self.peers.get_mut(key) {
+                        p.uploading = false;
+                    }
+                }
+                Err((id, e)) => {
+                    if let Some(p) = self.peers.get_mut(key) {
+                        p.uploading = false;
+                    }
+                    match e {
+                        ServeError::Peer(e) => self.close(key, &e.to_string()),
+                        ServeError::Storage(e) => self.events_storage(id, e),
+                    }
+                }
+            }
+        }
+    }
+
+    fn serve_block(&mut self, key: usize, now: Instant) -> Result<Served, (u64, ServeError)> {
+        let Some(p) = self.peers.get_mut(key) else {
+            return Ok(Served::Idle);
+        };
+        if p.closing || p.conn.queued_output() >= UPLOAD_SOFT_LIMIT {
+            return Ok(Served::Idle);
+        }
+        let Some(len) = p.conn.peek_peer_request().map(|b| b.length as usize) else {
+            return Ok(Served::Idle);
+        };
+        let Some(s) = p.torrent.and_then(|id| self.sessions.get_mut(&id)) else {
+            return Ok(Served::Idle);
+        };
+        // A block larger than the bucket holds goes when it is full.
+        let need = self.up.capacity().map_or(len, |c| len.min(c));
+        if self.up.available(now) < need {
+            return Ok(Served::Starved);
+        }
+        self.up.take(len, now);
+        s.serve_block(&mut p.conn, &mut p.up, now)
+            .map(|()| Served::One)
+            .map_err(|e| (s.id, e))
     }
 
     fn drive(&mut self, key: usize, now: Instant) -> Result<(), PeerError> {
@@ -454,7 +708,13 @@ impl Swarm {
             return Ok(());
         };
         let mut effects = session::Effects::default();
+        let mut extended = Vec::new();
         while let Some(msg) = p.conn.poll_message()? {
+            if let Message::Extended { id, payload } = msg {
+                // Bounded by the largest message a peer may send.
+                extended.push((id, payload.to_vec()));
+                continue;
+            }
             s.handle(
                 PeerKey(key),
                 msg,
@@ -476,17 +736,123 @@ impl Swarm {
             &mut self.rng,
             now,
         );
-        let served = s.serve(&mut p.conn, &mut p.up, now);
         let both_seeds = s.picker.is_complete() && p.conn.peer_is_seed();
         self.apply(id, effects, now);
-        match served {
+        for (ext, payload) in extended {
+            self.extended(key, id, ext, &payload, now);
+        }
+        if both_seeds {
             // Seeds are not interested in seeds.
-            Ok(()) if both_seeds => Err(PeerError::BothSeeds),
-            Ok(()) => Ok(()),
-            Err(ServeError::Peer(e)) => Err(e),
-            Err(ServeError::Storage(e)) => {
-                self.events_storage(id, e);
-                Ok(())
+            return Err(PeerError::BothSeeds);
+        }
+        Ok(())
+    }
+
+    /// Whether torrent `id` may use peer exchange.
+    fn pex_allowed(&self, id: u64) -> bool {
+        self.manners.pex && self.sessions.get(&id).is_some_and(|s| !s.private)
+    }
+
+    /// An extension protocol message from peer `key` of torrent `id`.
+    fn extended(&mut self, key: usize, id: u64, ext: u8, payload: &[u8], now: Instant) {
+        let pex_allowed = self.pex_allowed(id);
+        let Some(p) = self.peers.get_mut(key) else {
+            return;
+        };
+        if ext == HANDSHAKE_EXT_ID {
+            let hs = match ExtendedHandshake::parse(payload) {
+                Ok(hs) => hs,
+                Err(e) => {
+                    debug!("peer {}: extension handshake ignored: {e}", p.addr);
+                    return;
+                }
+            };
+            if let (Source::Incoming, Some(port)) = (p.source, hs.listen_port) {
+                p.listen = Some(SocketAddr::new(p.addr.ip(), port));
+            }
+            match (hs.ut_pex(), &mut p.pex) {
+                (Some(id), Some(x)) => x.id = id,
+                (Some(id), None) if pex_allowed => {
+                    let mut state = PexState::new(p.addr, now);
+                    if let Some(l) = p.listen {
+                        state.set_listen_port(l.port());
+                    }
+                    p.pex = Some(PexLink { id, state });
+                }
+                (None, _) => p.pex = None,
+                _ => {}
+            }
+            return;
+        }
+        if ext != OUR_UT_PEX_ID || !pex_allowed {
+            return;
+        }
+        let Some(x) = p.pex.as_mut() else {
+            return;
+        };
+        if !x.state.accept_received(now) {
+            debug!("peer {}: peer exchange too often, ignored", p.addr);
+            return;
+        }
+        match PexMessage::parse(payload) {
+            Ok(m) => {
+                let addrs: Vec<SocketAddr> = m.added.iter().map(|(a, _)| *a).collect();
+                debug!("peer {}: peer exchange named {} peers", p.addr, addrs.len());
+                self.add_peers(id, &addrs, Source::Pex);
+            }
+            Err(e) => debug!("peer {}: peer exchange ignored: {e}", p.addr),
+        }
+    }
+
+    /// Sends peer exchange messages that are due: each peer hears of the
+    /// torrent's other peers at most once a minute.
+    fn exchange_peers(&mut self, now: Instant) {
+        let ids: Vec<u64> = self.sessions.keys().copied().collect();
+        for id in ids {
+            if !self.pex_allowed(id) {
+                continue;
+            }
+            let Some(s) = self.sessions.get(&id) else {
+                continue;
+            };
+            let due = s.peers.iter().any(|k| {
+                self.peers
+                    .get(k.0)
+                    .and_then(|p| p.pex.as_ref())
+                    .is_some_and(|x| x.state.poll_timeout() <= now)
+            });
+            if !due {
+                continue;
+            }
+            let connected: Vec<(SocketAddr, PexFlags)> = s
+                .peers
+                .iter()
+                .filter_map(|k| self.peers.get(k.0))
+                .filter(|p| p.conn.handshake().is_some() && !p.closing)
+                .filter_map(|p| {
+                    let mut flags = 0;
+                    if p.link.is_encrypted() {
+                        flags |= PexFlags::ENCRYPTION;
+                    }
+                    if p.conn.peer_is_seed() {
+                        flags |= PexFlags::SEED;
+                    }
+                    if p.source != Source::Incoming {
+                        flags |= PexFlags::REACHABLE;
+                    }
+                    Some((p.listen?, PexFlags(flags)))
+                })
+                .collect();
+            for k in s.peers.clone() {
+                let Some(p) = self.peers.get_mut(k.0) else {
+                    continue;
+                };
+                let Some(x) = p.pex.as_mut() else {
+                    continue;
+                };
+                if let Some(m) = x.state.poll_message(&connected, now) {
+                    p.conn.extended(x.id, &m.encode(), now);
+                }
             }
         }
     }
@@ -575,8 +941,10 @@ impl Swarm {
                 if s.peers.len() >= self.limits.max_peers_per_torrent {
                     return Err(PeerError::OutOfRange("peers of this torrent (limit)"));
                 }
+                let mut reserved = [0; 8];
+                reserved[EXTENSION_BIT.0] |= EXTENSION_BIT.1;
                 p.conn.accept(Handshake {
-                    reserved: [0; 8],
+                    reserved,
                     info_hash: h.info_hash,
                     peer_id: self.peer_id,
                 })?;
@@ -588,10 +956,38 @@ impl Swarm {
         let Some(s) = self.sessions.get_mut(&id) else {
             return Err(PeerError::WrongTorrent);
         };
+        let twin = s.peers.iter().any(|k| {
+            k.0 != key
+                && self
+                    .peers
+                    .get(k.0)
+                    .and_then(|q| q.conn.handshake())
+                    .is_some_and(|q| q.peer_id == h.peer_id)
+        });
+        if twin {
+            return Err(PeerError::Duplicate);
+        }
+        let Some(p) = self.peers.get_mut(key) else {
+            return Ok(());
+        };
         s.attach(&mut p.conn, &mut p.has);
         s.choker.force();
         p.connected_at = now;
-        debug!("peer {}: handshake done for torrent {id}", p.addr);
+        if h.reserved[EXTENSION_BIT.0] & EXTENSION_BIT.1 != 0 {
+            let ours = LocalHandshake {
+                client: CLIENT_NAME,
+                reqq: MAX_PEER_REQUESTS as u32,
+                listen_port: Some(self.manners.listen_port).filter(|p| *p != 0),
+                private: s.private || !self.manners.pex,
+            };
+            p.conn.extended(HANDSHAKE_EXT_ID, &ours.encode(), now);
+        }
+        let how = if p.link.is_encrypted() {
+            "encrypted"
+        } else {
+            "plaintext"
+        };
+        debug!("peer {}: handshake done for torrent {id} ({how})", p.addr);
         self.events.push_back(SwarmEvent::PeerConnected {
             torrent: id,
             addr: p.addr,
@@ -600,8 +996,11 @@ impl Swarm {
     }
 
     /// Bytes to send to peer `key`.
-    pub fn output(&self, key: usize) -> &[u8] {
-        self.peers.get(key).map_or(&[], |p| p.conn.output())
+    pub fn output(&mut self, key: usize) -> &[u8] {
+        match self.peers.get_mut(key) {
+            Some(p) => p.link.output(&mut p.conn),
+            None => &[],
+        }
     }
 
     /// `n` bytes of [`Swarm::output`] were sent; serves more blocks if
@@ -610,16 +1009,10 @@ impl Swarm {
         let Some(p) = self.peers.get_mut(key) else {
             return;
         };
-        p.conn.consume_output(n);
+        p.link.consume(n, &mut p.conn);
         if p.conn.queued_output() < UPLOAD_SOFT_LIMIT / 2 {
-            if let Some(s) = p.torrent.and_then(|id| self.sessions.get_mut(&id)) {
-                let id = s.id;
-                match s.serve(&mut p.conn, &mut p.up, now) {
-                    Ok(()) => {}
-                    Err(ServeError::Peer(e)) => self.close(key, &e.to_string()),
-                    Err(ServeError::Storage(e)) => self.events_storage(id, e),
-                }
-            }
+            self.want_upload(key);
+            self.pump_uploads(now);
         }
     }
 
@@ -653,10 +1046,23 @@ impl Swarm {
             self.half_open = self.half_open.saturating_sub(1);
         }
         self.to_close.retain(|k| *k != key);
+        if p.uploading {
+            self.upload_queue.retain(|k| *k != key);
+        }
         let Some(id) = p.torrent else {
             return;
         };
         if let Some(s) = self.sessions.get_mut(&id) {
+            if p.link.may_fall_back && p.link.is_initiating() && !p.dialing {
+                // Connected, then our MSE handshake was dropped: maybe a
+                // client without encryption. Once more in plaintext.
+                if self.plain_only.len() >= MAX_PLAIN_ONLY {
+                    self.plain_only.clear();
+                }
+                self.plain_only.insert(p.addr);
+                s.retry_candidate(p.addr, p.source);
+                debug!("peer {}: encryption refused; trying plaintext", p.addr);
+            }
             s.peer_gone(PeerKey(key), &p.has);
             if p.conn.handshake().is_some() {
                 self.events.push_back(SwarmEvent::PeerDisconnected {
@@ -673,10 +1079,19 @@ impl Swarm {
     }
 
     /// When [`Swarm::handle_timeout`] must next run.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
         let peers = self.peers.iter().map(|(_, p)| p.conn.poll_timeout());
+        let pex = self
+            .peers
+            .iter()
+            .filter_map(|(_, p)| p.pex.as_ref().map(|x| x.state.poll_timeout()));
         let chokers = self.sessions.values().map(|s| s.choker.poll_timeout());
-        peers.chain(chokers).min()
+        let uploads = if self.upload_queue.is_empty() {
+            None
+        } else {
+            self.up.poll_timeout(now)
+        };
+        peers.chain(pex).chain(chokers).chain(uploads).min()
     }
 
     /// Timers: peers' deadlines and keep-alives, rechoking.
@@ -696,6 +1111,8 @@ impl Swarm {
             }
             s.rechoke(&mut self.peers, &mut self.rng, now);
         }
+        self.exchange_peers(now);
+        self.pump_uploads(now);
     }
 
     /// Peers connected (handshaken or not) in all.

@@ -7,7 +7,7 @@ use std::time::Instant;
 use sha1::{Digest, Sha1};
 use slab::Slab;
 
-use super::{Peer, Source, UPLOAD_SOFT_LIMIT};
+use super::{Peer, Source};
 use crate::engine::bitfield::Bitfield;
 use crate::engine::choker::{Choker, PeerChokeInfo};
 use crate::engine::picker::{Block, PeerKey, Picker, Received};
@@ -45,6 +45,8 @@ pub(super) enum ServeError {
 pub(super) struct Session {
     pub id: u64,
     pub info_hash: [u8; 20],
+    /// BEP 27: peers come from the tracker only (no peer exchange).
+    pub private: bool,
     shape: Shape,
     hashes: Vec<[u8; 20]>,
     pub picker: Picker,
@@ -89,6 +91,7 @@ impl Session {
         Some(Session {
             id: t.id,
             info_hash: meta.info_hash,
+            private: meta.private,
             shape,
             hashes: meta.pieces.clone(),
             picker,
@@ -112,6 +115,11 @@ impl Session {
         if self.known.len() < MAX_CANDIDATES && self.known.insert(addr) {
             self.candidates.push_back((addr, source));
         }
+    }
+
+    /// Dials `addr` again next, though it is known (a plaintext retry).
+    pub fn retry_candidate(&mut self, addr: SocketAddr, source: Source) {
+        self.candidates.push_front((addr, source));
     }
 
     pub fn wants_peers(&self) -> bool {
@@ -259,34 +267,32 @@ impl Session {
         }
     }
 
-    /// Serves the peer's queued requests while its output has room.
-    pub fn serve(
+    /// Serves the peer's next queued request (the caller checked the
+    /// output's room and the upload limit).
+    pub fn serve_block(
         &mut self,
         conn: &mut PeerConn,
         meter: &mut RateMeter,
         now: Instant,
     ) -> Result<(), ServeError> {
-        while conn.queued_output() < UPLOAD_SOFT_LIMIT {
-            let Some(b) = conn.next_peer_request() else {
-                break;
-            };
-            if !self.picker.have_bitfield().get(b.piece as usize) {
-                return Err(ServeError::Peer(PeerError::OutOfRange(
-                    "request for a piece we do not have",
-                )));
-            }
-            // Read first: a failed read must not leave a hole in the
-            // output.
-            self.scratch.resize(b.length as usize, 0);
-            self.storage
-                .read(b.piece, b.begin, &mut self.scratch)
-                .map_err(ServeError::Storage)?;
-            conn.reserve_piece(b, now).copy_from_slice(&self.scratch);
-            let len = b.length as u64;
-            self.uploaded += len;
-            self.up.add(len, now);
-            meter.add(len, now);
+        let Some(b) = conn.next_peer_request() else {
+            return Ok(());
+        };
+        if !self.picker.have_bitfield().get(b.piece as usize) {
+            return Err(ServeError::Peer(PeerError::OutOfRange(
+                "request for a piece we do not have",
+            )));
         }
+        // Read first: a failed read must not leave a hole in the output.
+        self.scratch.resize(b.length as usize, 0);
+        self.storage
+            .read(b.piece, b.begin, &mut self.scratch)
+            .map_err(ServeError::Storage)?;
+        conn.reserve_piece(b, now).copy_from_slice(&self.scratch);
+        let len = b.length as u64;
+        self.uploaded += len;
+        self.up.add(len, now);
+        meter.add(len, now);
         Ok(())
     }
 
