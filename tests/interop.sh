@@ -5,6 +5,8 @@
 #   - tripcd downloads from aria2c seeding, and seeds to aria2c;
 #   - tripcd downloads from transmission-daemon seeding, and seeds to it;
 #   - the same with transmission over opentracker's UDP tracker;
+#   - the same with transmission and tripcd both requiring encryption
+#     (MSE), checked in tripcd's log;
 # through opentracker over HTTP (UDP in the last part), files compared byte
 # for byte, and tripcd's scrape figures checked against what opentracker
 # knows.
@@ -36,6 +38,11 @@ mkdir -p udp-payload/udpset
 head -c 12000000 /dev/urandom > udp-payload/udpset/c.bin
 mktorrent -a "udp://127.0.0.1:$tracker_port/announce" -l 18 -o udp.torrent udp-payload/udpset >/dev/null
 python3 "$repo/tests/infohash.py" udp.torrent >> whitelist
+# The encryption part's torrent.
+mkdir -p enc-payload/encset
+head -c 10000000 /dev/urandom > enc-payload/encset/d.bin
+mktorrent -a "$announce" -l 18 -o enc.torrent enc-payload/encset >/dev/null
+python3 "$repo/tests/infohash.py" enc.torrent >> whitelist
 # opentracker drops to user nobody before it reads the whitelist.
 chmod 644 whitelist
 opentracker -i 127.0.0.1 -p "$tracker_port" -P "$tracker_port" -d / -w "$work/whitelist" >opentracker.log 2>&1 &
@@ -46,7 +53,8 @@ same() {
 }
 
 # A tripcd on a fresh state directory with data in $2 and torrent $3
-# (set.torrent by default); prints nothing, sets $tripcd_sock.
+# (set.torrent by default), in encryption mode $TRIPCD_ENCRYPTION if set;
+# prints nothing, sets $tripcd_sock.
 start_tripcd() {
   local name=$1 data=$2 torrent=${3:-set.torrent} port
   port=$(free_port)
@@ -57,6 +65,9 @@ start_tripcd() {
   tripcd_sock="$work/$name/socket"
   wait_for "[ -S '$tripcd_sock' ]" 10 || fail "$name did not start"
   "$bin/tripc" --socket "$tripcd_sock" -p "$port" >/dev/null
+  if [ -n "${TRIPCD_ENCRYPTION:-}" ]; then
+    "$bin/tripc" --socket "$tripcd_sock" --encryption "$TRIPCD_ENCRYPTION" >/dev/null
+  fi
   "$bin/tripc" --socket "$tripcd_sock" -a "$work/$torrent" >/dev/null
 }
 seeding() { "$bin/tripc" --socket "$1" -l | grep -q seeding; }
@@ -86,11 +97,12 @@ echo "ok"
 
 echo "== tripcd and transmission-daemon"
 # transmission seeds a copy of the payload; a fresh tripcd downloads it.
-tr_seed() {
+tr_seed() { # dir rpc-port [extra transmission-daemon flags]
   local dir=$1 rpc=$2
+  shift 2
   mkdir -p "$dir/config"
   transmission-daemon -f -g "$dir/config" -w "$dir/data" -p "$rpc" -P "$(free_port)" \
-    --no-dht --no-lpd --no-portmap -a 127.0.0.1 -T >"$dir/log" 2>&1 &
+    --no-dht --no-lpd --no-portmap -a 127.0.0.1 -T "$@" >"$dir/log" 2>&1 &
   pids+=($!)
   wait_for "transmission-remote $rpc -l >/dev/null 2>&1" 20 || fail "transmission-daemon did not start"
 }
@@ -148,4 +160,31 @@ wait_for "[ \"\$(field '$tripcd_sock' scrape-seeders)\" -ge 2 ]" 60 \
   || fail "UDP scrape figures never showed 2 seeders: $(field "$tripcd_sock" scrape-seeders)"
 [ "$(field "$tripcd_sock" error)" = "" ] || fail "tracker error: $(field "$tripcd_sock" error-message)"
 echo "ok: UDP scrape says $(field "$tripcd_sock" scrape-seeders) seeders, completed $(field "$tripcd_sock" scrape-completed)"
+
+echo "== tripcd and transmission-daemon, both requiring encryption"
+same_enc() { cmp -s enc-payload/encset/d.bin "$1/encset/d.bin"; }
+mkdir -p tr5/data && cp -r enc-payload/encset tr5/data/
+rpc5=$(free_port)
+tr_seed "$work/tr5" "$rpc5" -er
+transmission-remote "$rpc5" -a enc.torrent >/dev/null
+wait_for "transmission-remote $rpc5 -t 1 -i | grep -q 'Percent Done: 100%'" 60 \
+  || fail "transmission did not verify its copy (encryption part)"
+rpc6=$(free_port)
+tr_seed "$work/tr6" "$rpc6" -er
+transmission-remote "$rpc6" -a enc.torrent >/dev/null
+wait_for "transmission-remote $rpc6 -t 1 -it | grep -q 'Got a list'" 60 \
+  || fail "transmission did not announce (encryption part)"
+TRIPCD_ENCRYPTION=required TRIPCD_LOG=info,tripcd::swarm=debug start_tripcd t5 "$work/t5-data" enc.torrent
+wait_for "seeding '$tripcd_sock'" 120 || fail "tripcd did not finish downloading from transmission -er"
+same_enc t5-data || fail "files from transmission -er differ"
+echo "ok: tripcd downloaded from transmission requiring encryption"
+wait_for "transmission-remote $rpc6 -t 1 -i | grep -q 'Percent Done: 100%'" 120 \
+  || fail "transmission -er did not finish downloading from tripcd"
+same_enc tr6/data || fail "files transmission -er got from tripcd differ"
+echo "ok: transmission requiring encryption downloaded from tripcd"
+enc=$(grep -c 'handshake done for torrent 1 (encrypted)' t5.log || true)
+plain=$(grep -c 'handshake done for torrent 1 (plaintext)' t5.log || true)
+[ "$enc" -ge 2 ] && [ "$plain" -eq 0 ] \
+  || fail "tripcd's handshakes: $enc encrypted, $plain plaintext (want both transmissions, encrypted)"
+echo "ok: $enc encrypted handshakes, none in plaintext"
 echo "interop: all passed"

@@ -587,6 +587,8 @@ impl Swarm {
         }
         p.connected_at = now;
         if !ok {
+            // Nobody there: no plaintext retry either.
+            p.link.may_fall_back = false;
             self.close(key, "connection failed");
         }
     }
@@ -851,6 +853,12 @@ impl Swarm {
                     continue;
                 };
                 if let Some(m) = x.state.poll_message(&connected, now) {
+                    debug!(
+                        "peer {}: peer exchange sent: {} added, {} dropped",
+                        p.addr,
+                        m.added.len(),
+                        m.dropped.len()
+                    );
                     p.conn.extended(x.id, &m.encode(), now);
                 }
             }
@@ -1134,239 +1142,4 @@ impl Swarm {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::codec::Value;
-    use crate::registry::{Metainfo, Phase};
-    use sha1::{Digest, Sha1};
-    use std::path::Path;
-    use std::time::Duration;
-
-    const PIECE: u64 = 32 << 10;
-
-    /// Files of a multi-file torrent with an odd last piece.
-    fn files() -> Vec<Vec<u8>> {
-        let mut x = 7u32;
-        let mut noise = |n: usize| -> Vec<u8> {
-            (0..n)
-                .map(|_| {
-                    x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-                    (x >> 16) as u8
-                })
-                .collect()
-        };
-        vec![noise(50_000), noise(3), noise(100_001)]
-    }
-
-    fn metainfo(data: &[Vec<u8>]) -> Metainfo {
-        let all: Vec<u8> = data.concat();
-        let pieces: Vec<u8> = all
-            .chunks(PIECE as usize)
-            .flat_map(|c| <[u8; 20]>::from(Sha1::digest(c)))
-            .collect();
-        let files = data
-            .iter()
-            .enumerate()
-            .map(|(i, d)| {
-                Value::dict([
-                    ("length", Value::Int(d.len() as i64)),
-                    ("path", Value::List(vec![Value::str(&format!("f{i}"))])),
-                ])
-            })
-            .collect();
-        let info = Value::dict([
-            ("files", Value::List(files)),
-            ("name", Value::str("multi")),
-            ("piece length", Value::Int(PIECE as i64)),
-            ("pieces", Value::Bytes(pieces)),
-        ]);
-        Metainfo::parse(&Value::dict([("info", info)]).to_bencode().unwrap()).unwrap()
-    }
-
-    fn torrent(meta: &Metainfo, dir: &Path, complete: bool) -> Torrent {
-        Torrent {
-            id: 1,
-            meta: meta.clone(),
-            saved_path: dir.join("x.torrent"),
-            directory: dir.to_path_buf(),
-            running: true,
-            phase: Phase::Downloading,
-            verified: vec![complete; meta.pieces.len()],
-            completed: 0,
-            error: None,
-            transfer: Default::default(),
-        }
-    }
-
-    fn addr(port: u16) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], port))
-    }
-
-    fn swarm(seed: u64) -> Swarm {
-        let mut rng = fastrand::Rng::with_seed(seed);
-        Swarm::new(new_peer_id(&mut rng), Limits::default(), rng)
-    }
-
-    /// Moves bytes both ways between `a`'s peer `ka` and `b`'s peer `kb`,
-    /// and runs timers, until nothing moves.
-    fn pump(a: &mut Swarm, ka: usize, b: &mut Swarm, kb: usize, now: &mut Instant) -> usize {
-        let mut rounds = 0;
-        loop {
-            let ab = a.output(ka).to_vec();
-            a.consume_output(ka, ab.len(), *now);
-            b.receive(kb, &ab, *now);
-            let ba = b.output(kb).to_vec();
-            b.consume_output(kb, ba.len(), *now);
-            a.receive(ka, &ba, *now);
-            a.handle_timeout(*now);
-            b.handle_timeout(*now);
-            *now += Duration::from_millis(10);
-            rounds += 1;
-            if (ab.is_empty() && ba.is_empty() && rounds > 2) || rounds > 10_000 {
-                return rounds;
-            }
-        }
-    }
-
-    #[test]
-    fn peer_limits_bound_dials_and_accepts() {
-        let meta = metainfo(&files());
-        let dir = tempfile::tempdir().unwrap();
-        let now = Instant::now();
-        let limits = Limits {
-            max_peers: 3,
-            max_peers_per_torrent: 2,
-            max_half_open: 1,
-            ..Limits::default()
-        };
-        let mut rng = fastrand::Rng::with_seed(4);
-        let mut s = Swarm::new(new_peer_id(&mut rng), limits, rng);
-        s.start(&torrent(&meta, dir.path(), false), now).unwrap();
-        let many: Vec<SocketAddr> = (1..=6).map(addr).collect();
-        s.add_peers(1, &many, Source::Tracker);
-        let (k1, _) = s.poll_dial(now).expect("a first dial");
-        assert_eq!(s.poll_dial(now), None, "one half-open at a time");
-        s.dialed(k1, true, now);
-        let (k2, _) = s.poll_dial(now).expect("a second dial");
-        s.dialed(k2, true, now);
-        assert_eq!(s.poll_dial(now), None, "two peers per torrent");
-        assert!(s.accept(addr(50), now).is_some(), "a third peer in all");
-        assert_eq!(s.accept(addr(51), now), None, "past three in all");
-    }
-
-    #[test]
-    fn a_leecher_downloads_every_file_from_a_seeder_without_sockets() {
-        let data = files();
-        let meta = metainfo(&data);
-        let seed_dir = tempfile::tempdir().unwrap();
-        for (i, d) in data.iter().enumerate() {
-            let dir = seed_dir.path().join("multi");
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join(format!("f{i}")), d).unwrap();
-        }
-        let leech_dir = tempfile::tempdir().unwrap();
-        let mut now = Instant::now();
-        let (mut seeder, mut leecher) = (swarm(1), swarm(2));
-        seeder
-            .start(&torrent(&meta, seed_dir.path(), true), now)
-            .unwrap();
-        leecher
-            .start(&torrent(&meta, leech_dir.path(), false), now)
-            .unwrap();
-
-        leecher.add_peers(1, &[addr(1000)], Source::Tracker);
-        let (to_seeder, to) = leecher.poll_dial(now).unwrap();
-        assert_eq!(to, addr(1000));
-        assert_eq!(leecher.poll_dial(now), None, "one candidate only");
-        leecher.dialed(to_seeder, true, now);
-        let from_leecher = seeder.accept(addr(2000), now).unwrap();
-        pump(&mut leecher, to_seeder, &mut seeder, from_leecher, &mut now);
-
-        let mut verified = Vec::new();
-        while let Some(e) = leecher.poll_event() {
-            if let SwarmEvent::PieceVerified { piece, .. } = e {
-                verified.push(piece);
-            }
-        }
-        verified.sort_unstable();
-        assert_eq!(verified, (0..meta.pieces.len() as u32).collect::<Vec<_>>());
-        assert!(leecher.is_complete(1));
-        for (i, d) in data.iter().enumerate() {
-            let got = std::fs::read(leech_dir.path().join("multi").join(format!("f{i}"))).unwrap();
-            assert!(got == *d, "file {i} differs");
-        }
-        let st = leecher.stats(1, now).unwrap();
-        assert_eq!(
-            st.downloaded,
-            data.iter().map(|d| d.len() as u64).sum::<u64>()
-        );
-        assert_eq!(st.left, 0);
-        assert_eq!((st.peers, st.peers_from[Source::Tracker as usize]), (1, 1));
-        let st = seeder.stats(1, now).unwrap();
-        assert_eq!(st.uploaded, 150_004);
-        assert_eq!(st.peers_from[Source::Incoming as usize], 1);
-        // Two seeds have nothing to say to each other: the seeder closes.
-        assert!(seeder.poll_close().is_some() || leecher.poll_close().is_some());
-    }
-
-    #[test]
-    fn a_peer_sending_corrupt_pieces_is_struck_then_banned() {
-        let data = files();
-        let meta = metainfo(&data);
-        let mut bad = data.clone();
-        bad[0][5] ^= 0xFF; // piece 0 is corrupt at this seeder
-        let bad_dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(bad_dir.path().join("multi")).unwrap();
-        for (i, d) in bad.iter().enumerate() {
-            std::fs::write(bad_dir.path().join("multi").join(format!("f{i}")), d).unwrap();
-        }
-        let leech_dir = tempfile::tempdir().unwrap();
-        let mut now = Instant::now();
-        let mut leecher = swarm(3);
-        leecher
-            .start(&torrent(&meta, leech_dir.path(), false), now)
-            .unwrap();
-        // The liar believes its data good (its verified flags say so).
-        let mut liar = swarm(10);
-        liar.start(&torrent(&meta, bad_dir.path(), true), now)
-            .unwrap();
-        let k_leecher = leecher.accept(addr(3000), now).unwrap();
-        liar.add_peers(1, &[addr(4000)], Source::Tracker);
-        let (k_liar, _) = liar.poll_dial(now).unwrap();
-        liar.dialed(k_liar, true, now);
-        pump(&mut liar, k_liar, &mut leecher, k_leecher, &mut now);
-        // Piece 0 failed from it three times: banned, and closed.
-        assert_eq!(leecher.poll_close(), Some(k_leecher));
-        leecher.closed(k_leecher);
-        assert!(leecher.accept(addr(3000), now).is_none(), "banned");
-        assert!(!leecher.is_complete(1), "piece 0 never verified");
-        let have = leecher.picker(1).unwrap().have_bitfield().count();
-        assert_eq!(have, meta.pieces.len() - 1);
-
-        // An honest seeder finishes the download.
-        let good_dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(good_dir.path().join("multi")).unwrap();
-        for (i, d) in data.iter().enumerate() {
-            std::fs::write(good_dir.path().join("multi").join(format!("f{i}")), d).unwrap();
-        }
-        let mut honest = swarm(11);
-        honest
-            .start(&torrent(&meta, good_dir.path(), true), now)
-            .unwrap();
-        let k_leecher = leecher.accept(addr(5000), now).unwrap();
-        honest.add_peers(1, &[addr(4000)], Source::Tracker);
-        let (k_honest, _) = honest.poll_dial(now).unwrap();
-        honest.dialed(k_honest, true, now);
-        pump(&mut honest, k_honest, &mut leecher, k_leecher, &mut now);
-        assert!(leecher.is_complete(1));
-        let got = std::fs::read(leech_dir.path().join("multi").join("f0")).unwrap();
-        assert!(got == data[0]);
-    }
-
-    #[test]
-    fn peer_ids_are_azureus_style() {
-        let id = new_peer_id(&mut fastrand::Rng::with_seed(1));
-        assert!(id.starts_with(b"-TP0100-"));
-        assert!(id[8..].iter().all(u8::is_ascii_alphanumeric));
-    }
-}
+mod tests;

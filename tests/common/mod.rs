@@ -117,6 +117,22 @@ impl Daemon {
         }
     }
 
+    /// [`Daemon::wait_for_log`] for the first line containing any of
+    /// `needles`.
+    pub fn wait_for_any(&mut self, needles: &[&str]) -> Option<String> {
+        let hit = |l: &str| needles.iter().any(|n| l.contains(n));
+        if let Some(l) = self.log.lock().unwrap().iter().find(|l| hit(l)) {
+            return Some(l.clone());
+        }
+        loop {
+            match self.lines.recv_timeout(HANG) {
+                Ok(line) if hit(&line) => return Some(line),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
     /// Whether any log line so far contains `needle`.
     pub fn logged(&self, needle: &str) -> bool {
         self.log.lock().unwrap().iter().any(|l| l.contains(needle))

@@ -1,0 +1,473 @@
+//! The swarm driven without sockets: two or three swarms, bytes moved
+//! between them by hand, the clock faked.
+
+use super::*;
+use crate::codec::Value;
+use crate::registry::{Metainfo, Phase};
+use sha1::{Digest, Sha1};
+use std::path::Path;
+use std::time::Duration;
+
+const PIECE: u64 = 32 << 10;
+
+/// Files of a multi-file torrent with an odd last piece.
+fn files() -> Vec<Vec<u8>> {
+    let mut x = 7u32;
+    let mut noise = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                (x >> 16) as u8
+            })
+            .collect()
+    };
+    vec![noise(50_000), noise(3), noise(100_001)]
+}
+
+fn metainfo(data: &[Vec<u8>]) -> Metainfo {
+    let all: Vec<u8> = data.concat();
+    let pieces: Vec<u8> = all
+        .chunks(PIECE as usize)
+        .flat_map(|c| <[u8; 20]>::from(Sha1::digest(c)))
+        .collect();
+    let files = data
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            Value::dict([
+                ("length", Value::Int(d.len() as i64)),
+                ("path", Value::List(vec![Value::str(&format!("f{i}"))])),
+            ])
+        })
+        .collect();
+    let info = Value::dict([
+        ("files", Value::List(files)),
+        ("name", Value::str("multi")),
+        ("piece length", Value::Int(PIECE as i64)),
+        ("pieces", Value::Bytes(pieces)),
+    ]);
+    Metainfo::parse(&Value::dict([("info", info)]).to_bencode().unwrap()).unwrap()
+}
+
+fn torrent(meta: &Metainfo, dir: &Path, complete: bool) -> Torrent {
+    Torrent {
+        id: 1,
+        meta: meta.clone(),
+        saved_path: dir.join("x.torrent"),
+        directory: dir.to_path_buf(),
+        running: true,
+        phase: Phase::Downloading,
+        verified: vec![complete; meta.pieces.len()],
+        completed: 0,
+        error: None,
+        transfer: Default::default(),
+    }
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn swarm(seed: u64) -> Swarm {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    Swarm::new(new_peer_id(&mut rng), Limits::default(), rng)
+}
+
+/// Moves bytes both ways between `a`'s peer `ka` and `b`'s peer `kb`,
+/// and runs timers, until nothing moves.
+fn pump(a: &mut Swarm, ka: usize, b: &mut Swarm, kb: usize, now: &mut Instant) -> usize {
+    let mut rounds = 0;
+    loop {
+        let ab = a.output(ka).to_vec();
+        a.consume_output(ka, ab.len(), *now);
+        b.receive(kb, &ab, *now);
+        let ba = b.output(kb).to_vec();
+        b.consume_output(kb, ba.len(), *now);
+        a.receive(ka, &ba, *now);
+        a.handle_timeout(*now);
+        b.handle_timeout(*now);
+        *now += Duration::from_millis(10);
+        rounds += 1;
+        if (ab.is_empty() && ba.is_empty() && rounds > 2) || rounds > 10_000 {
+            return rounds;
+        }
+    }
+}
+
+#[test]
+fn peer_limits_bound_dials_and_accepts() {
+    let meta = metainfo(&files());
+    let dir = tempfile::tempdir().unwrap();
+    let now = Instant::now();
+    let limits = Limits {
+        max_peers: 3,
+        max_peers_per_torrent: 2,
+        max_half_open: 1,
+        ..Limits::default()
+    };
+    let mut rng = fastrand::Rng::with_seed(4);
+    let mut s = Swarm::new(new_peer_id(&mut rng), limits, rng);
+    s.start(&torrent(&meta, dir.path(), false), now).unwrap();
+    let many: Vec<SocketAddr> = (1..=6).map(addr).collect();
+    s.add_peers(1, &many, Source::Tracker);
+    let (k1, _) = s.poll_dial(now).expect("a first dial");
+    assert_eq!(s.poll_dial(now), None, "one half-open at a time");
+    s.dialed(k1, true, now);
+    let (k2, _) = s.poll_dial(now).expect("a second dial");
+    s.dialed(k2, true, now);
+    assert_eq!(s.poll_dial(now), None, "two peers per torrent");
+    assert!(s.accept(addr(50), now).is_some(), "a third peer in all");
+    assert_eq!(s.accept(addr(51), now), None, "past three in all");
+}
+
+#[test]
+fn a_leecher_downloads_every_file_from_a_seeder_without_sockets() {
+    let data = files();
+    let meta = metainfo(&data);
+    let seed_dir = tempfile::tempdir().unwrap();
+    for (i, d) in data.iter().enumerate() {
+        let dir = seed_dir.path().join("multi");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("f{i}")), d).unwrap();
+    }
+    let leech_dir = tempfile::tempdir().unwrap();
+    let mut now = Instant::now();
+    let (mut seeder, mut leecher) = (swarm(1), swarm(2));
+    seeder
+        .start(&torrent(&meta, seed_dir.path(), true), now)
+        .unwrap();
+    leecher
+        .start(&torrent(&meta, leech_dir.path(), false), now)
+        .unwrap();
+
+    leecher.add_peers(1, &[addr(1000)], Source::Tracker);
+    let (to_seeder, to) = leecher.poll_dial(now).unwrap();
+    assert_eq!(to, addr(1000));
+    assert_eq!(leecher.poll_dial(now), None, "one candidate only");
+    leecher.dialed(to_seeder, true, now);
+    let from_leecher = seeder.accept(addr(2000), now).unwrap();
+    pump(&mut leecher, to_seeder, &mut seeder, from_leecher, &mut now);
+
+    let mut verified = Vec::new();
+    while let Some(e) = leecher.poll_event() {
+        if let SwarmEvent::PieceVerified { piece, .. } = e {
+            verified.push(piece);
+        }
+    }
+    verified.sort_unstable();
+    assert_eq!(verified, (0..meta.pieces.len() as u32).collect::<Vec<_>>());
+    assert!(leecher.is_complete(1));
+    for (i, d) in data.iter().enumerate() {
+        let got = std::fs::read(leech_dir.path().join("multi").join(format!("f{i}"))).unwrap();
+        assert!(got == *d, "file {i} differs");
+    }
+    let st = leecher.stats(1, now).unwrap();
+    assert_eq!(
+        st.downloaded,
+        data.iter().map(|d| d.len() as u64).sum::<u64>()
+    );
+    assert_eq!(st.left, 0);
+    assert_eq!((st.peers, st.peers_from[Source::Tracker as usize]), (1, 1));
+    let st = seeder.stats(1, now).unwrap();
+    assert_eq!(st.uploaded, 150_004);
+    assert_eq!(st.peers_from[Source::Incoming as usize], 1);
+    // Two seeds have nothing to say to each other: the seeder closes.
+    assert!(seeder.poll_close().is_some() || leecher.poll_close().is_some());
+}
+
+#[test]
+fn a_peer_sending_corrupt_pieces_is_struck_then_banned() {
+    let data = files();
+    let meta = metainfo(&data);
+    let mut bad = data.clone();
+    bad[0][5] ^= 0xFF; // piece 0 is corrupt at this seeder
+    let bad_dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(bad_dir.path().join("multi")).unwrap();
+    for (i, d) in bad.iter().enumerate() {
+        std::fs::write(bad_dir.path().join("multi").join(format!("f{i}")), d).unwrap();
+    }
+    let leech_dir = tempfile::tempdir().unwrap();
+    let mut now = Instant::now();
+    let mut leecher = swarm(3);
+    leecher
+        .start(&torrent(&meta, leech_dir.path(), false), now)
+        .unwrap();
+    // The liar believes its data good (its verified flags say so).
+    let mut liar = swarm(10);
+    liar.start(&torrent(&meta, bad_dir.path(), true), now)
+        .unwrap();
+    let k_leecher = leecher.accept(addr(3000), now).unwrap();
+    liar.add_peers(1, &[addr(4000)], Source::Tracker);
+    let (k_liar, _) = liar.poll_dial(now).unwrap();
+    liar.dialed(k_liar, true, now);
+    pump(&mut liar, k_liar, &mut leecher, k_leecher, &mut now);
+    // Piece 0 failed from it three times: banned, and closed.
+    assert_eq!(leecher.poll_close(), Some(k_leecher));
+    leecher.closed(k_leecher);
+    assert!(leecher.accept(addr(3000), now).is_none(), "banned");
+    assert!(!leecher.is_complete(1), "piece 0 never verified");
+    let have = leecher.picker(1).unwrap().have_bitfield().count();
+    assert_eq!(have, meta.pieces.len() - 1);
+
+    // An honest seeder finishes the download.
+    let good_dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(good_dir.path().join("multi")).unwrap();
+    for (i, d) in data.iter().enumerate() {
+        std::fs::write(good_dir.path().join("multi").join(format!("f{i}")), d).unwrap();
+    }
+    let mut honest = swarm(11);
+    honest
+        .start(&torrent(&meta, good_dir.path(), true), now)
+        .unwrap();
+    let k_leecher = leecher.accept(addr(5000), now).unwrap();
+    honest.add_peers(1, &[addr(4000)], Source::Tracker);
+    let (k_honest, _) = honest.poll_dial(now).unwrap();
+    honest.dialed(k_honest, true, now);
+    pump(&mut honest, k_honest, &mut leecher, k_leecher, &mut now);
+    assert!(leecher.is_complete(1));
+    let got = std::fs::read(leech_dir.path().join("multi").join("f0")).unwrap();
+    assert!(got == data[0]);
+}
+
+#[test]
+fn peer_ids_are_azureus_style() {
+    let id = new_peer_id(&mut fastrand::Rng::with_seed(1));
+    assert!(id.starts_with(b"-TP0100-"));
+    assert!(id[8..].iter().all(u8::is_ascii_alphanumeric));
+}
+
+/// A seeder's and a leecher's directories for [`files`].
+fn seeded(data: &[Vec<u8>]) -> (tempfile::TempDir, tempfile::TempDir) {
+    let seed_dir = tempfile::tempdir().unwrap();
+    let dir = seed_dir.path().join("multi");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, d) in data.iter().enumerate() {
+        std::fs::write(dir.join(format!("f{i}")), d).unwrap();
+    }
+    (seed_dir, tempfile::tempdir().unwrap())
+}
+
+fn with_manners(seed: u64, m: Manners, now: Instant) -> Swarm {
+    let mut s = swarm(seed);
+    s.set_manners(m, now);
+    s
+}
+
+fn encryption(policy: Policy) -> Manners {
+    Manners {
+        encryption: policy,
+        ..Manners::default()
+    }
+}
+
+/// The leecher dials the seeder: (leecher's key, seeder's key).
+fn dial(leecher: &mut Swarm, seeder: &mut Swarm, now: Instant) -> (usize, usize) {
+    leecher.add_peers(1, &[addr(1000)], Source::Tracker);
+    let (k, _) = leecher.poll_dial(now).expect("a dial");
+    leecher.dialed(k, true, now);
+    (k, seeder.accept(addr(2000), now).expect("accepted"))
+}
+
+/// Like [`pump`], but runs until `done` (or a bound of simulated
+/// minutes): waiting for tokens moves nothing for a while. The leecher
+/// `b` reads no more than its download allowance, as the reactor does.
+fn pump_until(
+    a: &mut Swarm,
+    ka: usize,
+    b: &mut Swarm,
+    kb: usize,
+    now: &mut Instant,
+    done: impl Fn(&Swarm, &Swarm) -> bool,
+) {
+    let mut in_flight = Vec::new();
+    for _ in 0..100_000 {
+        let ab = a.output(ka).to_vec();
+        a.consume_output(ka, ab.len(), *now);
+        in_flight.extend_from_slice(&ab);
+        let n = in_flight.len().min(b.read_allowance(*now));
+        let chunk: Vec<u8> = in_flight.drain(..n).collect();
+        b.receive(kb, &chunk, *now);
+        let ba = b.output(kb).to_vec();
+        b.consume_output(kb, ba.len(), *now);
+        a.receive(ka, &ba, *now);
+        a.handle_timeout(*now);
+        b.handle_timeout(*now);
+        if done(a, b) {
+            return;
+        }
+        *now += Duration::from_millis(10);
+    }
+    panic!("not done after 1000 simulated seconds");
+}
+
+#[test]
+fn every_encryption_pair_connects_except_plaintext_dialling_required() {
+    use Policy::{Preferred, Required, Tolerated};
+    let data = files();
+    let meta = metainfo(&data);
+    for dialer in [Required, Preferred, Tolerated] {
+        for listener in [Required, Preferred, Tolerated] {
+            let (seed_dir, leech_dir) = seeded(&data);
+            let mut now = Instant::now();
+            let mut seeder = with_manners(1, encryption(listener), now);
+            let mut leecher = with_manners(2, encryption(dialer), now);
+            seeder
+                .start(&torrent(&meta, seed_dir.path(), true), now)
+                .unwrap();
+            leecher
+                .start(&torrent(&meta, leech_dir.path(), false), now)
+                .unwrap();
+            let (kl, ks) = dial(&mut leecher, &mut seeder, now);
+            pump(&mut leecher, kl, &mut seeder, ks, &mut now);
+            let pair = format!("{dialer:?} dialling {listener:?}");
+            if (dialer, listener) == (Tolerated, Required) {
+                assert_eq!(seeder.poll_close(), Some(ks), "{pair}: refused");
+                assert!(!leecher.is_complete(1), "{pair}");
+                continue;
+            }
+            assert!(leecher.is_complete(1), "{pair}: downloads");
+            // Plaintext when the dialer does not offer RC4 first, or the
+            // listener prefers plaintext among what was offered.
+            let encrypted = dialer == Required || (dialer, listener) != (Preferred, Tolerated);
+            let encrypted = encrypted && dialer != Tolerated;
+            assert_eq!(leecher.peers[kl].link.is_encrypted(), encrypted, "{pair}");
+            assert_eq!(seeder.peers[ks].link.is_encrypted(), encrypted, "{pair}");
+        }
+    }
+}
+
+#[test]
+fn a_peer_dropping_our_encrypted_handshake_is_dialled_again_in_plaintext() {
+    let data = files();
+    let meta = metainfo(&data);
+    let (seed_dir, leech_dir) = seeded(&data);
+    let mut now = Instant::now();
+    let mut leecher = with_manners(2, encryption(Policy::Preferred), now);
+    leecher
+        .start(&torrent(&meta, leech_dir.path(), false), now)
+        .unwrap();
+    leecher.add_peers(1, &[addr(1000)], Source::Tracker);
+    let (k, _) = leecher.poll_dial(now).unwrap();
+    leecher.dialed(k, true, now);
+    // A client without MSE reads no BitTorrent handshake and hangs up.
+    let first = leecher.output(k).to_vec();
+    assert_eq!(mse::is_plain_handshake(&first), Some(false));
+    leecher.hang_up(k);
+    while let Some(k) = leecher.poll_close() {
+        leecher.closed(k);
+    }
+    let (k, to) = leecher.poll_dial(now).expect("dialled again");
+    assert_eq!(to, addr(1000));
+    leecher.dialed(k, true, now);
+    assert_eq!(mse::is_plain_handshake(leecher.output(k)), Some(true));
+    let mut seeder = with_manners(1, encryption(Policy::Tolerated), now);
+    seeder
+        .start(&torrent(&meta, seed_dir.path(), true), now)
+        .unwrap();
+    let ks = seeder.accept(addr(2000), now).unwrap();
+    pump(&mut leecher, k, &mut seeder, ks, &mut now);
+    assert!(leecher.is_complete(1));
+    assert!(!leecher.peers[k].link.is_encrypted());
+}
+
+#[test]
+fn a_connection_refused_outright_is_not_retried_in_plaintext() {
+    let meta = metainfo(&files());
+    let dir = tempfile::tempdir().unwrap();
+    let now = Instant::now();
+    let mut leecher = with_manners(2, encryption(Policy::Preferred), now);
+    leecher
+        .start(&torrent(&meta, dir.path(), false), now)
+        .unwrap();
+    leecher.add_peers(1, &[addr(1000)], Source::Tracker);
+    let (k, _) = leecher.poll_dial(now).unwrap();
+    leecher.dialed(k, false, now);
+    while let Some(k) = leecher.poll_close() {
+        leecher.closed(k);
+    }
+    assert_eq!(leecher.poll_dial(now), None);
+}
+
+/// Simulated seconds for the leecher to finish with the given manners.
+fn transfer_time(seeder_manners: Manners, leecher_manners: Manners) -> Duration {
+    let data = files();
+    let meta = metainfo(&data);
+    let (seed_dir, leech_dir) = seeded(&data);
+    let start = Instant::now();
+    let mut now = start;
+    let mut seeder = with_manners(1, seeder_manners, now);
+    let mut leecher = with_manners(2, leecher_manners, now);
+    seeder
+        .start(&torrent(&meta, seed_dir.path(), true), now)
+        .unwrap();
+    leecher
+        .start(&torrent(&meta, leech_dir.path(), false), now)
+        .unwrap();
+    let (kl, ks) = dial(&mut leecher, &mut seeder, now);
+    pump_until(&mut seeder, ks, &mut leecher, kl, &mut now, |_, l| {
+        l.is_complete(1)
+    });
+    now - start
+}
+
+#[test]
+fn limits_hold_the_transfer_to_their_rate() {
+    let total = files().iter().map(|d| d.len() as f64).sum::<f64>();
+    let rate = 32 << 10;
+    let limited = |up: bool| Manners {
+        upload_limit: up.then_some(rate),
+        download_limit: (!up).then_some(rate),
+        ..Manners::default()
+    };
+    let free = transfer_time(Manners::default(), Manners::default());
+    // The bucket starts with one block: the rest comes at the rate (the
+    // download side also counts the messages' framing).
+    let least = (total - BLOCK_BYTES) / rate as f64;
+    for (what, t) in [
+        ("upload", transfer_time(limited(true), Manners::default())),
+        (
+            "download",
+            transfer_time(Manners::default(), limited(false)),
+        ),
+    ] {
+        let secs = t.as_secs_f64();
+        assert!(secs >= least, "{what}: {secs} s, at least {least} s");
+        assert!(
+            secs <= least * 1.1 + 0.2,
+            "{what}: {secs} s, about {least} s"
+        );
+        assert!(t > free * 10, "{what}: {t:?} against {free:?} unlimited");
+    }
+}
+
+const BLOCK_BYTES: f64 = crate::engine::bandwidth::BLOCK as f64;
+
+#[test]
+fn a_limit_lifted_mid_transfer_takes_effect_at_once() {
+    let data = files();
+    let meta = metainfo(&data);
+    let (seed_dir, leech_dir) = seeded(&data);
+    let mut now = Instant::now();
+    let slow = Manners {
+        upload_limit: Some(1024),
+        ..Manners::default()
+    };
+    let mut seeder = with_manners(1, slow, now);
+    let mut leecher = swarm(2);
+    seeder
+        .start(&torrent(&meta, seed_dir.path(), true), now)
+        .unwrap();
+    leecher
+        .start(&torrent(&meta, leech_dir.path(), false), now)
+        .unwrap();
+    let (kl, ks) = dial(&mut leecher, &mut seeder, now);
+    pump_until(&mut seeder, ks, &mut leecher, kl, &mut now, |_, l| {
+        l.stats(1, Instant::now()).is_some_and(|s| s.downloaded > 0)
+    });
+    let lifted = now;
+    seeder.set_manners(Manners::default(), now);
+    pump_until(&mut seeder, ks, &mut leecher, kl, &mut now, |_, l| {
+        l.is_complete(1)
+    });
+    assert!(now - lifted < Duration::from_secs(1), "{:?}", now - lifted);
+}
