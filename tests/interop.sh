@@ -48,8 +48,13 @@ chmod 644 whitelist
 opentracker -i 127.0.0.1 -p "$tracker_port" -P "$tracker_port" -d / -w "$work/whitelist" >opentracker.log 2>&1 &
 pids+=($!)
 
+
+# Every file below directory $1 is in $2, byte for byte.
 same() {
-  cmp -s payload/set/a.bin "$1/set/a.bin" && cmp -s payload/set/b.bin "$1/set/b.bin"
+  local f
+  while IFS= read -r f; do
+    cmp -s "$1/$f" "$2/$f" || return 1
+  done < <(cd "$1" && find . -type f)
 }
 
 # A tripcd on a fresh state directory with data in $2 and torrent $3
@@ -83,7 +88,7 @@ aria2c --dir=payload --seed-ratio=0 --enable-dht=false --bt-enable-lpd=false \
 pids+=($!)
 start_tripcd t1 "$work/t1-data"
 wait_for "seeding '$tripcd_sock'" 120 || fail "tripcd did not finish downloading from aria2c"
-same t1-data || fail "files from aria2c differ"
+same payload t1-data || fail "files from aria2c differ"
 echo "ok"
 kill "${pids[-2]}" 2>/dev/null || true  # the aria2c seeder
 
@@ -92,7 +97,7 @@ mkdir a2-data
 timeout 120 aria2c --dir=a2-data --seed-time=0 --enable-dht=false --bt-enable-lpd=false \
   --enable-peer-exchange=false --listen-port="$(free_port)" --quiet set.torrent \
   || fail "aria2c did not finish downloading from tripcd"
-same a2-data || fail "files aria2c got from tripcd differ"
+same payload a2-data || fail "files aria2c got from tripcd differ"
 echo "ok"
 
 echo "== tripcd and transmission-daemon"
@@ -106,28 +111,37 @@ tr_seed() { # dir rpc-port [extra transmission-daemon flags]
   pids+=($!)
   wait_for "transmission-remote $rpc -l >/dev/null 2>&1" 20 || fail "transmission-daemon did not start"
 }
-mkdir -p tr1/data && cp -r payload/set tr1/data/
-rpc1=$(free_port)
-tr_seed "$work/tr1" "$rpc1"
-transmission-remote "$rpc1" -a set.torrent >/dev/null
-wait_for "transmission-remote $rpc1 -t 1 -i | grep -q 'Percent Done: 100%'" 60 \
-  || fail "transmission did not verify its copy"
-# A second, empty transmission: transmission does not dial 127.x peers,
-# so it can only get data from a tripcd that dials it.
-rpc2=$(free_port)
-tr_seed "$work/tr2" "$rpc2"
-transmission-remote "$rpc2" -a set.torrent >/dev/null
-# tripcd learns of it from the tracker: wait for its first announce.
-wait_for "transmission-remote $rpc2 -t 1 -it | grep -q 'Got a list'" 60 \
-  || fail "transmission did not announce"
-start_tripcd t2 "$work/t2-data"
-wait_for "seeding '$tripcd_sock'" 120 || fail "tripcd did not finish downloading from transmission"
-same t2-data || fail "files from transmission differ"
-echo "ok: tripcd downloaded from transmission"
-wait_for "transmission-remote $rpc2 -t 1 -i | grep -q 'Percent Done: 100%'" 120 \
-  || fail "transmission did not finish downloading from tripcd"
-same tr2/data || fail "files transmission got from tripcd differ"
-echo "ok: transmission downloaded from tripcd"
+# One part: transmission seeds torrent $2 (a copy of directory $3 is its
+# data), a second, empty transmission waits, and a fresh tripcd named $4
+# downloads from the first and seeds to the second (transmission does
+# not dial 127.x peers, so it only gets data from a tripcd that dials it).
+# $1 names the part in messages; further arguments are flags for both
+# transmission-daemons.
+transmission_part() {
+  local part=$1 torrent=$2 payload=$3 name=$4 seed_rpc leech_rpc
+  shift 4
+  mkdir -p "tr-$name-seed/data" && cp -r "$payload"/. "tr-$name-seed/data/"
+  seed_rpc=$(free_port)
+  tr_seed "$work/tr-$name-seed" "$seed_rpc" "$@"
+  transmission-remote "$seed_rpc" -a "$torrent" >/dev/null
+  wait_for "transmission-remote $seed_rpc -t 1 -i | grep -q 'Percent Done: 100%'" 60 \
+    || fail "transmission did not verify its copy ($part)"
+  leech_rpc=$(free_port)
+  tr_seed "$work/tr-$name-leech" "$leech_rpc" "$@"
+  transmission-remote "$leech_rpc" -a "$torrent" >/dev/null
+  # tripcd learns of it from the tracker: wait for its first announce.
+  wait_for "transmission-remote $leech_rpc -t 1 -it | grep -q 'Got a list'" 60 \
+    || fail "transmission did not announce ($part)"
+  start_tripcd "$name" "$work/$name-data" "$torrent"
+  wait_for "seeding '$tripcd_sock'" 120 || fail "tripcd did not finish downloading from transmission ($part)"
+  same "$payload" "$name-data" || fail "files from transmission differ ($part)"
+  echo "ok: tripcd downloaded from transmission ($part)"
+  wait_for "transmission-remote $leech_rpc -t 1 -i | grep -q 'Percent Done: 100%'" 120 \
+    || fail "transmission did not finish downloading from tripcd ($part)"
+  same "$payload" "tr-$name-leech/data" || fail "files transmission got from tripcd differ ($part)"
+  echo "ok: transmission downloaded from tripcd ($part)"
+}
+transmission_part "HTTP tracker" set.torrent payload t2
 # opentracker counts the transmission seeder and tripcd (seeding now):
 # tripcd's HTTP scrape must say so (it scrapes after each announce with an
 # event, so after its `completed`).
@@ -136,52 +150,15 @@ wait_for "[ \"\$(field '$tripcd_sock' scrape-seeders)\" -ge 2 ]" 60 \
 echo "ok: HTTP scrape says $(field "$tripcd_sock" scrape-seeders) seeders"
 
 echo "== tripcd and transmission-daemon over a UDP tracker"
-same_udp() { cmp -s udp-payload/udpset/c.bin "$1/udpset/c.bin"; }
-mkdir -p tr3/data && cp -r udp-payload/udpset tr3/data/
-rpc3=$(free_port)
-tr_seed "$work/tr3" "$rpc3"
-transmission-remote "$rpc3" -a udp.torrent >/dev/null
-wait_for "transmission-remote $rpc3 -t 1 -i | grep -q 'Percent Done: 100%'" 60 \
-  || fail "transmission did not verify its UDP copy"
-rpc4=$(free_port)
-tr_seed "$work/tr4" "$rpc4"
-transmission-remote "$rpc4" -a udp.torrent >/dev/null
-wait_for "transmission-remote $rpc4 -t 1 -it | grep -q 'Got a list'" 60 \
-  || fail "transmission did not announce over UDP"
-start_tripcd t3 "$work/t3-data" udp.torrent
-wait_for "seeding '$tripcd_sock'" 120 || fail "tripcd did not finish downloading over UDP announces"
-same_udp t3-data || fail "files from transmission (UDP tracker) differ"
-echo "ok: tripcd downloaded from transmission, peers from a UDP tracker"
-wait_for "transmission-remote $rpc4 -t 1 -i | grep -q 'Percent Done: 100%'" 120 \
-  || fail "transmission did not finish downloading from tripcd (UDP tracker)"
-same_udp tr4/data || fail "files transmission got from tripcd (UDP tracker) differ"
-echo "ok: transmission downloaded from tripcd, peers from a UDP tracker"
+transmission_part "UDP tracker" udp.torrent udp-payload t3
 wait_for "[ \"\$(field '$tripcd_sock' scrape-seeders)\" -ge 2 ]" 60 \
   || fail "UDP scrape figures never showed 2 seeders: $(field "$tripcd_sock" scrape-seeders)"
 [ "$(field "$tripcd_sock" error)" = "" ] || fail "tracker error: $(field "$tripcd_sock" error-message)"
 echo "ok: UDP scrape says $(field "$tripcd_sock" scrape-seeders) seeders, completed $(field "$tripcd_sock" scrape-completed)"
 
 echo "== tripcd and transmission-daemon, both requiring encryption"
-same_enc() { cmp -s enc-payload/encset/d.bin "$1/encset/d.bin"; }
-mkdir -p tr5/data && cp -r enc-payload/encset tr5/data/
-rpc5=$(free_port)
-tr_seed "$work/tr5" "$rpc5" -er
-transmission-remote "$rpc5" -a enc.torrent >/dev/null
-wait_for "transmission-remote $rpc5 -t 1 -i | grep -q 'Percent Done: 100%'" 60 \
-  || fail "transmission did not verify its copy (encryption part)"
-rpc6=$(free_port)
-tr_seed "$work/tr6" "$rpc6" -er
-transmission-remote "$rpc6" -a enc.torrent >/dev/null
-wait_for "transmission-remote $rpc6 -t 1 -it | grep -q 'Got a list'" 60 \
-  || fail "transmission did not announce (encryption part)"
-TRIPCD_ENCRYPTION=required TRIPCD_LOG=info,tripcd::swarm=debug start_tripcd t5 "$work/t5-data" enc.torrent
-wait_for "seeding '$tripcd_sock'" 120 || fail "tripcd did not finish downloading from transmission -er"
-same_enc t5-data || fail "files from transmission -er differ"
-echo "ok: tripcd downloaded from transmission requiring encryption"
-wait_for "transmission-remote $rpc6 -t 1 -i | grep -q 'Percent Done: 100%'" 120 \
-  || fail "transmission -er did not finish downloading from tripcd"
-same_enc tr6/data || fail "files transmission -er got from tripcd differ"
-echo "ok: transmission requiring encryption downloaded from tripcd"
+TRIPCD_ENCRYPTION=required TRIPCD_LOG=info,tripcd::swarm=debug \
+  transmission_part "both requiring encryption" enc.torrent enc-payload t5 -er
 enc=$(grep -c 'handshake done for torrent 1 (encrypted)' t5.log || true)
 plain=$(grep -c 'handshake done for torrent 1 (plaintext)' t5.log || true)
 [ "$enc" -ge 2 ] && [ "$plain" -eq 0 ] \

@@ -3,27 +3,18 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::tracker::TestTracker;
 use common::{add, multi_torrent, noise, status, wait_for_state, Daemon, HANG};
-use tripc_test_support::*;
+use support::*;
 use tripcd::codec::Value;
 
 /// Helpers of this file.
-mod tripc_test_support {
+mod support {
     use super::*;
 
-    /// A daemon announcing to trackers, its peer port free and set.
-    pub fn daemon(state: &Path) -> (Daemon, u16) {
-        let d = Daemon::start_in(state, &["--announce", "true"]);
-        let port = common::free_port();
-        d.client()
-            .request("port", &Value::Int(port.into()))
-            .expect("port set");
-        (d, port)
-    }
+    pub use common::announcing_daemon as daemon;
 
     /// One file of `size` bytes in 32 KiB pieces.
     pub fn torrent(tracker: &TestTracker, name: &str, size: usize) -> (Vec<u8>, Vec<u8>) {
@@ -82,59 +73,107 @@ mod tripc_test_support {
     }
 }
 
-/// Seconds a leecher takes to download `size` bytes from a seeder, the
-/// leecher's `downlimit` and the seeder's `uplimit` as given (KiB/s).
-fn timed_transfer(size: usize, downlimit: i64, uplimit: i64) -> f64 {
-    let tracker = TestTracker::start();
-    let (t, data) = torrent(&tracker, "limited", size);
-    let seed_data = seed_dir("limited", &data);
-    let seed_state = tempfile::tempdir().unwrap();
-    let (seeder, _) = daemon(seed_state.path());
-    set(&seeder, "uplimit", Value::Int(uplimit));
-    let mut s = seeder.client();
-    let sid = add(&mut s, &t, seed_data.path());
-    wait_for_state(&mut s, sid, "seeding");
+/// A tripcd with some settings, and its peer port; its directories
+/// live as long as it.
+struct Peer {
+    d: Daemon,
+    port: u16,
+    id: i64,
+    _dirs: [tempfile::TempDir; 2],
+}
 
+/// A tripcd with `settings` applied, then seeding `t` from `data`; the
+/// tracker tells it of nobody.
+fn seeder(tracker: &TestTracker, t: &[u8], data: &[u8], settings: &[(&str, Value)]) -> Peer {
+    let meta = tripcd::registry::Metainfo::parse(t).expect("a torrent");
+    let name = String::from_utf8_lossy(&meta.name).into_owned();
+    let state = tempfile::tempdir().unwrap();
+    let (d, port) = daemon(state.path());
+    for (k, v) in settings {
+        set(&d, k, v.clone());
+    }
+    tracker.restrict_for(info_hash(t), port, vec![]);
+    let dir = seed_dir(&name, data);
+    let mut c = d.client();
+    let id = add(&mut c, t, dir.path());
+    wait_for_state(&mut c, id, "seeding");
+    Peer {
+        d,
+        port,
+        id,
+        _dirs: [state, dir],
+    }
+}
+
+/// A tripcd with `settings` applied, then added `t` to download, the
+/// tracker telling it only of the peers on `ports`.
+fn leecher(tracker: &TestTracker, t: &[u8], settings: &[(&str, Value)], ports: &[u16]) -> Peer {
     let state = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (leecher, _) = daemon(state.path());
-    set(&leecher, "downlimit", Value::Int(downlimit));
-    let mut c = leecher.client();
+    let (d, port) = daemon(state.path());
+    for (k, v) in settings {
+        set(&d, k, v.clone());
+    }
+    tracker.restrict_for(info_hash(t), port, ports.to_vec());
+    let id = add(&mut d.client(), t, dir.path());
+    Peer {
+        d,
+        port,
+        id,
+        _dirs: [state, dir],
+    }
+}
+
+/// Seconds a leecher takes to download `size` bytes from a seeder, with
+/// these settings of the seeder's and the leecher's.
+fn timed_transfer(
+    size: usize,
+    seeder_settings: &[(&str, Value)],
+    leecher_settings: &[(&str, Value)],
+) -> f64 {
+    let tracker = TestTracker::start();
+    let (t, data) = torrent(&tracker, "limited", size);
+    let s = seeder(&tracker, &t, &data, seeder_settings);
     let start = Instant::now();
-    let id = add(&mut c, &t, dir.path());
-    wait_for_state(&mut c, id, "seeding");
+    let l = leecher(&tracker, &t, leecher_settings, &[s.port]);
+    wait_for_state(&mut l.d.client(), l.id, "seeding");
     let secs = start.elapsed().as_secs_f64();
-    let got = std::fs::read(dir.path().join("limited").join("data.bin")).unwrap();
+    let got = std::fs::read(l._dirs[1].path().join("limited").join("data.bin")).unwrap();
     assert!(got == data, "the data arrived intact");
     secs
 }
 
-/// The buckets hold one 16 KiB block to start with; the rest can only
-/// come at the rate. A lower bound on the time is safe on any machine (a
-/// slow one takes longer, never shorter); the accuracy is measured by
-/// `benches/limits.sh`, not asserted here.
-fn least_seconds(size: usize, kib_s: i64) -> f64 {
-    (size as f64 / 1024.0 - 16.0) / kib_s as f64
+/// A transfer of 512 KiB is slower limited to 128 KiB/s (the seeder's
+/// `uplimit` or the leecher's `downlimit`) than without a limit. The
+/// buckets hold one 16 KiB block to start with and the rest can only come
+/// at the rate: a lower bound on the time, safe on any machine (a slow
+/// one takes longer, never shorter). The accuracy is measured by
+/// `benches/manners.sh`, not asserted here.
+fn limited_is_slower(key: &str, on_seeder: bool) {
+    let size = 512 << 10;
+    let free = timed_transfer(size, &[], &[]);
+    let limit = [(key, Value::Int(128))];
+    let limited = if on_seeder {
+        timed_transfer(size, &limit, &[])
+    } else {
+        timed_transfer(size, &[], &limit)
+    };
+    let least = (size as f64 / 1024.0 - 16.0) / 128.0;
+    assert!(limited >= least, "{key}: {limited} s, at least {least} s");
+    assert!(
+        limited > free,
+        "{key}: {limited} s limited, {free} s unlimited"
+    );
 }
 
 #[test]
 fn a_download_limit_makes_the_transfer_slower_than_unlimited() {
-    let size = 512 << 10;
-    let free = timed_transfer(size, -1, -1);
-    let limited = timed_transfer(size, 128, -1);
-    let least = least_seconds(size, 128);
-    assert!(limited >= least, "{limited} s, at least {least} s");
-    assert!(limited > free, "{limited} s limited, {free} s unlimited");
+    limited_is_slower("downlimit", false);
 }
 
 #[test]
 fn an_upload_limit_makes_the_transfer_slower_than_unlimited() {
-    let size = 512 << 10;
-    let free = timed_transfer(size, -1, -1);
-    let limited = timed_transfer(size, -1, 128);
-    let least = least_seconds(size, 128);
-    assert!(limited >= least, "{limited} s, at least {least} s");
-    assert!(limited > free, "{limited} s limited, {free} s unlimited");
+    limited_is_slower("uplimit", true);
 }
 
 /// At 4 KiB/s the transfer would outlast the test's bound: lifting the
@@ -142,78 +181,42 @@ fn an_upload_limit_makes_the_transfer_slower_than_unlimited() {
 #[test]
 fn a_limit_lifted_over_ipc_lets_the_transfer_finish() {
     let tracker = TestTracker::start();
-    let size = 512 << 10;
-    let (t, data) = torrent(&tracker, "lifted", size);
-    let seed_data = seed_dir("lifted", &data);
-    let seed_state = tempfile::tempdir().unwrap();
-    let (seeder, _) = daemon(seed_state.path());
-    let mut s = seeder.client();
-    let sid = add(&mut s, &t, seed_data.path());
-    wait_for_state(&mut s, sid, "seeding");
-
-    let state = tempfile::tempdir().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (leecher, _) = daemon(state.path());
-    set(&leecher, "downlimit", Value::Int(4));
-    let mut c = leecher.client();
-    let id = add(&mut c, &t, dir.path());
-    wait_status(&leecher, id, "download-total", |v| {
+    let (t, data) = torrent(&tracker, "lifted", 512 << 10);
+    let s = seeder(&tracker, &t, &data, &[]);
+    let l = leecher(&tracker, &t, &[("downlimit", Value::Int(4))], &[s.port]);
+    wait_status(&l.d, l.id, "download-total", |v| {
         v.as_int().is_some_and(|n| n > 0)
     });
-    assert_eq!(status(&mut c, id, "state").as_str(), Some("downloading"));
-    set(&leecher, "downlimit", Value::Int(-1));
-    wait_for_state(&mut c, id, "seeding");
+    let mut c = l.d.client();
+    assert_eq!(status(&mut c, l.id, "state").as_str(), Some("downloading"));
+    set(&l.d, "downlimit", Value::Int(-1));
+    wait_for_state(&mut c, l.id, "seeding");
 }
 
 /// Three daemons: `a` seeds, `b` leeches slowly from `a` (so that they
 /// stay connected), and the tracker tells `c` only of `a`.
 struct Three {
     _tracker: TestTracker,
-    _dirs: Vec<tempfile::TempDir>,
-    a: Daemon,
-    _b: Daemon,
-    c: Daemon,
-    c_id: i64,
+    a: Peer,
+    _b: Peer,
+    c: Peer,
 }
 
 fn three(private: bool) -> Three {
     let tracker = TestTracker::start();
     let (t, data) = torrent(&tracker, "pex", 256 << 10);
     let t = if private { privatised(&t) } else { t };
-    let hash = info_hash(&t);
-    let mut dirs = Vec::new();
-
-    let seed_data = seed_dir("pex", &data);
-    let a_state = tempfile::tempdir().unwrap();
-    let (a, a_port) = daemon(a_state.path());
-    tracker.restrict_for(hash, a_port, vec![]);
-    let mut ac = a.client();
-    let a_id = add(&mut ac, &t, seed_data.path());
-    wait_for_state(&mut ac, a_id, "seeding");
-
-    let b_state = tempfile::tempdir().unwrap();
-    let b_data = tempfile::tempdir().unwrap();
-    let (b, b_port) = daemon(b_state.path());
-    tracker.restrict_for(hash, b_port, vec![a_port]);
-    set(&b, "downlimit", Value::Int(4));
-    let b_id = add(&mut b.client(), &t, b_data.path());
+    let a = seeder(&tracker, &t, &data, &[]);
+    let b = leecher(&tracker, &t, &[("downlimit", Value::Int(4))], &[a.port]);
     // `b` is connected to `a` before `c` comes.
-    wait_status(&b, b_id, "peers-total", |v| v.as_int() == Some(1));
-    wait_status(&a, a_id, "peers-total", |v| v.as_int() == Some(1));
-
-    let c_state = tempfile::tempdir().unwrap();
-    let c_data = tempfile::tempdir().unwrap();
-    let (c, c_port) = daemon(c_state.path());
-    tracker.restrict_for(hash, c_port, vec![a_port]);
-    let c_id = add(&mut c.client(), &t, c_data.path());
-    dirs.extend([seed_data, a_state, b_state, b_data, c_state, c_data]);
+    wait_status(&b.d, b.id, "peers-total", |v| v.as_int() == Some(1));
+    wait_status(&a.d, a.id, "peers-total", |v| v.as_int() == Some(1));
+    let c = leecher(&tracker, &t, &[], &[a.port]);
     Three {
         _tracker: tracker,
-        _dirs: dirs,
         a,
         _b: b,
         c,
-        c_id,
     }
 }
 
@@ -221,11 +224,11 @@ fn three(private: bool) -> Three {
 fn peer_exchange_tells_a_third_peer_of_the_second() {
     let t = three(false);
     let start = Instant::now();
-    while from_pex(&t.c, t.c_id) < 1 {
+    while from_pex(&t.c.d, t.c.id) < 1 {
         assert!(start.elapsed() < HANG, "no peer from pex");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(t.a.logged("peer exchange sent"), "the first peer sent it");
+    assert!(t.a.d.logged("peer exchange sent"), "the first peer sent it");
 }
 
 #[test]
@@ -234,11 +237,14 @@ fn a_private_torrent_never_uses_peer_exchange() {
     // A public torrent's exchange reaches `c` before its first block (it
     // follows the extension handshake in the same rechoke): by the time
     // `c` is done, it would have happened.
-    wait_for_state(&mut t.c.client(), t.c_id, "seeding");
-    assert_eq!(from_pex(&t.c, t.c_id), 0);
-    assert!(!t.c.logged("peer exchange named"), "nothing was exchanged");
-    assert!(!t.a.logged("peer exchange sent"), "nothing was offered");
-    assert!(t.c.wait_for_log("handshake done").is_some());
+    wait_for_state(&mut t.c.d.client(), t.c.id, "seeding");
+    assert_eq!(from_pex(&t.c.d, t.c.id), 0);
+    assert!(
+        !t.c.d.logged("peer exchange named"),
+        "nothing was exchanged"
+    );
+    assert!(!t.a.d.logged("peer exchange sent"), "nothing was offered");
+    assert!(t.c.d.wait_for_log("handshake done").is_some());
 }
 
 /// How a dialer in mode `dialer` and a listener in mode `listener` got
@@ -247,33 +253,23 @@ fn a_private_torrent_never_uses_peer_exchange() {
 fn pair(dialer: &str, listener: &str) -> &'static str {
     let tracker = TestTracker::start();
     let (t, data) = torrent(&tracker, "mse", 96 << 10);
-    let hash = info_hash(&t);
-    let seed_data = seed_dir("mse", &data);
-    let l_state = tempfile::tempdir().unwrap();
-    let (mut l, l_port) = daemon(l_state.path());
-    set(&l, "encryption", Value::str(listener));
-    tracker.restrict_for(hash, l_port, vec![]);
-    let mut lc = l.client();
-    let lid = add(&mut lc, &t, seed_data.path());
-    wait_for_state(&mut lc, lid, "seeding");
-
-    let d_state = tempfile::tempdir().unwrap();
-    let d_data = tempfile::tempdir().unwrap();
-    let (mut d, d_port) = daemon(d_state.path());
-    set(&d, "encryption", Value::str(dialer));
-    tracker.restrict_for(hash, d_port, vec![l_port]);
-    let mut dc = d.client();
-    let did = add(&mut dc, &t, d_data.path());
-    let line = l
-        .wait_for_any(&["handshake done for torrent", "encryption is required"])
-        .unwrap_or_default();
+    let mut l = seeder(&tracker, &t, &data, &[("encryption", Value::str(listener))]);
+    let mut d = leecher(
+        &tracker,
+        &t,
+        &[("encryption", Value::str(dialer))],
+        &[l.port],
+    );
+    let line =
+        l.d.wait_for_any(&["handshake done for torrent", "encryption is required"])
+            .unwrap_or_default();
     if line.contains("encryption is required") {
         return "refused";
     }
-    wait_for_state(&mut dc, did, "seeding");
-    let theirs = d
-        .wait_for_log("handshake done for torrent")
-        .unwrap_or_default();
+    wait_for_state(&mut d.d.client(), d.id, "seeding");
+    let theirs =
+        d.d.wait_for_log("handshake done for torrent")
+            .unwrap_or_default();
     let how = |l: &str| {
         if l.ends_with("(encrypted)") {
             "encrypted"

@@ -34,12 +34,7 @@ fn daemon(state: &Path) -> Daemon {
 
 /// [`daemon`], and its peer port.
 fn daemon_on_port(state: &Path) -> (Daemon, u16) {
-    let d = Daemon::start_in(state, &["--announce", "true"]);
-    let port = common::free_port();
-    d.client()
-        .request("port", &Value::Int(port.into()))
-        .expect("port set");
-    (d, port)
+    common::announcing_daemon(state)
 }
 
 fn assert_same_files(dir: &Path) {

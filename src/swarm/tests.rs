@@ -73,25 +73,43 @@ fn swarm(seed: u64) -> Swarm {
     Swarm::new(new_peer_id(&mut rng), Limits::default(), rng)
 }
 
-/// Moves bytes both ways between `a`'s peer `ka` and `b`'s peer `kb`,
-/// and runs timers, until nothing moves.
+/// One round: bytes both ways between `a`'s peer `ka` and `b`'s peer
+/// `kb`, then both swarms' timers. `b` reads no more than its download
+/// allowance, as the reactor does; the rest waits in `held` (the
+/// kernel's buffer). Whether anything moved.
+fn step(
+    a: &mut Swarm,
+    ka: usize,
+    b: &mut Swarm,
+    kb: usize,
+    now: Instant,
+    held: &mut Vec<u8>,
+) -> bool {
+    let ab = a.output(ka).to_vec();
+    a.consume_output(ka, ab.len(), now);
+    held.extend_from_slice(&ab);
+    let n = held.len().min(b.read_allowance(now));
+    let chunk: Vec<u8> = held.drain(..n).collect();
+    b.receive(kb, &chunk, now);
+    let ba = b.output(kb).to_vec();
+    b.consume_output(kb, ba.len(), now);
+    a.receive(ka, &ba, now);
+    a.handle_timeout(now);
+    b.handle_timeout(now);
+    !(ab.is_empty() && ba.is_empty())
+}
+
+/// Runs rounds 10 ms of fake time apart until nothing moves.
 fn pump(a: &mut Swarm, ka: usize, b: &mut Swarm, kb: usize, now: &mut Instant) -> usize {
-    let mut rounds = 0;
-    loop {
-        let ab = a.output(ka).to_vec();
-        a.consume_output(ka, ab.len(), *now);
-        b.receive(kb, &ab, *now);
-        let ba = b.output(kb).to_vec();
-        b.consume_output(kb, ba.len(), *now);
-        a.receive(ka, &ba, *now);
-        a.handle_timeout(*now);
-        b.handle_timeout(*now);
+    let mut held = Vec::new();
+    for rounds in 1..=10_000 {
+        let moved = step(a, ka, b, kb, *now, &mut held);
         *now += Duration::from_millis(10);
-        rounds += 1;
-        if (ab.is_empty() && ba.is_empty() && rounds > 2) || rounds > 10_000 {
+        if !moved && rounds > 2 {
             return rounds;
         }
     }
+    10_000
 }
 
 #[test]
@@ -124,21 +142,12 @@ fn peer_limits_bound_dials_and_accepts() {
 fn a_leecher_downloads_every_file_from_a_seeder_without_sockets() {
     let data = files();
     let meta = metainfo(&data);
-    let seed_dir = tempfile::tempdir().unwrap();
-    for (i, d) in data.iter().enumerate() {
-        let dir = seed_dir.path().join("multi");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(format!("f{i}")), d).unwrap();
-    }
-    let leech_dir = tempfile::tempdir().unwrap();
     let mut now = Instant::now();
-    let (mut seeder, mut leecher) = (swarm(1), swarm(2));
-    seeder
-        .start(&torrent(&meta, seed_dir.path(), true), now)
-        .unwrap();
-    leecher
-        .start(&torrent(&meta, leech_dir.path(), false), now)
-        .unwrap();
+    let Pair {
+        mut seeder,
+        mut leecher,
+        dirs: [_seed_dir, leech_dir],
+    } = pair(Manners::default(), Manners::default(), now);
 
     leecher.add_peers(1, &[addr(1000)], Source::Tracker);
     let (to_seeder, to) = leecher.poll_dial(now).unwrap();
@@ -236,15 +245,38 @@ fn peer_ids_are_azureus_style() {
     assert!(id[8..].iter().all(u8::is_ascii_alphanumeric));
 }
 
-/// A seeder's and a leecher's directories for [`files`].
-fn seeded(data: &[Vec<u8>]) -> (tempfile::TempDir, tempfile::TempDir) {
+/// A seeder and a leecher of [`files`], started, each following its
+/// manners; the directories live as long as the pair.
+struct Pair {
+    seeder: Swarm,
+    leecher: Swarm,
+    /// The seeder's and the leecher's data directories.
+    dirs: [tempfile::TempDir; 2],
+}
+
+fn pair(seeder_manners: Manners, leecher_manners: Manners, now: Instant) -> Pair {
+    let data = files();
+    let meta = metainfo(&data);
     let seed_dir = tempfile::tempdir().unwrap();
     let dir = seed_dir.path().join("multi");
     std::fs::create_dir_all(&dir).unwrap();
     for (i, d) in data.iter().enumerate() {
         std::fs::write(dir.join(format!("f{i}")), d).unwrap();
     }
-    (seed_dir, tempfile::tempdir().unwrap())
+    let leech_dir = tempfile::tempdir().unwrap();
+    let mut seeder = with_manners(1, seeder_manners, now);
+    let mut leecher = with_manners(2, leecher_manners, now);
+    seeder
+        .start(&torrent(&meta, seed_dir.path(), true), now)
+        .unwrap();
+    leecher
+        .start(&torrent(&meta, leech_dir.path(), false), now)
+        .unwrap();
+    Pair {
+        seeder,
+        leecher,
+        dirs: [seed_dir, leech_dir],
+    }
 }
 
 fn with_manners(seed: u64, m: Manners, now: Instant) -> Swarm {
@@ -269,8 +301,7 @@ fn dial(leecher: &mut Swarm, seeder: &mut Swarm, now: Instant) -> (usize, usize)
 }
 
 /// Like [`pump`], but runs until `done` (or a bound of simulated
-/// minutes): waiting for tokens moves nothing for a while. The leecher
-/// `b` reads no more than its download allowance, as the reactor does.
+/// minutes): waiting for tokens moves nothing for a while.
 fn pump_until(
     a: &mut Swarm,
     ka: usize,
@@ -279,19 +310,9 @@ fn pump_until(
     now: &mut Instant,
     done: impl Fn(&Swarm, &Swarm) -> bool,
 ) {
-    let mut in_flight = Vec::new();
+    let mut held = Vec::new();
     for _ in 0..100_000 {
-        let ab = a.output(ka).to_vec();
-        a.consume_output(ka, ab.len(), *now);
-        in_flight.extend_from_slice(&ab);
-        let n = in_flight.len().min(b.read_allowance(*now));
-        let chunk: Vec<u8> = in_flight.drain(..n).collect();
-        b.receive(kb, &chunk, *now);
-        let ba = b.output(kb).to_vec();
-        b.consume_output(kb, ba.len(), *now);
-        a.receive(ka, &ba, *now);
-        a.handle_timeout(*now);
-        b.handle_timeout(*now);
+        step(a, ka, b, kb, *now, &mut held);
         if done(a, b) {
             return;
         }
@@ -303,49 +324,37 @@ fn pump_until(
 #[test]
 fn every_encryption_pair_connects_except_plaintext_dialling_required() {
     use Policy::{Preferred, Required, Tolerated};
-    let data = files();
-    let meta = metainfo(&data);
     for dialer in [Required, Preferred, Tolerated] {
         for listener in [Required, Preferred, Tolerated] {
-            let (seed_dir, leech_dir) = seeded(&data);
             let mut now = Instant::now();
-            let mut seeder = with_manners(1, encryption(listener), now);
-            let mut leecher = with_manners(2, encryption(dialer), now);
-            seeder
-                .start(&torrent(&meta, seed_dir.path(), true), now)
-                .unwrap();
-            leecher
-                .start(&torrent(&meta, leech_dir.path(), false), now)
-                .unwrap();
-            let (kl, ks) = dial(&mut leecher, &mut seeder, now);
-            pump(&mut leecher, kl, &mut seeder, ks, &mut now);
-            let pair = format!("{dialer:?} dialling {listener:?}");
+            let mut p = pair(encryption(listener), encryption(dialer), now);
+            let (kl, ks) = dial(&mut p.leecher, &mut p.seeder, now);
+            pump(&mut p.leecher, kl, &mut p.seeder, ks, &mut now);
+            let name = format!("{dialer:?} dialling {listener:?}");
             if (dialer, listener) == (Tolerated, Required) {
-                assert_eq!(seeder.poll_close(), Some(ks), "{pair}: refused");
-                assert!(!leecher.is_complete(1), "{pair}");
+                assert_eq!(p.seeder.poll_close(), Some(ks), "{name}: refused");
+                assert!(!p.leecher.is_complete(1), "{name}");
                 continue;
             }
-            assert!(leecher.is_complete(1), "{pair}: downloads");
+            assert!(p.leecher.is_complete(1), "{name}: downloads");
             // Plaintext when the dialer does not offer RC4 first, or the
             // listener prefers plaintext among what was offered.
-            let encrypted = dialer == Required || (dialer, listener) != (Preferred, Tolerated);
-            let encrypted = encrypted && dialer != Tolerated;
-            assert_eq!(leecher.peers[kl].link.is_encrypted(), encrypted, "{pair}");
-            assert_eq!(seeder.peers[ks].link.is_encrypted(), encrypted, "{pair}");
+            let encrypted = dialer != Tolerated && (dialer, listener) != (Preferred, Tolerated);
+            assert_eq!(p.leecher.peers[kl].link.is_encrypted(), encrypted, "{name}");
+            assert_eq!(p.seeder.peers[ks].link.is_encrypted(), encrypted, "{name}");
         }
     }
 }
 
 #[test]
 fn a_peer_dropping_our_encrypted_handshake_is_dialled_again_in_plaintext() {
-    let data = files();
-    let meta = metainfo(&data);
-    let (seed_dir, leech_dir) = seeded(&data);
     let mut now = Instant::now();
-    let mut leecher = with_manners(2, encryption(Policy::Preferred), now);
-    leecher
-        .start(&torrent(&meta, leech_dir.path(), false), now)
-        .unwrap();
+    let mut p = pair(
+        encryption(Policy::Tolerated),
+        encryption(Policy::Preferred),
+        now,
+    );
+    let leecher = &mut p.leecher;
     leecher.add_peers(1, &[addr(1000)], Source::Tracker);
     let (k, _) = leecher.poll_dial(now).unwrap();
     leecher.dialed(k, true, now);
@@ -360,25 +369,17 @@ fn a_peer_dropping_our_encrypted_handshake_is_dialled_again_in_plaintext() {
     assert_eq!(to, addr(1000));
     leecher.dialed(k, true, now);
     assert_eq!(mse::is_plain_handshake(leecher.output(k)), Some(true));
-    let mut seeder = with_manners(1, encryption(Policy::Tolerated), now);
-    seeder
-        .start(&torrent(&meta, seed_dir.path(), true), now)
-        .unwrap();
-    let ks = seeder.accept(addr(2000), now).unwrap();
-    pump(&mut leecher, k, &mut seeder, ks, &mut now);
-    assert!(leecher.is_complete(1));
-    assert!(!leecher.peers[k].link.is_encrypted());
+    let ks = p.seeder.accept(addr(2000), now).unwrap();
+    pump(&mut p.leecher, k, &mut p.seeder, ks, &mut now);
+    assert!(p.leecher.is_complete(1));
+    assert!(!p.leecher.peers[k].link.is_encrypted());
 }
 
 #[test]
 fn a_connection_refused_outright_is_not_retried_in_plaintext() {
-    let meta = metainfo(&files());
-    let dir = tempfile::tempdir().unwrap();
     let now = Instant::now();
-    let mut leecher = with_manners(2, encryption(Policy::Preferred), now);
-    leecher
-        .start(&torrent(&meta, dir.path(), false), now)
-        .unwrap();
+    let mut p = pair(Manners::default(), encryption(Policy::Preferred), now);
+    let leecher = &mut p.leecher;
     leecher.add_peers(1, &[addr(1000)], Source::Tracker);
     let (k, _) = leecher.poll_dial(now).unwrap();
     leecher.dialed(k, false, now);
@@ -388,23 +389,13 @@ fn a_connection_refused_outright_is_not_retried_in_plaintext() {
     assert_eq!(leecher.poll_dial(now), None);
 }
 
-/// Simulated seconds for the leecher to finish with the given manners.
+/// Simulated time for the leecher to finish with the given manners.
 fn transfer_time(seeder_manners: Manners, leecher_manners: Manners) -> Duration {
-    let data = files();
-    let meta = metainfo(&data);
-    let (seed_dir, leech_dir) = seeded(&data);
     let start = Instant::now();
     let mut now = start;
-    let mut seeder = with_manners(1, seeder_manners, now);
-    let mut leecher = with_manners(2, leecher_manners, now);
-    seeder
-        .start(&torrent(&meta, seed_dir.path(), true), now)
-        .unwrap();
-    leecher
-        .start(&torrent(&meta, leech_dir.path(), false), now)
-        .unwrap();
-    let (kl, ks) = dial(&mut leecher, &mut seeder, now);
-    pump_until(&mut seeder, ks, &mut leecher, kl, &mut now, |_, l| {
+    let mut p = pair(seeder_manners, leecher_manners, now);
+    let (kl, ks) = dial(&mut p.leecher, &mut p.seeder, now);
+    pump_until(&mut p.seeder, ks, &mut p.leecher, kl, &mut now, |_, l| {
         l.is_complete(1)
     });
     now - start
@@ -422,7 +413,8 @@ fn limits_hold_the_transfer_to_their_rate() {
     let free = transfer_time(Manners::default(), Manners::default());
     // The bucket starts with one block: the rest comes at the rate (the
     // download side also counts the messages' framing).
-    let least = (total - BLOCK_BYTES) / rate as f64;
+    let block = crate::engine::bandwidth::BLOCK as f64;
+    let least = (total - block) / rate as f64;
     for (what, t) in [
         ("upload", transfer_time(limited(true), Manners::default())),
         (
@@ -440,33 +432,21 @@ fn limits_hold_the_transfer_to_their_rate() {
     }
 }
 
-const BLOCK_BYTES: f64 = crate::engine::bandwidth::BLOCK as f64;
-
 #[test]
 fn a_limit_lifted_mid_transfer_takes_effect_at_once() {
-    let data = files();
-    let meta = metainfo(&data);
-    let (seed_dir, leech_dir) = seeded(&data);
     let mut now = Instant::now();
     let slow = Manners {
         upload_limit: Some(1024),
         ..Manners::default()
     };
-    let mut seeder = with_manners(1, slow, now);
-    let mut leecher = swarm(2);
-    seeder
-        .start(&torrent(&meta, seed_dir.path(), true), now)
-        .unwrap();
-    leecher
-        .start(&torrent(&meta, leech_dir.path(), false), now)
-        .unwrap();
-    let (kl, ks) = dial(&mut leecher, &mut seeder, now);
-    pump_until(&mut seeder, ks, &mut leecher, kl, &mut now, |_, l| {
+    let mut p = pair(slow, Manners::default(), now);
+    let (kl, ks) = dial(&mut p.leecher, &mut p.seeder, now);
+    pump_until(&mut p.seeder, ks, &mut p.leecher, kl, &mut now, |_, l| {
         l.stats(1, Instant::now()).is_some_and(|s| s.downloaded > 0)
     });
     let lifted = now;
-    seeder.set_manners(Manners::default(), now);
-    pump_until(&mut seeder, ks, &mut leecher, kl, &mut now, |_, l| {
+    p.seeder.set_manners(Manners::default(), now);
+    pump_until(&mut p.seeder, ks, &mut p.leecher, kl, &mut now, |_, l| {
         l.is_complete(1)
     });
     assert!(now - lifted < Duration::from_secs(1), "{:?}", now - lifted);

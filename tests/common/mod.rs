@@ -478,6 +478,16 @@ pub fn tiered_torrent(
     Value::dict(top).to_bencode().expect("encodes")
 }
 
+/// A daemon announcing to trackers, its peer port free and set.
+pub fn announcing_daemon(state: &Path) -> (Daemon, u16) {
+    let d = Daemon::start_in(state, &["--announce", "true"]);
+    let port = free_port();
+    d.client()
+        .request("port", &Value::Int(port.into()))
+        .expect("port set");
+    (d, port)
+}
+
 /// Repeatable noise.
 pub fn noise(seed: u32, n: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(2_654_435_761).max(1);
