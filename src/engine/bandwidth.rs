@@ -125,11 +125,17 @@ impl TokenBucket {
     /// `None` when unlimited, when a block is available already, or when
     /// the rate is zero (nothing comes until the rate changes).
     pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
+        self.when_available(BLOCK, now).filter(|t| *t > now)
+    }
+
+    /// When `bytes` (cut to the capacity) can be taken: `now` if they can
+    /// already, `None` when unlimited or when the rate is zero.
+    pub fn when_available(&self, bytes: usize, now: Instant) -> Option<Instant> {
         let rate = self.rate.filter(|r| *r > 0)?;
         let have = self.tokens_at(rate, now);
-        let need = BLOCK as u128 * NANOS;
+        let need = (bytes as u128).min(capacity_for(rate)) * NANOS;
         if have >= need {
-            return None;
+            return Some(now);
         }
         let rate = u128::from(rate);
         let wait_ns = (need - have).div_ceil(rate);
@@ -437,6 +443,22 @@ mod tests {
         assert_eq!(b.take(BLOCK, t0 + ms(159)), BLOCK - 102 - 1);
         b.refund(BLOCK, t0 + ms(159));
         assert_eq!(b.available(t0 + ms(159)), BLOCK);
+    }
+
+    /// A waiter is woken when its bytes are there, and at once when they
+    /// already are (a timer that said "nothing to wait for" here stalled
+    /// uploads for up to a second).
+    #[test]
+    fn when_available_is_now_once_the_bytes_are_there() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(Some(100 * KIB as u64), t0);
+        b.take(usize::MAX, t0);
+        assert_eq!(b.when_available(BLOCK, t0), Some(t0 + ms(160)));
+        assert_eq!(b.when_available(BLOCK, t0 + ms(200)), Some(t0 + ms(200)));
+        // More than the capacity waits for a full bucket only.
+        assert_eq!(b.when_available(1 << 30, t0), Some(t0 + ms(160)));
+        assert_eq!(TokenBucket::unlimited(t0).when_available(1, t0), None);
+        assert_eq!(TokenBucket::new(Some(0), t0).when_available(1, t0), None);
     }
 
     #[test]

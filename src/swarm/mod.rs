@@ -228,6 +228,8 @@ pub struct Swarm {
     /// Peers with requests to serve, in turn: one block each per round,
     /// so that under a limit every peer gets its share.
     upload_queue: VecDeque<usize>,
+    /// Bytes the queue's first peer waits for, when the limit starved it.
+    upload_need: usize,
     /// HASH('req2', info_hash) of every running torrent, for incoming
     /// MSE handshakes.
     by_req2: HashMap<[u8; 20], [u8; 20]>,
@@ -261,8 +263,9 @@ enum Served {
     One,
     /// Nothing to serve now (no request, or its output is full).
     Idle,
-    /// The upload limit is spent for now.
-    Starved,
+    /// The upload limit is spent for now; the block needs this many
+    /// bytes of it.
+    Starved(usize),
 }
 
 /// What a ban applies to: the whole IP address, except on loopback, where
@@ -321,6 +324,7 @@ impl Swarm {
             up: TokenBucket::unlimited(now),
             down: TokenBucket::unlimited(now),
             upload_queue: VecDeque::new(),
+            upload_need: 0,
             by_req2: HashMap::new(),
             plain_only: HashSet::new(),
         }
@@ -646,8 +650,9 @@ impl Swarm {
         while let Some(key) = self.upload_queue.pop_front() {
             match self.serve_block(key, now) {
                 Ok(Served::One) => self.upload_queue.push_back(key),
-                Ok(Served::Starved) => {
+                Ok(Served::Starved(need)) => {
                     self.upload_queue.push_front(key);
+                    self.upload_need = need;
                     return;
                 }
                 Ok(Served::Idle) => {
@@ -684,7 +689,7 @@ impl Swarm {
         // A block larger than the bucket holds goes when it is full.
         let need = self.up.capacity().map_or(len, |c| len.min(c));
         if self.up.available(now) < need {
-            return Ok(Served::Starved);
+            return Ok(Served::Starved(need));
         }
         self.up.take(len, now);
         s.serve_block(&mut p.conn, &mut p.up, now)
@@ -1094,10 +1099,12 @@ impl Swarm {
             .iter()
             .filter_map(|(_, p)| p.pex.as_ref().map(|x| x.state.poll_timeout()));
         let chokers = self.sessions.values().map(|s| s.choker.poll_timeout());
+        // Woken when the starved peer's block is affordable: the bucket
+        // may even hold it already (it refills between turns).
         let uploads = if self.upload_queue.is_empty() {
             None
         } else {
-            self.up.poll_timeout(now)
+            self.up.when_available(self.upload_need, now)
         };
         peers.chain(pex).chain(chokers).chain(uploads).min()
     }
