@@ -1,5 +1,6 @@
 //! Start-up and shutdown around the reactor: the state directory and its
-//! lock, the socket file, the open-file limit.
+//! lock, the socket file (or the socket a service manager passed), the
+//! open-file limit, the service manager's notifications.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -14,6 +15,7 @@ use nix::sys::stat::{umask, Mode};
 
 use crate::access::Policy;
 pub use crate::config::Config;
+use crate::notify::Notifier;
 use crate::reactor::{Exit, Reactor};
 use crate::registry::{Registry, Settings};
 use crate::server::Server;
@@ -36,7 +38,14 @@ fn err(context: impl fmt::Display, e: impl fmt::Display) -> DaemonError {
 }
 
 /// Runs the daemon until `quit` or SIGINT/SIGTERM.
+///
+/// Under a service manager: serves the socket it passed (`LISTEN_FDS`)
+/// instead of binding one, and reports readiness, status and watchdog
+/// pings to `NOTIFY_SOCKET` (see [`crate::notify`]).
 pub fn run(config: &Config) -> Result<Exit, DaemonError> {
+    // First, before any descriptor is opened: fd 3 may be the manager's.
+    let activated = crate::sys::take_activated_listener().map_err(DaemonError)?;
+    let notifier = Notifier::from_env();
     if !config.has_paths() {
         return Err(DaemonError(
             "HOME is not set; give --state-dir and --download-dir".into(),
@@ -52,8 +61,20 @@ pub fn run(config: &Config) -> Result<Exit, DaemonError> {
     load_scripts(config, &mut svc)?;
     let capacity = raise_fd_limit();
     let max_clients = config.max_clients.unwrap_or(capacity).min(capacity) as usize;
-    let group = config.socket_group.as_deref().map(group_id).transpose()?;
-    let listener = bind(&socket, config.socket_mode, group)?;
+    // A passed socket belongs to the manager: its path, mode and group
+    // are the .socket unit's, and it is never removed here.
+    let (listener, serving, own_socket) = match activated {
+        Some(a) => (
+            mio::net::UnixListener::from_std(a.listener),
+            a.description,
+            false,
+        ),
+        None => {
+            let group = config.socket_group.as_deref().map(group_id).transpose()?;
+            let listener = bind(&socket, config.socket_mode, group)?;
+            (listener, socket.display().to_string(), true)
+        }
+    };
     let access = Policy {
         own_uid: nix::unistd::getuid().as_raw(),
         allow_uids: config.allow_uids.clone(),
@@ -65,14 +86,20 @@ pub fn run(config: &Config) -> Result<Exit, DaemonError> {
         info!(
             "tripcd {} ready on {} (state in {}, room for about {capacity} clients, serving at most {max_clients})",
             env!("CARGO_PKG_VERSION"),
-            socket.display(),
+            serving,
             state_dir.display(),
         );
+        if let Some(n) = notifier {
+            reactor.notify_ready(n);
+        }
         reactor.run()
     });
-    // The socket goes whatever happened, so the next start finds no stale file.
-    if let Err(e) = fs::remove_file(&socket) {
-        warn!("cannot remove {}: {e}", socket.display());
+    // The socket goes whatever happened, so the next start finds no stale
+    // file; a passed one stays, for the manager to hand over again.
+    if own_socket {
+        if let Err(e) = fs::remove_file(&socket) {
+            warn!("cannot remove {}: {e}", socket.display());
+        }
     }
     let exit = result.map_err(|e| err("event loop failed", e))?;
     info!("tripcd stopped ({exit:?})");

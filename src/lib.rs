@@ -28,6 +28,7 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod message;
+pub mod notify;
 pub mod peer;
 pub mod reactor;
 pub mod registry;

@@ -16,6 +16,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::access::{Peer, Policy};
+use crate::notify::Notifier;
 use crate::server::{ClientId, Server};
 use crate::tracker::worker::TrackerWorker;
 
@@ -110,6 +111,8 @@ pub struct Reactor {
     udp6: Option<UdpSocket>,
     /// Datagrams may be waiting on the UDP sockets.
     udp_readable: bool,
+    /// The service manager's notify socket, once ready was said.
+    notifier: Option<Notifier>,
 }
 
 /// A UDP socket for tracker traffic on `ip` (any port), registered.
@@ -179,12 +182,29 @@ impl Reactor {
             udp4,
             udp6,
             udp_readable: false,
+            notifier: None,
         })
     }
 
     /// The server (for inspection after the loop ends).
     pub fn server(&self) -> &Server {
         &self.server
+    }
+
+    /// Tells the service manager (through `notifier`) that the daemon is
+    /// ready, and keeps it informed from the loop: STATUS, watchdog pings,
+    /// STOPPING when shutdown begins.
+    pub fn notify_ready(&mut self, mut notifier: Notifier) {
+        notifier.ready(Instant::now(), self.server.status_line());
+        self.notifier = Some(notifier);
+    }
+
+    /// Sends what the notifier owes the service manager by `now`.
+    fn notify(&mut self, now: Instant) {
+        if let Some(n) = self.notifier.as_mut() {
+            let server = &self.server;
+            n.handle_timeout(now, || server.status_line());
+        }
     }
 
     /// Runs until `quit` or a terminating signal, then flushes queued
@@ -234,6 +254,7 @@ impl Reactor {
             self.accept(now);
         }
         self.turn(now);
+        self.notify(now);
         if self.server.quit_requested() {
             exit = exit.or(Some(Exit::Quit));
         }
@@ -255,6 +276,7 @@ impl Reactor {
             self.server.poll_timeout(now),
             self.accept_paused_until,
             starved,
+            self.notifier.as_ref().and_then(Notifier::poll_timeout),
         ]
         .into_iter()
         .flatten()
@@ -756,6 +778,9 @@ impl Reactor {
     /// Stops accepting, writes what clients are owed (for a while), saves,
     /// and closes everyone.
     fn shutdown(&mut self) {
+        if let Some(n) = self.notifier.as_mut() {
+            n.stopping();
+        }
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
@@ -774,6 +799,7 @@ impl Reactor {
             let _ = self.poll.poll(&mut events, Some(Duration::from_millis(50)));
             // Readiness is not dispatched here: just try the sockets.
             self.udp_readable = true;
+            self.notify(Instant::now());
         }
         if self.server.announcing() {
             warn!("quitting without every tracker's answer to stopped");
@@ -795,7 +821,17 @@ impl Reactor {
                 );
                 break;
             }
-            if self.poll.poll(&mut events, Some(deadline - now)).is_err() {
+            // Watchdog pings go on while clients drain.
+            let wake = self
+                .notifier
+                .as_ref()
+                .and_then(Notifier::poll_timeout)
+                .map_or(deadline, |t| t.min(deadline));
+            let polled = self
+                .poll
+                .poll(&mut events, Some(wake.saturating_duration_since(now)));
+            self.notify(Instant::now());
+            if polled.is_err() {
                 continue;
             }
             let ids: Vec<ClientId> = events.iter().map(|e| e.token().0).collect();

@@ -815,6 +815,30 @@ impl Server {
         self.release(held, &result, None);
     }
 
+    /// One line on what the daemon is doing, for a service manager's
+    /// STATUS: clients, torrents by state, total rates (as last reported).
+    pub fn status_line(&self) -> String {
+        let reg = self.svc.registry();
+        let mut f = crate::notify::Figures {
+            clients: self.clients.len(),
+            ..Default::default()
+        };
+        for t in reg.torrents().iter() {
+            f.torrents += 1;
+            f.download_rate = f.download_rate.saturating_add(t.transfer.download_rate);
+            f.upload_rate = f.upload_rate.saturating_add(t.transfer.upload_rate);
+            let count = match t.phase {
+                _ if t.error.is_some() => &mut f.failed,
+                Phase::Paused => &mut f.stopped,
+                Phase::WaitingCheck | Phase::Checking => &mut f.checking,
+                Phase::Downloading => &mut f.downloading,
+                Phase::Seeding => &mut f.seeding,
+            };
+            *count += 1;
+        }
+        f.line()
+    }
+
     /// Reloads the scripts (on SIGHUP), logging the outcome.
     pub fn reload_scripts(&mut self) {
         match self.svc.reload_scripts() {

@@ -1,9 +1,11 @@
 //! `tripcd`: parse arguments, set up logging, run the daemon.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
+use log::Level;
 use tripcd::config::Config;
 use tripcd::daemon;
 
@@ -14,18 +16,60 @@ use tripcd::daemon;
 struct Args {
     #[command(flatten)]
     config: Config,
+    /// Print this manual page (roff) and exit; packaging uses it
+    #[arg(long, hide = true)]
+    generate_man: bool,
+}
+
+/// The syslog priority journald reads from a `<N>` line prefix
+/// (`sd-daemon(3)`).
+fn priority(level: Level) -> u8 {
+    match level {
+        Level::Error => 3,
+        Level::Warn => 4,
+        Level::Info => 6,
+        Level::Debug | Level::Trace => 7,
+    }
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let mut config = Args::parse().config;
+    // The journal stamps lines itself and reads priorities from a prefix.
+    let journal = tripcd::sys::stderr_is_journal();
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if journal {
+        logger.format(|buf, record| {
+            let p = priority(record.level());
+            let text = record.args().to_string();
+            // Every line is its own journal entry: each carries the
+            // priority.
+            for line in text.split('\n') {
+                writeln!(buf, "<{p}>{}: {line}", record.target())?;
+            }
+            Ok(())
+        });
+    }
+    logger.init();
+    let args = Args::parse();
+    if args.generate_man {
+        let page = clap_mangen::Man::new(Args::command()).section("8");
+        return match page.render(&mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tripcd: cannot write the manual page: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let mut config = args.config;
     if let Some(home) = std::env::var_os("HOME") {
         config = config.with_home(&PathBuf::from(home));
     }
     match daemon::run(&config) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tripcd: {e}");
+            let p = if journal { "<3>" } else { "" };
+            eprintln!("{p}tripcd: {e}");
             ExitCode::FAILURE
         }
     }

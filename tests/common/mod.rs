@@ -564,3 +564,30 @@ pub fn fixed_ports() -> std::sync::MutexGuard<'static, ()> {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// A [`Daemon`] around a child already spawned (tripcd, or a program that
+/// execs it), whose stderr is `stderr`; nothing is waited for: the caller
+/// waits for the log line it needs. `socket` is where clients connect.
+pub fn daemon_from(
+    child: Child,
+    stderr: impl std::io::Read + Send + 'static,
+    state: &Path,
+    socket: &Path,
+) -> Daemon {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = channel();
+    let log2 = Arc::clone(&log);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            log2.lock().unwrap().push(line.clone());
+            let _ = tx.send(line);
+        }
+    });
+    Daemon {
+        child: Some(child),
+        state: state.to_path_buf(),
+        socket: socket.to_path_buf(),
+        log,
+        lines: rx,
+    }
+}
