@@ -2,10 +2,16 @@
 
 mod common;
 
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
-use common::{fixture, Daemon};
+use common::{fixture, Daemon, HANG};
+use nix::errno::Errno;
+use nix::sys::socket::{AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
 use tripcd::codec::Value;
 
 const HELLO: &str = "c67a91b952cb2ce1b3ff7effb92db48eceafedf8";
@@ -334,6 +340,177 @@ fn call_sends_any_key_with_a_json_value() {
     assert!(err.contains("not JSON"), "{err}");
 }
 
+/// A refused `call` is said once, on stderr; stdout has nothing, or the
+/// reply as JSON with `--json`.
+#[test]
+fn a_failed_call_is_reported_once() {
+    let state = tempfile::tempdir().unwrap();
+    let d = Daemon::start_in(state.path(), &[]);
+    let cwd = state.path();
+    for (args, key) in [
+        (&["call", "directory", r#""rel""#][..], "failed"),
+        (&["call", "port", r#""x""#], "bad-format"),
+        (&["call", "bogus"], "not-supported"),
+    ] {
+        let out = tripc(&d, cwd, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "", "{args:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.lines().count(), 1, "{err:?}");
+        assert!(err.starts_with("tripc: "), "{err}");
+
+        let json: Vec<&str> = [&["--json"][..], args].concat();
+        let out = tripc(&d, cwd, &json);
+        assert_eq!(out.status.code(), Some(1), "{json:?}");
+        let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(reply["key"], key, "{json:?}");
+        assert_eq!(String::from_utf8(out.stderr).unwrap().lines().count(), 1);
+    }
+    let out = tripc(&d, cwd, &["call", "directory", r#""rel""#]);
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap(),
+        "tripc: failed: directory must be an absolute path, not \"rel\"\n"
+    );
+}
+
+/// A torrent whose data folder cannot exist (its parent is a regular
+/// file: an io error even for root) shows `error` as its state and the
+/// daemon's code and message on a line under its row.
+#[test]
+fn list_shows_a_data_error() {
+    let state = tempfile::tempdir().unwrap();
+    let file = state.path().join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let dir = file.join("data");
+    let d = Daemon::start_in(state.path(), &["--download-dir", dir.to_str().unwrap()]);
+    ok(&d, &fixture(""), &["-a", "hello.torrent"]);
+    let l = settled(&d);
+    assert_eq!(l[0]["error"], "io-other", "{l}");
+    let message = l[0]["error_message"].as_str().unwrap().to_string();
+    assert!(message.contains("Not a directory"), "{message}");
+    assert!(message.contains(dir.to_str().unwrap()), "{message}");
+
+    let table = ok(&d, Path::new("/"), &["-l"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    let row: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(
+        row[..5],
+        ["1", "hello.txt", "48.8", "KiB", "error"],
+        "{table}"
+    );
+    let col = lines[0].find("STATE").unwrap();
+    assert_eq!(&lines[1][col..col + 6], "error ", "{table}");
+    assert_eq!(lines[2], format!("    io-other: {message}"));
+}
+
+/// Runs tripc against `socket` with a one-second timeout. A tripc still
+/// running after `HANG` is killed and fails the test (a hang guard only:
+/// no timing is asserted).
+fn tripc_timing_out(socket: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tripc"))
+        .arg("--socket")
+        .arg(socket)
+        .args(["--timeout", "1"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tripc");
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > HANG {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tripc hung");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+    (out.status.code(), String::from_utf8(out.stderr).unwrap())
+}
+
+#[test]
+fn a_server_that_accepts_and_never_speaks_times_out_the_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("socket");
+    let listener = UnixListener::bind(&socket).unwrap();
+    let held = std::thread::spawn(move || listener.accept().map(|(s, _)| s));
+    let (code, err) = tripc_timing_out(&socket, &["-l"]);
+    assert_eq!(code, Some(4), "{err}");
+    assert_eq!(
+        err,
+        "tripc: timed out after 1 s waiting for the daemon's version handshake\n"
+    );
+    drop(held.join().unwrap());
+}
+
+#[test]
+fn a_server_that_greets_and_never_answers_times_out_the_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("socket");
+    let listener = UnixListener::bind(&socket).unwrap();
+    let held = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.write_all(&tripcd::client::version_frame(1, 2)).unwrap();
+        s
+    });
+    let (code, err) = tripc_timing_out(&socket, &["-l"]);
+    assert_eq!(code, Some(5), "{err}");
+    assert_eq!(
+        err,
+        "tripc: timed out after 1 s waiting for the answer to get-info-all\n"
+    );
+    drop(held.join().unwrap());
+}
+
+/// A listener with a backlog of 0 that never accepts, filled until the
+/// kernel turns connections away: a blocking connect would wait forever.
+#[test]
+fn a_listener_with_a_full_backlog_times_out_the_connect() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("socket");
+    let addr = UnixAddr::new(&socket).unwrap();
+    let new_socket = |flags| -> OwnedFd {
+        nix::sys::socket::socket(AddressFamily::Unix, SockType::Stream, flags, None).unwrap()
+    };
+    let listener = new_socket(SockFlag::SOCK_CLOEXEC);
+    nix::sys::socket::bind(listener.as_raw_fd(), &addr).unwrap();
+    nix::sys::socket::listen(&listener, Backlog::new(0).unwrap()).unwrap();
+    let mut fillers = Vec::new();
+    loop {
+        assert!(fillers.len() < 1000, "the backlog never filled");
+        let s = new_socket(SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK);
+        match nix::sys::socket::connect(s.as_raw_fd(), &addr) {
+            Ok(()) => fillers.push(s),
+            Err(Errno::EAGAIN) => break,
+            Err(e) => panic!("filling the backlog: {e}"),
+        }
+    }
+    let (code, err) = tripc_timing_out(&socket, &["-l"]);
+    assert_eq!(code, Some(3), "{err}");
+    assert_eq!(
+        err,
+        format!(
+            "tripc: timed out after 1 s connecting to {}\n",
+            socket.display()
+        )
+    );
+}
+
+#[test]
+fn a_zero_timeout_is_refused() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tripc"))
+        .args(["--timeout", "0", "-l"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err:?}");
+    assert!(err.contains("--timeout"), "{err}");
+}
+
 #[test]
 fn quit_stops_the_daemon_and_errors_are_one_line() {
     let state = tempfile::tempdir().unwrap();
@@ -362,7 +539,27 @@ fn completions_for_every_shell() {
         .arg("--help")
         .output()
         .unwrap();
-    assert!(String::from_utf8(help.stdout)
-        .unwrap()
-        .contains("Examples:"));
+    let help = String::from_utf8(help.stdout).unwrap();
+    assert!(help.contains("Examples:"));
+    assert!(help.contains("Exit status:"));
+    assert!(!help.contains(" man "), "the man subcommand is hidden");
+}
+
+/// `tripc man`: the man page in roff, from the clap definitions.
+#[test]
+fn man_page() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tripc"))
+        .arg("man")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let page = String::from_utf8(out.stdout).unwrap();
+    // clap_mangen defines the apostrophe string `Aq` before the title.
+    let title = page
+        .lines()
+        .find(|l| !l.starts_with(".ie ") && !l.starts_with(".el "))
+        .unwrap();
+    assert!(title.starts_with(".TH tripc 1 "), "{title}");
+    assert!(page.contains(r"\fB\-\-timeout\fR"), "{page}");
+    assert!(page.contains(".SH OPTIONS"));
 }

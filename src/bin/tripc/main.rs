@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand};
 use clap_complete::Shell;
-use tripcd::client::Client;
+use tripcd::client::{Client, ClientError, Step};
 mod remote;
 
 use remote::{Action, Style, Target};
@@ -24,11 +24,19 @@ Examples:
   tripc completions bash > /etc/bash_completion.d/tripc
 
 Flags run in the order given; the first failure stops the run with a
-non-zero exit status and a one-line reason.";
+non-zero exit status and a one-line reason.
+
+Exit status:
+  0  done
+  1  the daemon refused, is not running, or broke the protocol
+  2  bad arguments
+  3  timed out connecting (the daemon accepts nobody): nothing sent
+  4  timed out waiting for the daemon's version handshake: nothing sent
+  5  timed out sending a request or awaiting its answer: maybe done";
 
 /// Command-line client for tripcd (and other Transmission IPC daemons).
 #[derive(Parser, Debug)]
-#[command(version, after_help = EXAMPLES)]
+#[command(name = "tripc", version, after_help = EXAMPLES)]
 struct Args {
     /// Daemon socket [default: ~/.transmission/daemon/socket]
     #[arg(long, value_name = "PATH", global = true)]
@@ -36,8 +44,10 @@ struct Args {
     /// Print JSON instead of text
     #[arg(long, global = true)]
     json: bool,
-    /// Seconds to wait for each answer
-    #[arg(long, value_name = "SECS", default_value_t = 30, global = true)]
+    /// Seconds to wait for each step: connecting, the daemon's version
+    /// handshake, each answer (exit status 3, 4, 5 when one runs out)
+    #[arg(long, value_name = "SECS", default_value_t = 30, global = true,
+          value_parser = clap::value_parser!(u64).range(1..))]
     timeout: u64,
     /// Add torrent files (relative paths are made absolute)
     #[arg(short = 'a', long = "add", value_name = "FILE", num_args = 1.., action = ArgAction::Append)]
@@ -118,6 +128,9 @@ enum Cmd {
         /// The shell
         shell: Shell,
     },
+    /// Print the man page (roff), generated from these definitions
+    #[command(hide = true)]
+    Man,
 }
 
 /// The actions in command-line order: each argument's position decides.
@@ -222,9 +235,23 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(Cmd::Completions { shell }) = args.command {
-        clap_complete::generate(shell, &mut Args::command(), "tripc", &mut std::io::stdout());
-        return ExitCode::SUCCESS;
+    match args.command {
+        Some(Cmd::Completions { shell }) => {
+            clap_complete::generate(shell, &mut Args::command(), "tripc", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Some(Cmd::Man) => {
+            let man = clap_mangen::Man::new(Args::command());
+            return match man.render(&mut std::io::stdout().lock()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tripc: cannot print: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
     }
     let actions = match actions(&args, &matches) {
         Ok(a) if a.is_empty() => {
@@ -255,10 +282,7 @@ fn main() -> ExitCode {
         json: args.json,
         width,
     };
-    let result = Client::connect(&socket).and_then(|mut c| {
-        c.set_timeout(Some(Duration::from_secs(args.timeout.max(1))))?;
-        Ok(c)
-    });
+    let result = Client::connect_timeout(&socket, Duration::from_secs(args.timeout));
     let result = match result {
         Ok(mut client) => remote::run(&mut client, &actions, style, &mut stdout.lock()),
         Err(e) => Err(e.into()),
@@ -271,7 +295,77 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("tripc: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(exit_status(&e))
         }
+    }
+}
+
+/// The exit status for a failure: a timeout says how far it got (see
+/// `EXAMPLES`), so that a script knows whether a retry could repeat an
+/// action.
+fn exit_status(e: &remote::RemoteError) -> u8 {
+    match e {
+        remote::RemoteError::Client(ClientError::Timeout { step, .. }) => match step {
+            Step::Connect(_) => 3,
+            Step::Handshake => 4,
+            Step::Send(_) | Step::Answer(_) | Step::Read => 5,
+        },
+        _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_definitions_are_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn timeouts_have_their_own_exit_status() {
+        let timeout = |step| {
+            exit_status(&remote::RemoteError::Client(ClientError::Timeout {
+                step,
+                after: Some(Duration::from_secs(1)),
+            }))
+        };
+        assert_eq!(timeout(Step::Connect("/s".into())), 3);
+        assert_eq!(timeout(Step::Handshake), 4);
+        assert_eq!(timeout(Step::Answer("get-status".into())), 5);
+        assert_eq!(timeout(Step::Send("quit".into())), 5);
+        let refused = remote::RemoteError::Client(ClientError::Failed("no".into()));
+        assert_eq!(exit_status(&refused), 1);
+    }
+
+    #[test]
+    fn zero_seconds_is_refused() {
+        let err = Args::try_parse_from(["tripc", "--timeout", "0", "-l"]).unwrap_err();
+        assert!(err.to_string().contains("--timeout"), "{err}");
+        let ok = Args::try_parse_from(["tripc", "--timeout", "1", "-l"]).unwrap();
+        assert_eq!(ok.timeout, 1);
+    }
+
+    #[test]
+    fn the_man_page_is_roff_and_hides_nothing_but_itself() {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(Args::command())
+            .render(&mut out)
+            .unwrap();
+        let page = String::from_utf8(out).unwrap();
+        // clap_mangen defines the apostrophe string `Aq` before the title.
+        let title = page
+            .lines()
+            .find(|l| !l.starts_with(".ie ") && !l.starts_with(".el "))
+            .unwrap();
+        assert!(title.starts_with(".TH tripc 1 "), "{title}");
+        assert!(page.contains(r"\fB\-\-timeout\fR"));
+        assert!(page.contains(r"tripc\-completions(1)"));
+        assert!(
+            !page.contains(r"tripc\-man"),
+            "the man subcommand is hidden"
+        );
+        assert!(page.contains("Exit status"));
     }
 }

@@ -153,8 +153,10 @@ fn first_id(reply: &Option<Message>) -> Option<i64> {
         .and_then(Value::as_int)
 }
 
-/// Sends any key and prints the reply as it came; an error reply is also
-/// the exit status.
+/// Sends any key and prints the reply as it came. An error reply is the
+/// exit status and its one line on stderr instead: printed on stdout too,
+/// a terminal would show it twice. With `--json` the reply is printed all
+/// the same, as scripts read every answer from stdout.
 fn call(
     client: &mut Client,
     key: &str,
@@ -163,20 +165,23 @@ fn call(
     out: &mut impl Write,
 ) -> Result<(), RemoteError> {
     let reply = client.call(key, value)?;
+    let error = match reply.key.as_str() {
+        "failed" => Some(ClientError::Failed(
+            reply.value.as_str().unwrap_or("").to_string(),
+        )),
+        "not-supported" => Some(ClientError::NotSupported(key.to_string())),
+        "bad-format" => Some(ClientError::BadFormat(key.to_string())),
+        _ => None,
+    };
     if style.json {
         let j = json!({ "key": reply.key, "value": to_json(&reply.value) });
         writeln!(out, "{j}")?;
-    } else {
+    } else if error.is_none() {
         writeln!(out, "{} {}", reply.key, to_json(&reply.value))?;
     }
-    match reply.key.as_str() {
-        "failed" => {
-            let why = reply.value.as_str().unwrap_or("").to_string();
-            Err(ClientError::Failed(why).into())
-        }
-        "not-supported" => Err(ClientError::NotSupported(key.to_string()).into()),
-        "bad-format" => Err(ClientError::BadFormat(key.to_string()).into()),
-        _ => Ok(()),
+    match error {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
     }
 }
 
@@ -343,6 +348,29 @@ struct Row {
 }
 
 impl Row {
+    /// The state to show: `error` rather than `downloading` or `seeding`
+    /// when a data error (any but a tracker's) keeps the torrent from
+    /// moving data; the daemon still reports the phase it would be in.
+    fn shown_state(&self) -> &str {
+        let data_error = !self.error.is_empty() && !self.error.starts_with("tracker-");
+        if data_error && matches!(self.state.as_str(), "downloading" | "seeding") {
+            "error"
+        } else {
+            &self.state
+        }
+    }
+
+    /// The line under the row: the error's code and message, if any.
+    fn note(&self) -> Option<String> {
+        if self.error.is_empty() {
+            None
+        } else if self.error_message.is_empty() {
+            Some(format!("    {}", self.error))
+        } else {
+            Some(format!("    {}: {}", self.error, self.error_message))
+        }
+    }
+
     fn progress(&self) -> f64 {
         if self.size == 0 {
             100.0
@@ -421,7 +449,7 @@ fn list(client: &mut Client, style: Style, out: &mut impl Write) -> Result<(), R
                 r.id.to_string(),
                 r.name.clone(),
                 human_bytes(r.size),
-                r.state.clone(),
+                r.shown_state().to_string(),
                 format!("{:.1}%", r.progress()),
                 format!("{}/s", human_bytes(r.down)),
                 format!("{}/s", human_bytes(r.up)),
@@ -433,12 +461,9 @@ fn list(client: &mut Client, style: Style, out: &mut impl Write) -> Result<(), R
             ]
         })
         .collect();
-    // A torrent's error goes on a line of its own under its row, as later
-    // transmission-remote versions show it.
-    let notes: Vec<Option<String>> = rows
-        .iter()
-        .map(|r| (!r.error.is_empty()).then(|| format!("    {}: {}", r.error, r.error_message)))
-        .collect();
+    // A torrent's error goes on a line of its own under its row, cut to
+    // the terminal's width: a message naming a path can be long.
+    let notes: Vec<Option<String>> = rows.iter().map(Row::note).collect();
     print_table(out, &header, &cells, &notes, 1, style.width)
 }
 
@@ -600,6 +625,44 @@ mod tests {
         }
         assert!(text.contains('…'));
         assert_eq!(text.lines().last(), Some("    tracker-err…"));
+    }
+
+    #[test]
+    fn errors_show_in_the_state_and_under_the_row() {
+        let row = |state: &str, error: &str, message: &str| Row {
+            id: 1,
+            name: "a".into(),
+            size: 10,
+            state: state.into(),
+            completed: 0,
+            down: 0,
+            up: 0,
+            eta: -1,
+            error: error.into(),
+            error_message: message.into(),
+        };
+        let data = row("downloading", "io-other", "/d/x: Not a directory");
+        assert_eq!(data.shown_state(), "error");
+        assert_eq!(
+            data.note().as_deref(),
+            Some("    io-other: /d/x: Not a directory")
+        );
+        assert_eq!(row("seeding", "io-parent", "gone").shown_state(), "error");
+        // Stopped or being checked: the state says more than "error".
+        assert_eq!(row("paused", "io-parent", "gone").shown_state(), "paused");
+        // A tracker's complaint does not stop the torrent.
+        let tracker = row("seeding", "tracker-error", "refused");
+        assert_eq!(tracker.shown_state(), "seeding");
+        assert_eq!(
+            tracker.note().as_deref(),
+            Some("    tracker-error: refused")
+        );
+        assert_eq!(
+            row("downloading", "io-space", "").note().as_deref(),
+            Some("    io-space")
+        );
+        let fine = row("downloading", "", "");
+        assert_eq!((fine.shown_state(), fine.note()), ("downloading", None));
     }
 
     #[test]
