@@ -510,7 +510,8 @@ impl Reactor {
             info!("peer port {old} closed");
         }
         let addr = SocketAddr::new(self.server.config().peer_bind, port);
-        let bound = TcpListener::bind(addr).and_then(|mut l| {
+        let bound = crate::sys::tcp_listener(addr, crate::sys::PEER_BACKLOG).and_then(|l| {
+            let mut l = TcpListener::from_std(l);
             self.poll
                 .registry()
                 .register(&mut l, PEER_LISTENER, Interest::READABLE)?;

@@ -19,6 +19,44 @@ pub fn raise_fd_limit() -> u64 {
     }
 }
 
+/// Connections the kernel queues on the peer port before we accept them.
+/// std and mio listen with 128; a burst of connection attempts (a swarm
+/// finding us at once, or a flood) overflows that within milliseconds and
+/// the kernel drops SYNs, which the dialer only retries a second later.
+/// The kernel caps it at `net.core.somaxconn`.
+pub const PEER_BACKLOG: i32 = 4096;
+
+/// A non-blocking TCP listener on `addr` (`SO_REUSEADDR`, as mio's own)
+/// with a queue of `backlog` connections.
+pub fn tcp_listener(
+    addr: std::net::SocketAddr,
+    backlog: i32,
+) -> std::io::Result<std::net::TcpListener> {
+    use nix::sys::socket::{
+        bind, listen, setsockopt, socket, sockopt::ReuseAddr, AddressFamily, Backlog, SockFlag,
+        SockType, SockaddrStorage,
+    };
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket(
+        family,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    setsockopt(&fd, ReuseAddr, &true)?;
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrStorage::from(addr),
+    )?;
+    let backlog = Backlog::new(backlog).unwrap_or(Backlog::MAXCONN);
+    listen(&fd, backlog)?;
+    Ok(std::net::TcpListener::from(fd))
+}
+
 /// The first descriptor a service manager passes (`SD_LISTEN_FDS_START`).
 const LISTEN_FDS_START: RawFd = 3;
 
@@ -252,6 +290,22 @@ pub fn stderr_is_journal() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The queue holds far more than std's 128: 1000 connections complete
+    /// with nobody accepting (past the queue, the kernel would drop their
+    /// SYNs and the connects would time out).
+    #[test]
+    fn the_peer_listener_queues_a_thousand_connections() {
+        let l = tcp_listener("127.0.0.1:0".parse().unwrap(), PEER_BACKLOG).unwrap();
+        let addr = l.local_addr().unwrap();
+        let held: Vec<_> = (0..1000)
+            .map(|i| {
+                std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))
+                    .unwrap_or_else(|e| panic!("connection {i}: {e}"))
+            })
+            .collect();
+        assert_eq!(held.len(), 1000);
+    }
 
     fn parse(pid: Option<&str>, fds: Option<&str>, names: Option<&str>) -> Result<Listen, String> {
         parse_listen_env(
