@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod fakepeer;
 pub mod tls;
 pub mod tracker;
 
