@@ -80,7 +80,7 @@ pub fn piece(piece: u32, begin: u32, data: &[u8]) -> Vec<u8> {
 /// bits clear).
 pub fn full_bitfield(pieces: usize) -> Vec<u8> {
     let mut bits = vec![0xFF; pieces.div_ceil(8)];
-    if pieces % 8 != 0 {
+    if !pieces.is_multiple_of(8) {
         if let Some(last) = bits.last_mut() {
             *last = 0xFF << (8 - pieces % 8);
         }
