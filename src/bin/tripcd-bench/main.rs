@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+mod engine;
 mod load;
 
 use load::{LoadConfig, Report};
@@ -76,6 +77,9 @@ enum Cmd {
         #[arg(long, default_value_t = 262144)]
         piece_length: u64,
     },
+    /// The engine benchmark: time loopback transfers, report them
+    #[command(subcommand)]
+    Engine(engine::EngineCmd),
     /// Add COUNT small distinct paused torrents (no data) to a daemon
     Populate {
         /// The daemon's socket
@@ -177,6 +181,7 @@ fn main() -> ExitCode {
             json,
             quiet,
         } => populate(&socket, count, json, quiet),
+        Cmd::Engine(cmd) => engine::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
