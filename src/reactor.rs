@@ -75,6 +75,10 @@ struct PeerSock {
     connecting: bool,
     readable: bool,
     write_interest: bool,
+    /// Listed in `peers_again`: its input is read once in the turn's peer
+    /// part, not also on its events, so a peer gets one read budget a turn
+    /// (and one entry in the list).
+    again: bool,
 }
 
 /// The event loop and the sockets it owns.
@@ -413,6 +417,9 @@ impl Reactor {
             }
         }
         for key in std::mem::take(&mut self.peers_again) {
+            if let Some(p) = self.peers.get_mut(key).and_then(Option::as_mut) {
+                p.again = false;
+            }
             self.read_peer(key, now);
         }
         self.follow_port();
@@ -574,6 +581,7 @@ impl Reactor {
             connecting,
             readable: !connecting,
             write_interest: true,
+            again: false,
         });
     }
 
@@ -594,7 +602,9 @@ impl Reactor {
         }
         if event.is_readable() || event.is_read_closed() || event.is_error() {
             p.readable = true;
-            self.read_peer(key, now);
+            if !p.again {
+                self.read_peer(key, now);
+            }
         }
     }
 
@@ -605,7 +615,10 @@ impl Reactor {
         let mut budget = PEER_READ_BUDGET;
         while p.readable && !p.connecting {
             if budget == 0 {
-                self.peers_again.push(key);
+                if !p.again {
+                    p.again = true;
+                    self.peers_again.push(key);
+                }
                 return;
             }
             // The download limit is applied here: unread bytes stay in
