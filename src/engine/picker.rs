@@ -26,6 +26,10 @@ pub const MAX_PIECE_LENGTH: u64 = 64 * 1024 * 1024;
 /// Peers that may hold a request for the same block at once (endgame).
 const MAX_HOLDERS: usize = 2;
 
+/// Bytes of spare piece buffers a picker keeps for reuse (at least one
+/// buffer is kept, whatever the piece size).
+pub const MAX_SPARE_BYTES: usize = 16 << 20;
+
 const NOT_IN_BUCKET: u32 = u32::MAX;
 
 /// Identifies a peer connection to the picker.
@@ -135,7 +139,13 @@ pub struct Picker {
     missing_count: usize,
     partial: BTreeMap<u32, Partial>,
     partial_bytes: u64,
+    /// Bytes of pieces complete in memory and not yet verified (on their
+    /// way through the disk thread); they count against the bound too.
+    verifying_bytes: u64,
     max_partial_bytes: u64,
+    /// Piece buffers handed back after verification, for the next pieces:
+    /// each new piece would otherwise take fresh zeroed memory.
+    spare: Vec<Vec<u8>>,
     have: Bitfield,
     missing_bytes: u64,
     cancels: Vec<(PeerKey, Block)>,
@@ -173,7 +183,9 @@ impl Picker {
             missing_count: 0,
             partial: BTreeMap::new(),
             partial_bytes: 0,
+            verifying_bytes: 0,
             max_partial_bytes,
+            spare: Vec::new(),
             have: Bitfield::new(n),
             missing_bytes: total,
             cancels: Vec::new(),
@@ -317,15 +329,27 @@ impl Picker {
                 break;
             };
             let size = self.piece_size(piece);
-            if !self.partial.is_empty() && self.partial_bytes + size > self.max_partial_bytes {
+            let held = self.partial_bytes + self.verifying_bytes;
+            // One piece is always allowed when nothing is held, so a piece
+            // larger than the bound still makes progress.
+            if held > 0 && held + size > self.max_partial_bytes {
                 break;
             }
             self.bucket_remove(piece);
             self.state[piece as usize] = State::Partial;
             self.partial_bytes += size;
             let n = self.block_count(piece);
+            // A spare buffer's old bytes are all overwritten: a piece is
+            // only done once every block has arrived.
+            let data = match self.spare.pop() {
+                Some(mut buf) => {
+                    buf.resize(size as usize, 0);
+                    buf
+                }
+                None => vec![0; size as usize],
+            };
             let mut part = Partial {
-                data: vec![0; size as usize],
+                data,
                 blocks: vec![BlockState::default(); n],
                 unrequested: n,
                 received: 0,
@@ -436,6 +460,7 @@ impl Picker {
             return Received::Ignored;
         };
         self.partial_bytes -= part.data.len() as u64;
+        self.verifying_bytes += part.data.len() as u64;
         self.state[block.piece as usize] = State::Verifying;
         let mut contributors: Vec<PeerKey> = part.blocks.iter().filter_map(|b| b.from).collect();
         contributors.sort();
@@ -463,8 +488,19 @@ impl Picker {
     /// The hash check of `piece` failed: it goes back to the pool.
     pub fn piece_failed(&mut self, piece: u32) {
         if self.state.get(piece as usize) == Some(&State::Verifying) {
+            self.verifying_bytes -= self.piece_size(piece);
             self.state[piece as usize] = State::Missing;
             self.bucket_insert(piece);
+        }
+    }
+
+    /// A buffer of a finished piece, kept for a next piece while the
+    /// spares hold less than [`MAX_SPARE_BYTES`] (and one always).
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        let spare: usize = self.spare.iter().map(Vec::capacity).sum();
+        let fits = self.spare.is_empty() || spare + buf.capacity() <= MAX_SPARE_BYTES;
+        if fits && buf.capacity() as u64 >= self.piece_length.min(self.total) {
+            self.spare.push(buf);
         }
     }
 
@@ -490,6 +526,9 @@ impl Picker {
     }
 
     fn mark_have(&mut self, piece: u32) {
+        if self.state[piece as usize] == State::Verifying {
+            self.verifying_bytes -= self.piece_size(piece);
+        }
         self.state[piece as usize] = State::Have;
         self.have.set(piece as usize, true);
         self.missing_bytes -= self.piece_size(piece);
@@ -541,6 +580,11 @@ impl Picker {
     /// Bytes currently held for in-progress pieces.
     pub fn partial_bytes(&self) -> u64 {
         self.partial_bytes
+    }
+
+    /// Bytes of complete pieces waiting for their hash check.
+    pub fn verifying_bytes(&self) -> u64 {
+        self.verifying_bytes
     }
 
     /// How many requests to keep outstanding to a peer sending at
@@ -689,14 +733,71 @@ mod tests {
         // Two pieces (4 blocks) fit in 5 blocks' worth; a third does not.
         assert_eq!(out.len(), 4);
         assert_eq!(p.partial_bytes(), 4 * B);
-        // Completing a piece frees its memory for a new one.
+        // A completed piece holds its memory until its hash check is done
+        // (the disk thread has it); then a new piece may start.
         let piece = out[0].piece;
         for blk in out.iter().filter(|b| b.piece == piece) {
             let _ = p.block_received(PeerKey(0), *blk, &data(blk));
         }
-        assert_eq!(p.partial_bytes(), 2 * B);
+        assert_eq!((p.partial_bytes(), p.verifying_bytes()), (2 * B, 2 * B));
+        assert!(picked(&mut p, 0, &all, 100, 0).is_empty());
+        p.piece_verified(piece);
+        assert_eq!(p.verifying_bytes(), 0);
         let more = picked(&mut p, 0, &all, 100, 0);
         assert_eq!(more.len(), 2);
+    }
+
+    #[test]
+    fn a_failed_check_frees_its_memory_too() {
+        let mut p = picker(2 * B, 4 * B, 2 * B);
+        let all = Bitfield::full(2);
+        p.peer_bitfield(&all);
+        let out = picked(&mut p, 0, &all, 100, 0);
+        assert_eq!(out.len(), 2);
+        for blk in &out {
+            let _ = p.block_received(PeerKey(0), *blk, &data(blk));
+        }
+        assert_eq!(p.verifying_bytes(), 2 * B);
+        p.piece_failed(out[0].piece);
+        assert_eq!(p.verifying_bytes(), 0);
+        assert_eq!(picked(&mut p, 0, &all, 100, 0).len(), 2);
+    }
+
+    #[test]
+    fn finished_buffers_are_reused_up_to_a_bound() {
+        let mut p = picker(2 * B, 8 * B, 1 << 30);
+        let all = Bitfield::full(4);
+        p.peer_bitfield(&all);
+        let out = picked(&mut p, 0, &all, 2, 0);
+        let mut done = None;
+        for blk in &out {
+            if let Received::PieceDone { data, .. } = p.block_received(PeerKey(0), *blk, &data(blk))
+            {
+                done = Some(data);
+            }
+        }
+        let buf = done.expect("a piece done");
+        let ptr = buf.as_ptr();
+        p.recycle(buf);
+        // The next piece is built in the same memory.
+        let next = picked(&mut p, 0, &all, 2, 0);
+        let mut again = None;
+        for blk in &next {
+            if let Received::PieceDone { data, .. } = p.block_received(PeerKey(0), *blk, &data(blk))
+            {
+                again = Some(data);
+            }
+        }
+        let again = again.expect("a second piece done");
+        assert_eq!(again.as_ptr(), ptr);
+        assert_eq!(again, [data(&next[0]), data(&next[1])].concat());
+        // Too small a buffer is not kept; spares stop at the bound.
+        p.recycle(vec![0; 10]);
+        assert!(p.spare.is_empty());
+        for _ in 0..(MAX_SPARE_BYTES / (2 * B as usize) + 5) {
+            p.recycle(vec![0; 2 * B as usize]);
+        }
+        assert_eq!(p.spare.len(), MAX_SPARE_BYTES / (2 * B as usize));
     }
 
     #[test]
