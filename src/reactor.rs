@@ -16,6 +16,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::access::{Peer, Policy};
+use crate::engine::disk::{self, DiskWorker};
 use crate::notify::Notifier;
 use crate::server::{ClientId, Server};
 use crate::tracker::worker::TrackerWorker;
@@ -109,6 +110,8 @@ pub struct Reactor {
     /// The tracker worker: HTTP off the loop, results back through the
     /// waker.
     trackers: TrackerWorker,
+    /// The thread that hashes and writes downloaded pieces.
+    disk: DiskWorker,
     /// The UDP tracker sockets, IPv4 and IPv6 (each when it could be
     /// opened).
     udp4: Option<UdpSocket>,
@@ -182,6 +185,10 @@ impl Reactor {
             peers: Vec::new(),
             peers_again: Vec::new(),
             peers_starved: Vec::new(),
+            disk: {
+                let waker = std::sync::Arc::clone(&waker);
+                DiskWorker::spawn(move || waker.wake())?
+            },
             trackers: TrackerWorker::spawn(waker),
             udp4,
             udp6,
@@ -240,7 +247,7 @@ impl Reactor {
                 LISTENER => self.accept(now),
                 SIGNALS => exit = exit.or(self.signals()),
                 PEER_LISTENER => self.accept_peers(now),
-                WAKER => {} // tracker results are taken every turn
+                WAKER => {} // tracker and disk results are taken every turn
                 UDP4 | UDP6 => self.udp_readable = true,
                 Token(t) if t >= PEER_BASE => self.peer_event(t - PEER_BASE, event, now),
                 Token(id) => {
@@ -422,6 +429,7 @@ impl Reactor {
             }
             self.read_peer(key, now);
         }
+        self.disk_turn(now);
         self.follow_port();
         self.trackers_turn(now);
         while let Some((key, addr)) = self.server.poll_dial(now) {
@@ -445,6 +453,19 @@ impl Reactor {
             self.peers_again.retain(|k| *k != key);
             self.peers_starved.retain(|k| *k != key);
             self.server.peer_closed(key);
+        }
+    }
+
+    /// Pieces checked by the disk thread in; pieces finished this turn out
+    /// to it.
+    fn disk_turn(&mut self, now: Instant) {
+        while let Some(d) = self.disk.try_recv() {
+            self.server.disk_done(d, now);
+        }
+        while let Some(req) = self.server.poll_disk() {
+            if let Some(d) = self.disk.submit(req) {
+                self.server.disk_done(d, now);
+            }
         }
     }
 
@@ -797,6 +818,11 @@ impl Reactor {
         }
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
+        }
+        // Pieces at the disk thread are still recorded (for a while).
+        self.disk_turn(Instant::now());
+        for d in self.disk.finish(disk::FINISH_WAIT) {
+            self.server.disk_done(d, Instant::now());
         }
         self.server.begin_shutdown(Instant::now());
         self.peer_turn(Instant::now());

@@ -29,6 +29,7 @@ use slab::Slab;
 use std::net::SocketAddr;
 
 use crate::config::Config;
+use crate::engine::disk::{DiskRequest, PieceDone};
 use crate::peer::mse::Policy;
 use crate::registry::{Encryption, Phase, Settings, TorrentError};
 use crate::service::Service;
@@ -496,6 +497,19 @@ impl Server {
     /// `n` bytes of [`Server::peer_output`] were sent.
     pub fn peer_consume(&mut self, key: usize, n: usize, now: Instant) {
         self.swarm.consume_output(key, n, now);
+        self.drain_swarm(now);
+    }
+
+    /// The next request for the disk thread (a piece to hash and write, or
+    /// a session's files to close); its answers go to
+    /// [`Server::disk_done`].
+    pub fn poll_disk(&mut self) -> Option<DiskRequest> {
+        self.swarm.poll_disk()
+    }
+
+    /// The disk thread checked (and maybe wrote) a piece.
+    pub fn disk_done(&mut self, done: PieceDone, now: Instant) {
+        self.swarm.disk_done(done, now);
         self.drain_swarm(now);
     }
 

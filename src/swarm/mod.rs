@@ -23,6 +23,7 @@ use slab::Slab;
 
 use crate::engine::bandwidth::TokenBucket;
 use crate::engine::bitfield::Bitfield;
+use crate::engine::disk::{DiskRequest, PieceDone};
 use crate::engine::picker::{PeerKey, Picker};
 use crate::engine::rate::RateMeter;
 use crate::peer::conn::{PeerConn, PeerError, MAX_PEER_REQUESTS};
@@ -235,6 +236,13 @@ pub struct Swarm {
     by_req2: HashMap<[u8; 20], [u8; 20]>,
     /// Peers that dropped our MSE handshake: dialled in plaintext next.
     plain_only: HashSet<SocketAddr>,
+    /// Pieces to hash and write, and sessions whose files to close, for
+    /// the disk thread (in order).
+    disk: VecDeque<DiskRequest>,
+    /// The torrent of each running session instance.
+    by_instance: HashMap<u64, u64>,
+    /// Session instances started so far.
+    instances: u64,
 }
 
 /// Fresh secrets for one MSE handshake: the private key from the
@@ -327,6 +335,9 @@ impl Swarm {
             upload_need: 0,
             by_req2: HashMap::new(),
             plain_only: HashSet::new(),
+            disk: VecDeque::new(),
+            by_instance: HashMap::new(),
+            instances: 0,
         }
     }
 
@@ -383,7 +394,9 @@ impl Swarm {
         if self.sessions.contains_key(&t.id) {
             return Some(());
         }
-        let s = Session::new(t, self.limits.max_partial_bytes, now)?;
+        let s = Session::new(t, self.instances + 1, self.limits.max_partial_bytes, now)?;
+        self.instances += 1;
+        self.by_instance.insert(s.instance, t.id);
         self.by_hash.insert(t.meta.info_hash, t.id);
         self.by_req2
             .insert(mse::req2_hash(&t.meta.info_hash), t.meta.info_hash);
@@ -399,6 +412,11 @@ impl Swarm {
         };
         self.by_hash.remove(&s.info_hash);
         self.by_req2.remove(&mse::req2_hash(&s.info_hash));
+        // Its pieces at the disk thread are written, their answers dropped.
+        self.by_instance.remove(&s.instance);
+        self.disk.push_back(DiskRequest::Forget {
+            session: s.instance,
+        });
         for key in s.peers {
             self.close(key.0, "torrent stopped");
         }
@@ -892,6 +910,14 @@ impl Swarm {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
+        for (job, from) in fx.finished {
+            let senders = from
+                .iter()
+                .filter_map(|k| self.peers.get(k.0).map(|p| ban_key(p.addr)))
+                .collect();
+            s.checking.insert(job.piece, senders);
+            self.disk.push_back(DiskRequest::Piece(job));
+        }
         for k in s.peers.clone() {
             let Some(p) = self.peers.get_mut(k.0) else {
                 continue;
@@ -910,12 +936,7 @@ impl Swarm {
                 s.update_interest(&mut p.conn, &p.has, now);
             }
         }
-        let struck: Vec<SocketAddr> = fx
-            .struck
-            .iter()
-            .filter_map(|k| self.peers.get(k.0).map(|p| ban_key(p.addr)))
-            .collect();
-        for who in struck {
+        for who in fx.struck {
             let strikes = s.strikes.entry(who).or_insert(0);
             *strikes += 1;
             if *strikes >= MAX_STRIKES {
@@ -931,6 +952,47 @@ impl Swarm {
             .collect();
         for k in banned {
             self.close(k, "banned");
+        }
+    }
+
+    /// The next request for the disk thread: a piece to hash and write, or
+    /// a session whose files to close. The answers go to
+    /// [`Swarm::disk_done`].
+    pub fn poll_disk(&mut self) -> Option<DiskRequest> {
+        self.disk.pop_front()
+    }
+
+    /// The disk thread checked (and maybe wrote) a piece. Answers for a
+    /// session that has ended are dropped.
+    pub fn disk_done(&mut self, done: PieceDone, now: Instant) {
+        let Some(&id) = self.by_instance.get(&done.session) else {
+            return;
+        };
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let mut fx = session::Effects::default();
+        s.piece_checked(done, &mut fx);
+        self.apply(id, fx, now);
+        // The piece's memory is free again: peers held back by the bound
+        // on pieces in memory may be asked for more.
+        self.request_more_all(id, now);
+    }
+
+    /// Tops up the requests to every peer of torrent `id`.
+    fn request_more_all(&mut self, id: u64, now: Instant) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        for i in 0..s.peers.len() {
+            let k = s.peers[i];
+            let Some(p) = self.peers.get_mut(k.0) else {
+                continue;
+            };
+            if p.closing || p.dialing || p.conn.handshake().is_none() {
+                continue;
+            }
+            s.request_more(k, &mut p.conn, &p.has, &p.down, &mut self.rng, now);
         }
     }
 

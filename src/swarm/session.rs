@@ -2,14 +2,15 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
-use sha1::{Digest, Sha1};
 use slab::Slab;
 
 use super::{Peer, Source};
 use crate::engine::bitfield::Bitfield;
 use crate::engine::choker::{Choker, PeerChokeInfo};
+use crate::engine::disk::{Files, Outcome, PieceDone, PieceJob};
 use crate::engine::picker::{Block, PeerKey, Picker, Received};
 use crate::engine::rate::RateMeter;
 use crate::engine::storage::{Layout, Storage, StorageError};
@@ -26,10 +27,14 @@ const MAX_CANDIDATES: usize = 1000;
 pub(super) struct Effects {
     /// Pieces verified and written.
     pub verified: Vec<u32>,
+    /// Pieces complete in memory, for the disk thread to check and write,
+    /// with the peers that sent their blocks.
+    pub finished: Vec<(PieceJob, Vec<PeerKey>)>,
     /// Endgame duplicates to cancel: (peer, block).
     pub cancels: Vec<(PeerKey, Block)>,
-    /// Peers that sent blocks of a piece that failed its hash.
-    pub struck: Vec<PeerKey>,
+    /// Addresses (ban keys) that sent blocks of a piece that failed its
+    /// hash.
+    pub struck: Vec<SocketAddr>,
     /// Writing a verified piece failed.
     pub storage_error: Option<StorageError>,
 }
@@ -44,6 +49,9 @@ pub(super) enum ServeError {
 
 pub(super) struct Session {
     pub id: u64,
+    /// This run of the torrent: the disk thread's answers name it, so that
+    /// those for an earlier run are told apart.
+    pub instance: u64,
     pub info_hash: [u8; 20],
     /// BEP 27: peers come from the tracker only (no peer exchange).
     pub private: bool,
@@ -51,6 +59,10 @@ pub(super) struct Session {
     hashes: Vec<[u8; 20]>,
     pub picker: Picker,
     storage: Storage,
+    /// The files, shared with the pieces sent to the disk thread.
+    files: Arc<Files>,
+    /// Pieces at the disk thread: who sent their blocks (ban keys).
+    pub checking: HashMap<u32, Vec<SocketAddr>>,
     pub choker: Choker,
     pub peers: Vec<PeerKey>,
     candidates: VecDeque<(SocketAddr, Source)>,
@@ -68,8 +80,14 @@ pub(super) struct Session {
 }
 
 impl Session {
-    /// A session for `t`, or `None` if its geometry is out of bounds.
-    pub fn new(t: &Torrent, max_partial_bytes: u64, now: Instant) -> Option<Session> {
+    /// Session `instance` for `t`, or `None` if its geometry is out of
+    /// bounds.
+    pub fn new(
+        t: &Torrent,
+        instance: u64,
+        max_partial_bytes: u64,
+        now: Instant,
+    ) -> Option<Session> {
         let meta = &t.meta;
         let total = meta.total_size();
         let pieces = u32::try_from(meta.pieces.len()).ok()?;
@@ -87,15 +105,22 @@ impl Session {
             piece_length: meta.piece_length,
             files: meta.files.iter().map(|f| f.length).collect(),
         };
-        let paths = (0..meta.files.len()).map(|i| t.file_path(i)).collect();
+        let paths: Vec<_> = (0..meta.files.len()).map(|i| t.file_path(i)).collect();
+        let files = Arc::new(Files {
+            layout: layout.clone(),
+            paths: paths.clone(),
+        });
         Some(Session {
             id: t.id,
+            instance,
             info_hash: meta.info_hash,
             private: meta.private,
             shape,
             hashes: meta.pieces.clone(),
             picker,
             storage: Storage::new(layout, paths),
+            files,
+            checking: HashMap::new(),
             choker: Choker::new(now),
             peers: Vec::new(),
             candidates: VecDeque::new(),
@@ -189,7 +214,7 @@ impl Session {
                     contributors,
                 } = self.picker.block_received(key, block, data)
                 {
-                    self.finish_piece(piece, &data, contributors, fx);
+                    self.finish_piece(piece, data, contributors, fx);
                 }
                 fx.cancels.extend(self.picker.take_cancels());
             }
@@ -198,33 +223,47 @@ impl Session {
         Ok(())
     }
 
-    /// Hashes a piece whose last block arrived; a good one is written and
-    /// announced, a bad one dropped (to be fetched again) and its senders
-    /// struck.
-    fn finish_piece(&mut self, piece: u32, data: &[u8], from: Vec<PeerKey>, fx: &mut Effects) {
-        let good = self
-            .hashes
-            .get(piece as usize)
-            .is_some_and(|h| Sha1::digest(data).as_slice() == h);
-        if !good {
-            log::info!(
-                "torrent {}: piece {piece} failed its hash; fetching it again",
-                self.id
-            );
+    /// A piece whose last block arrived goes to the disk thread, which
+    /// hashes it and writes it if good (see [`Session::piece_checked`]).
+    fn finish_piece(&mut self, piece: u32, data: Vec<u8>, from: Vec<PeerKey>, fx: &mut Effects) {
+        let Some(expected) = self.hashes.get(piece as usize).copied() else {
             self.picker.piece_failed(piece);
-            fx.struck.extend(from);
             return;
-        }
-        match self.storage.write(piece, 0, data) {
-            Ok(()) => {
-                self.picker.piece_verified(piece);
-                fx.verified.push(piece);
+        };
+        let job = PieceJob {
+            session: self.instance,
+            piece,
+            data,
+            expected,
+            files: Arc::clone(&self.files),
+        };
+        fx.finished.push((job, from));
+    }
+
+    /// The disk thread's answer for `piece`: verified and written, failed
+    /// its hash (fetched again, its senders struck), or not written.
+    pub fn piece_checked(&mut self, done: PieceDone, fx: &mut Effects) {
+        let from = self.checking.remove(&done.piece).unwrap_or_default();
+        match done.outcome {
+            Outcome::Written => {
+                self.picker.piece_verified(done.piece);
+                fx.verified.push(done.piece);
             }
-            Err(e) => {
-                self.picker.piece_failed(piece);
+            Outcome::BadHash => {
+                log::info!(
+                    "torrent {}: piece {} failed its hash; fetching it again",
+                    self.id,
+                    done.piece
+                );
+                self.picker.piece_failed(done.piece);
+                fx.struck.extend(from);
+            }
+            Outcome::Failed(e) => {
+                self.picker.piece_failed(done.piece);
                 fx.storage_error = Some(e);
             }
         }
+        self.picker.recycle(done.data);
     }
 
     /// Whether the peer has a piece we lack.

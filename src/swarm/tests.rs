@@ -94,9 +94,21 @@ fn step(
     let ba = b.output(kb).to_vec();
     b.consume_output(kb, ba.len(), now);
     a.receive(ka, &ba, now);
+    run_disk(a, now);
+    run_disk(b, now);
     a.handle_timeout(now);
     b.handle_timeout(now);
     !(ab.is_empty() && ba.is_empty())
+}
+
+/// Runs the swarm's disk requests at once, as the disk thread would.
+fn run_disk(s: &mut Swarm, now: Instant) {
+    let mut writer = crate::engine::disk::PieceWriter::new();
+    while let Some(req) = s.poll_disk() {
+        if let Some(done) = writer.handle(req) {
+            s.disk_done(done, now);
+        }
+    }
 }
 
 /// Runs rounds 10 ms of fake time apart until nothing moves.
