@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use sha1::{Digest, Sha1};
 
-use super::storage::{Layout, Storage, StorageError};
+use super::storage::{AlignedBuf, Layout, Storage, StorageError};
 
 /// Where a torrent's data lives: shared, read-only, by the session and the
 /// jobs it sends.
@@ -98,6 +98,8 @@ const MAX_SESSIONS: usize = 8;
 pub struct PieceWriter {
     /// (session, storage), most recently used last.
     storages: Vec<(u64, Storage)>,
+    /// Aligned memory for direct writes.
+    staging: AlignedBuf,
 }
 
 impl PieceWriter {
@@ -129,7 +131,11 @@ impl PieceWriter {
         let outcome = if Sha1::digest(&data).as_slice() != expected {
             Outcome::BadHash
         } else {
-            let written = storage_of(&mut self.storages, session, &files).write(piece, 0, &data);
+            let written = storage_of(&mut self.storages, session, &files).write_direct(
+                piece,
+                &data,
+                &mut self.staging,
+            );
             match written {
                 Ok(()) => Outcome::Written,
                 Err(e) => Outcome::Failed(e),
