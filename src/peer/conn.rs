@@ -181,6 +181,8 @@ pub struct PeerConn {
     have: Vec<u8>,
     have_count: u32,
     peer_requests: VecDeque<Block>,
+    /// The blocks in `peer_requests`, to refuse duplicates without a scan.
+    peer_requested: HashSet<Block>,
     requested: HashSet<Block>,
     cancelled: VecDeque<Block>,
     dropped: Vec<Block>,
@@ -212,6 +214,7 @@ impl PeerConn {
             have: Vec::new(),
             have_count: 0,
             peer_requests: VecDeque::new(),
+            peer_requested: HashSet::new(),
             requested: HashSet::new(),
             cancelled: VecDeque::new(),
             dropped: Vec::new(),
@@ -408,11 +411,15 @@ impl PeerConn {
                 if self.peer_requests.len() >= MAX_PEER_REQUESTS {
                     return Err(PeerError::TooManyRequests);
                 }
-                if !self.peer_requests.contains(&b) {
+                if self.peer_requested.insert(b) {
                     self.peer_requests.push_back(b);
                 }
             }
-            Owned::Cancel(b) => self.peer_requests.retain(|r| *r != b),
+            Owned::Cancel(b) => {
+                if self.peer_requested.remove(&b) {
+                    self.peer_requests.retain(|r| *r != b);
+                }
+            }
             Owned::Piece { piece, begin, len } => {
                 let b = Block {
                     piece,
@@ -512,7 +519,9 @@ impl PeerConn {
 
     /// The next block the peer asked for, to serve.
     pub fn next_peer_request(&mut self) -> Option<Block> {
-        self.peer_requests.pop_front()
+        let b = self.peer_requests.pop_front()?;
+        self.peer_requested.remove(&b);
+        Some(b)
     }
 
     /// The block the peer asked for next, without taking it (to check
@@ -536,6 +545,7 @@ impl PeerConn {
         if !self.am_choking {
             self.am_choking = true;
             self.peer_requests.clear();
+            self.peer_requested.clear();
             self.send(&Message::Choke, now);
         }
     }
@@ -587,12 +597,24 @@ impl PeerConn {
         }
     }
 
-    /// Appends a piece message for `b` and returns its data bytes to fill
-    /// (from disk, straight into the output buffer).
-    pub fn reserve_piece(&mut self, b: Block, now: Instant) -> &mut [u8] {
+    /// Appends a piece message for `b` whose data `fill` writes in place
+    /// (from disk, straight into the output buffer). If `fill` fails,
+    /// nothing is queued.
+    pub fn serve_piece<E>(
+        &mut self,
+        b: Block,
+        now: Instant,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let out = self.output.tail();
+        let mark = out.len();
+        if let Err(e) = fill(reserve_piece(out, b.piece, b.begin, b.length as usize)) {
+            out.truncate(mark);
+            return Err(e);
+        }
         self.last_sent = now;
         self.uploaded += b.length as u64;
-        reserve_piece(self.output.tail(), b.piece, b.begin, b.length as usize)
+        Ok(())
     }
 
     /// Bytes waiting to be sent.
@@ -935,6 +957,16 @@ mod tests {
         .unwrap();
         assert_eq!(c.next_peer_request(), Some(block(1, 0, 16)));
         assert_eq!(c.next_peer_request(), None);
+        // A duplicate is queued once; once served, it may be asked again.
+        let twice = [
+            Message::Request(block(3, 0, 16)),
+            Message::Request(block(3, 0, 16)),
+        ];
+        feed(&mut c, &twice, t).unwrap();
+        assert_eq!(c.peer_request_count(), 1);
+        assert_eq!(c.next_peer_request(), Some(block(3, 0, 16)));
+        feed(&mut c, &twice[..1], t).unwrap();
+        assert_eq!(c.next_peer_request(), Some(block(3, 0, 16)));
         feed(&mut c, &[Message::Request(block(2, 0, 16))], t).unwrap();
         c.choke(t);
         assert_eq!(c.peer_request_count(), 0, "choking discards the queue");
@@ -1027,12 +1059,34 @@ mod tests {
         let mut c = open(t);
         c.unchoke(t);
         while !c.is_over_output_limit() {
-            c.reserve_piece(block(0, 0, 16 << 10), t);
+            c.serve_piece(block(0, 0, 16 << 10), t, |_| Ok::<(), ()>(()))
+                .unwrap();
         }
         assert!(c.queued_output() > MAX_OUTPUT);
         let n = c.queued_output();
         c.consume_output(n);
         assert!(!c.is_over_output_limit());
         assert_eq!(c.uploaded % (16 << 10), 0);
+    }
+
+    #[test]
+    fn a_piece_whose_data_cannot_be_read_queues_nothing() {
+        let t = Instant::now();
+        let mut c = open(t);
+        c.unchoke(t);
+        let before = c.output().to_vec();
+        let up = c.uploaded;
+        let r = c.serve_piece(block(0, 0, 16 << 10), t, |buf| {
+            buf[0] = 1;
+            Err("disk gone")
+        });
+        assert_eq!(r, Err("disk gone"));
+        assert_eq!((c.output(), c.uploaded), (&before[..], up));
+        c.serve_piece(block(0, 0, 4), t, |buf| {
+            buf.copy_from_slice(b"abcd");
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        assert!(c.output().ends_with(b"abcd"));
     }
 }

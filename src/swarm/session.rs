@@ -75,8 +75,6 @@ pub(super) struct Session {
     /// `downloaded` and `uploaded` when last taken by the owner.
     pub reported: (u64, u64),
     pub strikes: HashMap<SocketAddr, u8>,
-    /// A block read from disk on its way to a peer.
-    scratch: Vec<u8>,
 }
 
 impl Session {
@@ -132,7 +130,6 @@ impl Session {
             uploaded: 0,
             reported: (0, 0),
             strikes: HashMap::new(),
-            scratch: Vec::new(),
         })
     }
 
@@ -322,12 +319,11 @@ impl Session {
                 "request for a piece we do not have",
             )));
         }
-        // Read first: a failed read must not leave a hole in the output.
-        self.scratch.resize(b.length as usize, 0);
-        self.storage
-            .read(b.piece, b.begin, &mut self.scratch)
+        // Straight from disk into the output (a failed read queues
+        // nothing).
+        let storage = &mut self.storage;
+        conn.serve_piece(b, now, |buf| storage.read(b.piece, b.begin, buf))
             .map_err(ServeError::Storage)?;
-        conn.reserve_piece(b, now).copy_from_slice(&self.scratch);
         let len = b.length as u64;
         self.uploaded += len;
         self.up.add(len, now);
