@@ -77,8 +77,8 @@ struct PeerSock {
     readable: bool,
     write_interest: bool,
     /// Listed in `peers_again`: its input is read once in the turn's peer
-    /// part, not also on its events, so a peer gets one read budget a turn
-    /// (and one entry in the list).
+    /// part, so a peer gets one read budget a turn (and one entry in the
+    /// list).
     again: bool,
 }
 
@@ -102,7 +102,8 @@ pub struct Reactor {
     peer_listener: Option<(TcpListener, u16)>,
     /// Peer sockets by the swarm's key.
     peers: Vec<Option<PeerSock>>,
-    /// Peers with input left over (read budget used up).
+    /// Peers to read in this turn's peer part: readable, or with input
+    /// left over from the last turn (read budget used up).
     peers_again: Vec<usize>,
     /// Readable peers waiting for the download limit, first come first
     /// read.
@@ -621,10 +622,13 @@ impl Reactor {
                 return;
             }
         }
+        // Read in the turn's peer part, after the IPC clients were served
+        // and answered: a reply never waits for a batch of peer data.
         if event.is_readable() || event.is_read_closed() || event.is_error() {
             p.readable = true;
             if !p.again {
-                self.read_peer(key, now);
+                p.again = true;
+                self.peers_again.push(key);
             }
         }
     }
