@@ -415,10 +415,8 @@ impl PeerConn {
                     self.peer_requests.push_back(b);
                 }
             }
-            Owned::Cancel(b) => {
-                if self.peer_requested.remove(&b) {
-                    self.peer_requests.retain(|r| *r != b);
-                }
+            Owned::Cancel(b) if self.peer_requested.remove(&b) => {
+                self.peer_requests.retain(|r| *r != b);
             }
             Owned::Piece { piece, begin, len } => {
                 let b = Block {
