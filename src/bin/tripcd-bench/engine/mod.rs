@@ -12,6 +12,7 @@
 //! chart per size.
 
 mod ipc;
+mod leechers;
 mod plot;
 mod report;
 mod watch;
@@ -34,6 +35,9 @@ pub enum EngineCmd {
     /// sample its data file until the download is verified, write a JSON
     /// record of the run
     Watch(watch::WatchArgs),
+    /// Many simulated leechers against one seeding tripcd: its memory per
+    /// connection at rest, and IPC latency while it seeds to them
+    Leechers(leechers::LeechersArgs),
     /// Read DIR/runs/*.json; write DIR/summary.md, DIR/runs.csv and
     /// DIR/engine-<size>.svg (print the summary)
     Report {
@@ -47,6 +51,7 @@ pub fn run(cmd: EngineCmd) -> io::Result<()> {
     match cmd {
         EngineCmd::Watch(args) => watch::run(&args),
         EngineCmd::Report { dir } => report::run(&dir),
+        EngineCmd::Leechers(args) => leechers::run(&args),
     }
 }
 
