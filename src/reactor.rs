@@ -42,6 +42,11 @@ const PEER_BASE: usize = usize::MAX / 2;
 /// starve the others (or the IPC clients).
 const PEER_READ_BUDGET: usize = 1 << 20;
 
+/// Bytes written to one peer per loop turn: each write refills the
+/// peer's queue from disk, so a fast reader could otherwise hold the loop
+/// (and the IPC clients) for as long as it keeps reading.
+const PEER_WRITE_BUDGET: usize = 1 << 20;
+
 /// Size of the shared read buffer.
 const SCRATCH: usize = 64 << 10;
 
@@ -102,6 +107,9 @@ pub struct Reactor {
     peer_listener: Option<(TcpListener, u16)>,
     /// Peer sockets by the swarm's key.
     peers: Vec<Option<PeerSock>>,
+    /// A peer's write budget ran out with output still queued: the next
+    /// turn comes at once (every turn tries every peer's output).
+    peers_unflushed: bool,
     /// Peers to read in this turn's peer part: readable, or with input
     /// left over from the last turn (read budget used up).
     peers_again: Vec<usize>,
@@ -185,6 +193,7 @@ impl Reactor {
             peer_listener: None,
             peers: Vec::new(),
             peers_again: Vec::new(),
+            peers_unflushed: false,
             peers_starved: Vec::new(),
             disk: {
                 let waker = std::sync::Arc::clone(&waker);
@@ -274,7 +283,11 @@ impl Reactor {
     }
 
     fn timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.again.is_empty() || !self.peers_again.is_empty() || self.udp_readable {
+        if !self.again.is_empty()
+            || !self.peers_again.is_empty()
+            || self.peers_unflushed
+            || self.udp_readable
+        {
             return Some(Duration::ZERO);
         }
         let starved = if self.peers_starved.is_empty() {
@@ -442,6 +455,7 @@ impl Reactor {
                 }
             }
         }
+        self.peers_unflushed = false;
         for key in 0..self.peers.len() {
             if self.peers[key].is_some() {
                 self.flush_peer(key, now);
@@ -683,17 +697,25 @@ impl Reactor {
         if p.connecting {
             return;
         }
+        let mut budget = PEER_WRITE_BUDGET;
         loop {
             let out = self.server.peer_output(key);
             if out.is_empty() {
                 break;
             }
-            match p.stream.write(out) {
+            if budget == 0 {
+                self.peers_unflushed = true;
+                break;
+            }
+            match p.stream.write(&out[..out.len().min(budget)]) {
                 Ok(0) => {
                     self.server.peer_hang_up(key);
                     return;
                 }
-                Ok(n) => self.server.peer_consume(key, n, now),
+                Ok(n) => {
+                    budget -= n;
+                    self.server.peer_consume(key, n, now);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
