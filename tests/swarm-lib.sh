@@ -1,4 +1,4 @@
-# Shared by tests/interop.sh and benches/swarm.sh (sourced, not run): a
+# Shared by tests/interop.sh and the benches/*.sh scripts (sourced, not run): a
 # scratch directory that opentracker (which drops to user nobody) can
 # read, processes in $pids stopped and the directory removed at exit, and
 # small helpers.
