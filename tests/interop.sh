@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Interop with real BitTorrent clients on loopback (not part of `cargo
 # test`; .ci/run runs it after installing Debian's opentracker, aria2,
-# transmission-daemon, transmission-cli and mktorrent):
+# transmission-daemon, transmission-cli, mktorrent and python3-libtorrent):
 #   - tripcd downloads from aria2c seeding, and seeds to aria2c;
 #   - tripcd downloads from transmission-daemon seeding, and seeds to it;
 #   - the same with transmission over opentracker's UDP tracker;
 #   - the same with transmission and tripcd both requiring encryption
 #     (MSE), checked in tripcd's log;
+#   - tripcd downloads from libtorrent (python3-libtorrent 2.0, through
+#     benches/lt_pair.py) seeding, and seeds to libtorrent, tripcd in its
+#     default encryption mode (MSE offered, libtorrent choosing plaintext);
 # through opentracker over HTTP (UDP in the last part), files compared byte
 # for byte, and tripcd's scrape figures checked against what opentracker
 # knows.
@@ -43,6 +46,12 @@ mkdir -p enc-payload/encset
 head -c 10000000 /dev/urandom > enc-payload/encset/d.bin
 mktorrent -a "$announce" -l 18 -o enc.torrent enc-payload/encset >/dev/null
 python3 "$repo/tests/infohash.py" enc.torrent >> whitelist
+# The libtorrent part's torrent.
+mkdir -p lt-payload/ltset
+head -c 9000000 /dev/urandom > lt-payload/ltset/e.bin
+head -c 100 /dev/urandom > lt-payload/ltset/f.bin
+mktorrent -a "$announce" -l 18 -o lt.torrent lt-payload/ltset >/dev/null
+python3 "$repo/tests/infohash.py" lt.torrent >> whitelist
 # opentracker drops to user nobody before it reads the whitelist.
 chmod 644 whitelist
 opentracker -i 127.0.0.1 -p "$tracker_port" -P "$tracker_port" -d / -w "$work/whitelist" >opentracker.log 2>&1 &
@@ -164,4 +173,33 @@ plain=$(grep -c 'handshake done for torrent 1 (plaintext)' t5.log || true)
 [ "$enc" -ge 2 ] && [ "$plain" -eq 0 ] \
   || fail "tripcd's handshakes: $enc encrypted, $plain plaintext (want both transmissions, encrypted)"
 echo "ok: $enc encrypted handshakes, none in plaintext"
+echo "== tripcd and libtorrent"
+# lt_pair.py lives while its stdin is open (here a fifo held by the shell):
+# the seeder says `ready` once its data is checked; the leecher says
+# `ready`, downloads on `go`, says `done` once every piece is checked.
+lt() { # role dir name: starts lt_pair.py, stdin from fifo NAME.in, stdout NAME.out
+  mkfifo "$3.in"
+  /usr/bin/python3 "$repo/benches/lt_pair.py" "$1" "$work/lt.torrent" "$2" "$(free_port)" \
+    <"$3.in" >"$3.out" 2>"$3.log" &
+  pids+=($!)
+}
+lt seed "$work/lt-payload" lt-seed
+exec {lt_seed}>lt-seed.in
+wait_for "grep -q ready lt-seed.out" 60 || fail "libtorrent did not check its data: $(cat lt-seed.log)"
+start_tripcd t6 "$work/t6-data" lt.torrent
+wait_for "seeding '$tripcd_sock'" 120 || fail "tripcd did not finish downloading from libtorrent"
+same lt-payload t6-data || fail "files from libtorrent differ"
+echo "ok: tripcd downloaded from libtorrent"
+# The libtorrent seeder leaves (its stdin closes); a libtorrent leecher
+# can then only get the data from tripcd.
+exec {lt_seed}>&-
+mkdir -p lt-leech-data
+lt leech "$work/lt-leech-data" lt-leech
+exec {lt_leech}>lt-leech.in
+wait_for "grep -q ready lt-leech.out" 60 || fail "the libtorrent leecher did not start: $(cat lt-leech.log)"
+echo go >&"$lt_leech"
+wait_for "grep -q done lt-leech.out" 120 || fail "libtorrent did not finish downloading from tripcd: $(cat lt-leech.log)"
+same lt-payload lt-leech-data || fail "files libtorrent got from tripcd differ"
+exec {lt_leech}>&-
+echo "ok: libtorrent downloaded from tripcd"
 echo "interop: all passed"
