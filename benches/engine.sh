@@ -146,8 +146,10 @@ transfer() { # pair size round
   esac
   cmp -s "seed/data-$size.bin" "$dir/$pair-$size.bin" || { echo "$pair $size MiB: the files differ" >&2; exit 1; }
   rm -rf "$dir"
-  # Each transfer starts with the last one's writes on disk.
+  # Each transfer starts with the last one's writes on disk and the
+  # kernel done freeing its pages.
   sync
+  sleep 2
 }
 
 for size in "${sizes[@]}"; do

@@ -47,6 +47,9 @@ const PEER_READ_BUDGET: usize = 1 << 20;
 /// (and the IPC clients) for as long as it keeps reading.
 const PEER_WRITE_BUDGET: usize = 1 << 20;
 
+/// A loop turn this long is logged (debug) with where its time went.
+const LONG_TURN: Duration = Duration::from_millis(5);
+
 /// Size of the shared read buffer.
 const SCRATCH: usize = 64 << 10;
 
@@ -414,6 +417,7 @@ impl Reactor {
         for &id in &dirty {
             self.drive(id, now);
         }
+        let t_input = Instant::now();
         self.server.end_turn(now);
         // Replies that moved the peer port wait for its bind: bind before
         // writing this turn's output.
@@ -421,11 +425,26 @@ impl Reactor {
         for &id in &dirty {
             self.flush(id);
         }
+        let t_ipc = Instant::now();
         self.server.run_slice(&mut Instant::now);
         self.server.handle_timeout(now);
+        let t_timers = Instant::now();
         self.peer_turn(now);
         while let Some(id) = self.server.poll_close() {
             self.close(id);
+        }
+        let end = Instant::now();
+        // What a slow turn spent its time on: every IPC client waits for it.
+        if end.duration_since(now) >= LONG_TURN {
+            let ms = |a: Instant, b: Instant| b.duration_since(a).as_secs_f64() * 1000.0;
+            debug!(
+                "long turn: {:.1} ms (IPC input {:.1}, commit and replies {:.1}, checking and timers {:.1}, peers {:.1})",
+                ms(now, end),
+                ms(now, t_input),
+                ms(t_input, t_ipc),
+                ms(t_ipc, t_timers),
+                ms(t_timers, end)
+            );
         }
     }
 
