@@ -768,27 +768,23 @@ mod tests {
         let mut p = picker(2 * B, 8 * B, 1 << 30);
         let all = Bitfield::full(4);
         p.peer_bitfield(&all);
-        let out = picked(&mut p, 0, &all, 2, 0);
-        let mut done = None;
-        for blk in &out {
-            if let Received::PieceDone { data, .. } = p.block_received(PeerKey(0), *blk, &data(blk))
-            {
-                done = Some(data);
-            }
-        }
-        let buf = done.expect("a piece done");
+        // Receives every block of `blocks`, one piece: its buffer.
+        let complete = |p: &mut Picker, blocks: &[Block]| {
+            blocks
+                .iter()
+                .find_map(|b| match p.block_received(PeerKey(0), *b, &data(b)) {
+                    Received::PieceDone { data, .. } => Some(data),
+                    _ => None,
+                })
+                .expect("a piece done")
+        };
+        let first = picked(&mut p, 0, &all, 2, 0);
+        let buf = complete(&mut p, &first);
         let ptr = buf.as_ptr();
         p.recycle(buf);
         // The next piece is built in the same memory.
         let next = picked(&mut p, 0, &all, 2, 0);
-        let mut again = None;
-        for blk in &next {
-            if let Received::PieceDone { data, .. } = p.block_received(PeerKey(0), *blk, &data(blk))
-            {
-                again = Some(data);
-            }
-        }
-        let again = again.expect("a second piece done");
+        let again = complete(&mut p, &next);
         assert_eq!(again.as_ptr(), ptr);
         assert_eq!(again, [data(&next[0]), data(&next[1])].concat());
         // Too small a buffer is not kept; spares stop at the bound.
