@@ -52,7 +52,9 @@ fuzz_target!(|data: &[u8]| {
                 out.extend_from_slice(server.output(id));
                 let n = server.output(id).len();
                 server.consume_output(id, n);
-                if !server.flushed(id).more_input {
+                // After `quit` nothing more runs (the reactor stops),
+                // though complete input may still wait.
+                if server.quit_requested() || !server.flushed(id).more_input {
                     break;
                 }
                 server.receive(id, &[], now);
