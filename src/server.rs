@@ -662,7 +662,8 @@ impl Server {
             self.to_close.push(id);
             return done;
         }
-        let wants_input = !c.closing && !c.session.is_backpressured();
+        // After `quit` nothing more is read: the reactor ends the loop.
+        let wants_input = !c.closing && !c.session.is_backpressured() && !self.quit_requested();
         Flushed {
             pending_output,
             wants_input,
@@ -946,6 +947,22 @@ mod tests {
         s.receive(id, &hello(), now);
         take(s, id); // the greeting
         id
+    }
+
+    #[test]
+    fn after_quit_no_more_input_is_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = server(dir.path());
+        let t0 = Instant::now();
+        let a = connect(&mut s, t0);
+        let mut bytes = frame("quit", &Value::empty(), None);
+        bytes.extend(frame("noop", &Value::empty(), None));
+        s.receive(a, &bytes, t0);
+        end(&mut s, t0);
+        assert!(s.quit_requested());
+        let f = s.flushed(a);
+        assert!(!f.wants_input && !f.more_input, "{f:?}");
+        assert!(!s.wants_input(a));
     }
 
     #[test]
