@@ -40,6 +40,9 @@ pub(super) struct Link {
     /// We dialled with MSE offering plaintext as well: if the peer drops
     /// the handshake, it may be a plaintext-only client worth a retry.
     pub may_fall_back: bool,
+    /// The torrent an MSE handshake was for: the BitTorrent handshake
+    /// that follows must name the same one.
+    pub mse_torrent: Option<[u8; 20]>,
 }
 
 /// Gets the torrent an initiator names through HASH('req2', info_hash).
@@ -53,6 +56,7 @@ impl Link {
             sent: 0,
             scratch: Vec::new(),
             may_fall_back: false,
+            mse_torrent: None,
         }
     }
 
@@ -157,6 +161,7 @@ impl Link {
 
     fn established(&mut self, e: Established, conn: &mut PeerConn, now: Instant) {
         self.may_fall_back = false;
+        self.mse_torrent = Some(e.info_hash);
         self.state = match e.cipher {
             Some(c) => State::Rc4(Box::new(c)),
             None => State::Plain,

@@ -1008,6 +1008,11 @@ impl Swarm {
         let id = match p.torrent {
             Some(id) => id,
             None => {
+                // An MSE handshake named its torrent already (through
+                // HASH('req2', ..)): the plaintext one must agree.
+                if p.link.mse_torrent.is_some_and(|t| t != h.info_hash) {
+                    return Err(PeerError::WrongTorrent);
+                }
                 let id = *self
                     .by_hash
                     .get(&h.info_hash)

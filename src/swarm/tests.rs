@@ -463,3 +463,53 @@ fn a_limit_lifted_mid_transfer_takes_effect_at_once() {
     });
     assert!(now - lifted < Duration::from_secs(1), "{:?}", now - lifted);
 }
+
+#[test]
+fn an_mse_handshake_for_one_torrent_cannot_open_another() {
+    let now = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let a = metainfo(&files());
+    let mut other = files();
+    other[0][0] ^= 1;
+    let b = metainfo(&other);
+    let mut seeder = swarm(1);
+    seeder.start(&torrent(&a, dir.path(), true), now).unwrap();
+    let mut tb = torrent(&b, dir.path(), true);
+    tb.id = 2;
+    seeder.start(&tb, now).unwrap();
+
+    // The encrypted request names torrent A; the BitTorrent handshake
+    // inside it names B.
+    let run = |named: [u8; 20], seeder: &mut Swarm, port: u16| {
+        let mut hs = Vec::new();
+        crate::peer::wire::write_handshake(
+            &mut hs,
+            &Handshake {
+                reserved: [0; 8],
+                info_hash: named,
+                peer_id: [7; 20],
+            },
+        );
+        let mut rng = fastrand::Rng::with_seed(3);
+        let mut i =
+            mse::Initiator::new(a.info_hash, Policy::Preferred, mse_secrets(&mut rng), hs).unwrap();
+        let key = seeder.accept(addr(port), now).unwrap();
+        for _ in 0..10 {
+            while let Some(out) = i.poll_output() {
+                seeder.receive(key, &out, now);
+            }
+            let back = seeder.output(key).to_vec();
+            seeder.consume_output(key, back.len(), now);
+            if !back.is_empty() && i.handle_input(&back).is_err() {
+                break;
+            }
+        }
+        key
+    };
+    let key = run(b.info_hash, &mut seeder, 7000);
+    assert_eq!(seeder.poll_close(), Some(key), "closed: wrong torrent");
+    // The same handshake naming A is served.
+    let key = run(a.info_hash, &mut seeder, 7001);
+    assert_eq!(seeder.poll_close(), None);
+    assert!(seeder.peers[key].link.is_encrypted());
+}
