@@ -3,8 +3,9 @@
 //! A piece whose last block arrived becomes a [`PieceJob`]: its bytes in
 //! an owned buffer, the SHA-1 it must have and where its files are. A
 //! [`PieceWriter`] hashes it and, when it is good, writes it with
-//! positioned I/O, answering a [`PieceDone`] that carries the buffer back
-//! for reuse. Both are plain values and a plain function, so the swarm's
+//! positioned I/O (`O_DIRECT` where aligned, see
+//! [`Storage::write_direct`]), answering a [`PieceDone`] that carries the
+//! buffer back for reuse. Both are plain values and a plain function, so the swarm's
 //! tests run jobs inline; the daemon runs them on the one thread of a
 //! [`DiskWorker`], which wakes the loop through a `mio::Waker` when a
 //! piece is done. The loop then never waits for a disk (a page-cache write
