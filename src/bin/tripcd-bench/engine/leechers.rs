@@ -87,6 +87,7 @@ struct Leecher {
 /// The torrent's shape, as far as requests go.
 struct Shape {
     total: u64,
+    piece_length: u64,
     info_hash: [u8; 20],
 }
 
@@ -95,12 +96,12 @@ impl Shape {
         self.total.div_ceil(BLOCK as u64)
     }
     /// (piece, begin, length) of block `i`.
-    fn block(&self, i: u64, piece_length: u64) -> (u32, u32, u32) {
+    fn block(&self, i: u64) -> (u32, u32, u32) {
         let at = i * BLOCK as u64;
         let len = (self.total - at).min(BLOCK as u64);
         (
-            (at / piece_length) as u32,
-            (at % piece_length) as u32,
+            (at / self.piece_length) as u32,
+            (at % self.piece_length) as u32,
             len as u32,
         )
     }
@@ -137,13 +138,12 @@ struct Sim {
     poll: Poll,
     leechers: Vec<Leecher>,
     shape: Shape,
-    piece_length: u64,
     pipeline: usize,
     received: u64,
 }
 
 impl Sim {
-    fn connect(args: &LeechersArgs, shape: Shape, piece_length: u64) -> io::Result<Sim> {
+    fn connect(args: &LeechersArgs, shape: Shape) -> io::Result<Sim> {
         let poll = Poll::new()?;
         let mut rng = fastrand::Rng::with_seed(7);
         let mut leechers = Vec::with_capacity(args.connections);
@@ -170,7 +170,6 @@ impl Sim {
             poll,
             leechers,
             shape,
-            piece_length,
             pipeline: args.pipeline,
             received: 0,
         })
@@ -275,7 +274,7 @@ impl Sim {
             return;
         }
         while l.in_flight < self.pipeline {
-            let (piece, begin, len) = self.shape.block(l.next % blocks, self.piece_length);
+            let (piece, begin, len) = self.shape.block(l.next % blocks);
             l.next = l.next.wrapping_add(1);
             let mut p = [0u8; 12];
             p[..4].copy_from_slice(&piece.to_be_bytes());
@@ -329,6 +328,7 @@ fn measure(args: &LeechersArgs) -> io::Result<(Figures, super::IpcReport)> {
     let meta = Metainfo::parse(&bytes).map_err(|e| io::Error::other(format!("torrent: {e}")))?;
     let shape = Shape {
         total: meta.total_size(),
+        piece_length: meta.piece_length,
         info_hash: meta.info_hash,
     };
     let rss = |what: &str| {
@@ -336,7 +336,7 @@ fn measure(args: &LeechersArgs) -> io::Result<(Figures, super::IpcReport)> {
             .ok_or_else(|| io::Error::other(format!("no RSS of pid {} ({what})", args.pid)))
     };
     let rss_before_kib = rss("before")?;
-    let mut sim = Sim::connect(args, shape, meta.piece_length)?;
+    let mut sim = Sim::connect(args, shape)?;
     let want = args.connections;
     sim.run(Instant::now() + Duration::from_secs(SETUP_SECS), &|s| {
         s.settled() + s.lost() >= want
@@ -421,12 +421,13 @@ mod tests {
     fn blocks_cover_the_torrent_with_a_short_last_one() {
         let s = Shape {
             total: 3 * BLOCK as u64 + 10,
+            piece_length: 2 * BLOCK as u64,
             info_hash: [0; 20],
         };
         assert_eq!(s.blocks(), 4);
-        assert_eq!(s.block(0, 2 * BLOCK as u64), (0, 0, BLOCK));
-        assert_eq!(s.block(1, 2 * BLOCK as u64), (0, BLOCK, BLOCK));
-        assert_eq!(s.block(3, 2 * BLOCK as u64), (1, BLOCK, 10));
+        assert_eq!(s.block(0), (0, 0, BLOCK));
+        assert_eq!(s.block(1), (0, BLOCK, BLOCK));
+        assert_eq!(s.block(3), (1, BLOCK, 10));
     }
 
     #[test]
