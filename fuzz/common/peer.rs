@@ -7,8 +7,9 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
+use tripcd::engine::geometry::Geometry;
 use tripcd::peer::conn::{
-    PeerConn, PeerError, Shape, HANDSHAKE_TIMEOUT, INACTIVITY_TIMEOUT, KEEPALIVE_INTERVAL,
+    PeerConn, PeerError, HANDSHAKE_TIMEOUT, INACTIVITY_TIMEOUT, KEEPALIVE_INTERVAL,
     MAX_INPUT, MAX_PEER_REQUESTS,
 };
 use tripcd::peer::pex::{
@@ -33,7 +34,7 @@ pub struct Torrent {
     /// Its info hash.
     pub info_hash: [u8; 20],
     /// Its geometry.
-    pub shape: Shape,
+    pub shape: Geometry,
     /// All its bytes.
     pub data: Vec<u8>,
 }
@@ -41,24 +42,24 @@ pub struct Torrent {
 impl Torrent {
     /// The bytes of block `b` (a valid one).
     pub fn block(&self, b: &Block) -> &[u8] {
-        let start = b.piece as usize * self.shape.piece_length as usize + b.begin as usize;
+        let start = b.piece as usize * self.shape.piece_length() as usize + b.begin as usize;
         &self.data[start..start + b.length as usize]
     }
 
     /// Whether `b` lies inside the torrent and is a length we accept.
     pub fn valid(&self, b: &Block) -> bool {
-        b.piece < self.shape.pieces
+        b.piece < self.shape.pieces()
             && b.length > 0
             && b.length <= MAX_REQUEST_LEN
             && b.begin as u64 + b.length as u64 <= self.shape.piece_size(b.piece)
     }
 
     fn bitfield_len(&self) -> usize {
-        (self.shape.pieces as usize).div_ceil(8)
+        (self.shape.pieces() as usize).div_ceil(8)
     }
 
     fn spare_mask(&self) -> u8 {
-        let spare = (8 - self.shape.pieces % 8) % 8;
+        let spare = (8 - self.shape.pieces() % 8) % 8;
         ((1u16 << spare) - 1) as u8
     }
 }
@@ -108,7 +109,7 @@ pub fn check_sent(
                 }
                 assert_eq!(bits[bits.len() - 1] & t.spare_mask(), 0);
             }
-            Message::Have(i) => assert!(i < t.shape.pieces, "have {i}"),
+            Message::Have(i) => assert!(i < t.shape.pieces(), "have {i}"),
             Message::Request(b) | Message::Cancel(b) => {
                 assert!(t.valid(&b), "{m:?} outside the torrent");
                 assert!(
@@ -178,7 +179,7 @@ impl<'t> Bare<'t> {
             t,
             conn,
             control,
-            have: super::setup::have(control, t.shape.pieces as usize),
+            have: super::setup::have(control, t.shape.pieces() as usize),
             outgoing,
             mirror: Vec::new(),
             at: 0,
@@ -312,7 +313,7 @@ impl<'t> Bare<'t> {
     fn messages(&mut self) -> Result<(), PeerError> {
         let max = (MAX_REQUEST_LEN as usize + 9).max(self.t.bitfield_len() + 1);
         loop {
-            let was_choking = self.conn.am_choking;
+            let was_choking = self.conn.am_choking();
             let msg = match self.conn.poll_message() {
                 Ok(Some(m)) => m,
                 Ok(None) => break,
@@ -334,7 +335,7 @@ impl<'t> Bare<'t> {
                     assert_eq!(bits.len(), self.t.bitfield_len());
                     assert_eq!(bits[bits.len() - 1] & self.t.spare_mask(), 0);
                 }
-                Message::Have(i) => assert!(i < self.t.shape.pieces),
+                Message::Have(i) => assert!(i < self.t.shape.pieces()),
                 Message::Request(b) => {
                     assert!(
                         self.t.valid(&b),
@@ -369,7 +370,7 @@ impl<'t> Bare<'t> {
             let bits = self.conn.peer_bitfield();
             let count: u32 = bits.iter().map(|b| b.count_ones()).sum();
             assert_eq!(count, self.conn.peer_count());
-            assert!(count <= self.t.shape.pieces);
+            assert!(count <= self.t.shape.pieces());
         }
         // Bounded: what waits is less than one message of the largest
         // size allowed.
@@ -433,7 +434,7 @@ impl<'t> Bare<'t> {
 
     /// Asks for every block of the pieces we lack, 16 KiB at a time.
     fn request_missing(&mut self) {
-        for piece in 0..self.t.shape.pieces {
+        for piece in 0..self.t.shape.pieces() {
             if self.have[piece as usize] {
                 continue;
             }

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use sha1::{Digest, Sha1};
 use tripcd::codec::Value;
-use tripcd::peer::conn::Shape;
+use tripcd::engine::geometry::Geometry;
 use tripcd::peer::mse::Policy;
 use tripcd::registry::{Metainfo, Phase, Torrent};
 use tripcd::swarm::{Limits, Manners, Swarm};
@@ -93,12 +93,8 @@ pub fn metainfo() -> Metainfo {
 }
 
 /// The torrent's geometry, as a connection checks it.
-pub fn shape(meta: &Metainfo) -> Shape {
-    Shape {
-        pieces: meta.pieces.len() as u32,
-        piece_length: PIECE_LENGTH as u32,
-        total: meta.total_size(),
-    }
+pub fn shape(meta: &Metainfo) -> Geometry {
+    meta.geometry
 }
 
 /// Writes the torrent's data under `dir`, as a seeder has it.

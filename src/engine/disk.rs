@@ -314,10 +314,7 @@ mod tests {
 
     fn files(dir: &std::path::Path) -> Arc<Files> {
         Arc::new(Files {
-            layout: Layout {
-                piece_length: 4,
-                files: vec![3, 5],
-            },
+            layout: Layout::new(4, vec![3, 5]).unwrap(),
             paths: vec![dir.join("a"), dir.join("sub/b")],
         })
     }

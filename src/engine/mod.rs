@@ -8,6 +8,7 @@ pub mod bandwidth;
 pub mod bitfield;
 pub mod choker;
 pub mod disk;
+pub mod geometry;
 pub mod picker;
 pub mod rate;
 pub mod storage;

@@ -15,9 +15,8 @@
 use std::collections::BTreeMap;
 
 use super::bitfield::Bitfield;
-
-/// Size of a request block (the de-facto standard; larger ones get dropped).
-pub const BLOCK_SIZE: u32 = 16 * 1024;
+use super::geometry::Geometry;
+pub use super::geometry::{Block, BLOCK_SIZE};
 
 /// Largest piece length the picker accepts; in-progress pieces are kept in
 /// memory, so a hostile metainfo must not make us allocate gigabytes.
@@ -35,17 +34,6 @@ const NOT_IN_BUCKET: u32 = u32::MAX;
 /// Identifies a peer connection to the picker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PeerKey(pub usize);
-
-/// A request: `length` bytes at `begin` in `piece`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Block {
-    /// Piece index.
-    pub piece: u32,
-    /// Byte offset within the piece (a multiple of [`BLOCK_SIZE`]).
-    pub begin: u32,
-    /// Length in bytes (`BLOCK_SIZE`, or less for a piece's last block).
-    pub length: u32,
-}
 
 /// Outcome of [`Picker::block_received`].
 #[derive(Debug, PartialEq, Eq)]
@@ -127,9 +115,7 @@ struct Partial {
 
 /// Decides what to request; keeps in-progress pieces' bytes in memory.
 pub struct Picker {
-    piece_length: u64,
-    total: u64,
-    pieces: u32,
+    geometry: Geometry,
     state: Vec<State>,
     availability: Vec<u32>,
     /// `buckets[a]` holds the `Missing` pieces with availability `a`.
@@ -152,30 +138,20 @@ pub struct Picker {
 }
 
 impl Picker {
-    /// A picker for a torrent of `total` bytes in pieces of `piece_length`,
-    /// of which `have` are already verified. At most `max_partial_bytes` of
-    /// in-progress pieces are held in memory (but one piece is always
-    /// allowed, so progress is possible). `None` if the geometry is invalid
-    /// (zero or over-large piece length, too many pieces, `have` of the wrong
-    /// length).
-    pub fn new(
-        piece_length: u64,
-        total: u64,
-        have: &Bitfield,
-        max_partial_bytes: u64,
-    ) -> Option<Self> {
-        if piece_length == 0 || piece_length > MAX_PIECE_LENGTH {
+    /// A picker for a torrent of this geometry, of which `have` are
+    /// already verified. At most `max_partial_bytes` of in-progress pieces
+    /// are held in memory (but one piece is always allowed, so progress is
+    /// possible). `None` if the pieces are too large to hold in memory
+    /// (over [`MAX_PIECE_LENGTH`]) or `have` is of the wrong length.
+    pub fn new(geometry: Geometry, have: &Bitfield, max_partial_bytes: u64) -> Option<Self> {
+        let pieces = geometry.pieces();
+        if geometry.piece_length() > MAX_PIECE_LENGTH || have.len() != pieces as usize {
             return None;
         }
-        let pieces = u32::try_from(total.div_ceil(piece_length)).ok()?;
-        if pieces == u32::MAX || have.len() != pieces as usize {
-            return None;
-        }
+        let total = geometry.total();
         let n = pieces as usize;
         let mut p = Picker {
-            piece_length,
-            total,
-            pieces,
+            geometry,
             state: vec![State::Missing; n],
             availability: vec![0; n],
             buckets: vec![Vec::new()],
@@ -204,19 +180,12 @@ impl Picker {
 
     /// Size of piece `i` (0 if out of range).
     pub fn piece_size(&self, i: u32) -> u64 {
-        if i >= self.pieces {
-            return 0;
-        }
-        self.piece_length
-            .min(self.total - i as u64 * self.piece_length)
+        self.geometry.piece_size(i)
     }
 
-    fn block_count(&self, piece: u32) -> usize {
-        self.piece_size(piece).div_ceil(BLOCK_SIZE as u64) as usize
-    }
-
-    fn block_at(&self, piece: u32, idx: usize) -> Block {
-        block_at(self.piece_length, self.total, piece, idx)
+    /// The torrent's geometry.
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
     }
 
     fn bucket_insert(&mut self, piece: u32) {
@@ -270,7 +239,7 @@ impl Picker {
     /// peer (and `peer_have` only for pieces not already announced), since
     /// availability is a plain count.
     pub fn peer_bitfield(&mut self, bf: &Bitfield) {
-        for i in bf.iter_set().take(self.pieces as usize) {
+        for i in bf.iter_set().take(self.geometry.pieces() as usize) {
             self.change_availability(i as u32, true);
         }
     }
@@ -282,7 +251,7 @@ impl Picker {
 
     /// A peer with bitfield `bf` disconnected (call `peer_gone` as well).
     pub fn peer_left(&mut self, bf: &Bitfield) {
-        for i in bf.iter_set().take(self.pieces as usize) {
+        for i in bf.iter_set().take(self.geometry.pieces() as usize) {
             self.change_availability(i as u32, false);
         }
     }
@@ -293,7 +262,9 @@ impl Picker {
     }
 
     /// Appends up to `want` blocks for `peer` (which has `peer_has`) to
-    /// `out`, marking them requested by `peer`.
+    /// `out`, marking them requested by `peer`: first what is left of
+    /// pieces in progress, then new pieces rarest first, then (endgame)
+    /// duplicates of blocks others hold.
     pub fn pick(
         &mut self,
         peer: PeerKey,
@@ -302,11 +273,34 @@ impl Picker {
         rng: &mut fastrand::Rng,
         out: &mut Vec<Block>,
     ) {
-        let mut want = want;
-        // 1. Unrequested blocks of pieces in progress.
+        let mut want = self.pick_in_progress(peer, peer_has, want, out);
+        while want > 0 {
+            let Some(piece) = self.rarest_for(peer_has, rng) else {
+                break;
+            };
+            if !self.start_piece(piece) {
+                break;
+            }
+            want = self.pick_in_piece(piece, peer, want, out);
+        }
+        if want > 0 && self.in_endgame() {
+            self.pick_duplicates(peer, peer_has, want, out);
+        }
+    }
+
+    /// Unrequested blocks of pieces already in progress; returns how many
+    /// are still wanted.
+    fn pick_in_progress(
+        &mut self,
+        peer: PeerKey,
+        peer_has: &Bitfield,
+        mut want: usize,
+        out: &mut Vec<Block>,
+    ) -> usize {
+        let geometry = self.geometry;
         for (&piece, part) in self.partial.iter_mut() {
             if want == 0 {
-                return;
+                break;
             }
             if part.unrequested == 0 || !peer_has.get(piece as usize) {
                 continue;
@@ -319,66 +313,93 @@ impl Picker {
                     b.add_holder(peer);
                     part.unrequested -= 1;
                     want -= 1;
-                    out.push(block_at(self.piece_length, self.total, piece, idx));
+                    out.push(geometry.block(piece, idx));
                 }
             }
         }
-        // 2. Start new pieces, rarest first, while memory allows.
-        while want > 0 {
-            let Some(piece) = self.rarest_for(peer_has, rng) else {
-                break;
-            };
-            let size = self.piece_size(piece);
-            let held = self.partial_bytes + self.verifying_bytes;
-            // One piece is always allowed when nothing is held, so a piece
-            // larger than the bound still makes progress.
-            if held > 0 && held + size > self.max_partial_bytes {
-                break;
+        want
+    }
+
+    /// Takes `piece` into progress with a buffer of its size, if the bound
+    /// on pieces in memory allows.
+    fn start_piece(&mut self, piece: u32) -> bool {
+        let size = self.piece_size(piece);
+        let held = self.partial_bytes + self.verifying_bytes;
+        // One piece is always allowed when nothing is held, so a piece
+        // larger than the bound still makes progress.
+        if held > 0 && held + size > self.max_partial_bytes {
+            return false;
+        }
+        self.bucket_remove(piece);
+        self.state[piece as usize] = State::Partial;
+        self.partial_bytes += size;
+        let n = self.geometry.blocks_in(piece);
+        // A spare buffer's old bytes are all overwritten: a piece is only
+        // done once every block has arrived.
+        let data = match self.spare.pop() {
+            Some(mut buf) => {
+                buf.resize(size as usize, 0);
+                buf
             }
-            self.bucket_remove(piece);
-            self.state[piece as usize] = State::Partial;
-            self.partial_bytes += size;
-            let n = self.block_count(piece);
-            // A spare buffer's old bytes are all overwritten: a piece is
-            // only done once every block has arrived.
-            let data = match self.spare.pop() {
-                Some(mut buf) => {
-                    buf.resize(size as usize, 0);
-                    buf
-                }
-                None => vec![0; size as usize],
-            };
-            let mut part = Partial {
+            None => vec![0; size as usize],
+        };
+        self.partial.insert(
+            piece,
+            Partial {
                 data,
                 blocks: vec![BlockState::default(); n],
                 unrequested: n,
                 received: 0,
-            };
-            for idx in 0..n.min(want) {
-                part.blocks[idx].add_holder(peer);
-                part.unrequested -= 1;
-                want -= 1;
-                out.push(self.block_at(piece, idx));
-            }
-            self.partial.insert(piece, part);
+            },
+        );
+        true
+    }
+
+    /// The first blocks of a piece just started, for `peer`; returns how
+    /// many are still wanted.
+    fn pick_in_piece(
+        &mut self,
+        piece: u32,
+        peer: PeerKey,
+        mut want: usize,
+        out: &mut Vec<Block>,
+    ) -> usize {
+        let geometry = self.geometry;
+        let Some(part) = self.partial.get_mut(&piece) else {
+            return want;
+        };
+        for idx in 0..part.blocks.len().min(want) {
+            part.blocks[idx].add_holder(peer);
+            part.unrequested -= 1;
+            want -= 1;
+            out.push(geometry.block(piece, idx));
         }
-        // 3. Endgame: duplicate outstanding requests held by other peers.
-        if want > 0 && self.in_endgame() {
-            for (&piece, part) in self.partial.iter_mut() {
+        want
+    }
+
+    /// Endgame: duplicates of outstanding requests held by other peers.
+    fn pick_duplicates(
+        &mut self,
+        peer: PeerKey,
+        peer_has: &Bitfield,
+        mut want: usize,
+        out: &mut Vec<Block>,
+    ) {
+        let geometry = self.geometry;
+        for (&piece, part) in self.partial.iter_mut() {
+            if want == 0 {
+                break;
+            }
+            if !peer_has.get(piece as usize) {
+                continue;
+            }
+            for (idx, b) in part.blocks.iter_mut().enumerate() {
                 if want == 0 {
                     break;
                 }
-                if !peer_has.get(piece as usize) {
-                    continue;
-                }
-                for (idx, b) in part.blocks.iter_mut().enumerate() {
-                    if want == 0 {
-                        break;
-                    }
-                    if !b.received && b.holder_count() < MAX_HOLDERS && b.add_holder(peer) {
-                        want -= 1;
-                        out.push(block_at(self.piece_length, self.total, piece, idx));
-                    }
+                if !b.received && b.holder_count() < MAX_HOLDERS && b.add_holder(peer) {
+                    want -= 1;
+                    out.push(geometry.block(piece, idx));
                 }
             }
         }
@@ -414,13 +435,13 @@ impl Picker {
     pub fn block_received(&mut self, peer: PeerKey, block: Block, data: &[u8]) -> Received {
         let idx = (block.begin / BLOCK_SIZE) as usize;
         // Validate against the piece's geometry before touching state; the
-        // partial lookup also guarantees `block_at` is in range.
+        // partial lookup also guarantees the block index is in range.
         match self.partial.get(&block.piece) {
             Some(part) if idx < part.blocks.len() => {}
             _ => return Received::Ignored,
         }
         if !block.begin.is_multiple_of(BLOCK_SIZE)
-            || self.block_at(block.piece, idx) != block
+            || self.geometry.block(block.piece, idx) != block
             || data.len() != block.length as usize
         {
             return Received::Ignored;
@@ -499,7 +520,8 @@ impl Picker {
     pub fn recycle(&mut self, buf: Vec<u8>) {
         let spare: usize = self.spare.iter().map(Vec::capacity).sum();
         let fits = self.spare.is_empty() || spare + buf.capacity() <= MAX_SPARE_BYTES;
-        if fits && buf.capacity() as u64 >= self.piece_length.min(self.total) {
+        if fits && buf.capacity() as u64 >= self.geometry.piece_length().min(self.geometry.total())
+        {
             self.spare.push(buf);
         }
     }
@@ -515,7 +537,7 @@ impl Picker {
                     self.partial_bytes -= part.data.len() as u64;
                     for (idx, b) in part.blocks.iter().enumerate() {
                         for h in b.holders.iter().flatten() {
-                            self.cancels.push((*h, self.block_at(piece, idx)));
+                            self.cancels.push((*h, self.geometry.block(piece, idx)));
                         }
                     }
                 }
@@ -596,18 +618,6 @@ impl Picker {
     }
 }
 
-/// Block `idx` of `piece` in a torrent of `total` bytes in pieces of
-/// `piece_length` (the last block of the last piece may be short).
-fn block_at(piece_length: u64, total: u64, piece: u32, idx: usize) -> Block {
-    let size = piece_length.min(total.saturating_sub(piece as u64 * piece_length));
-    let begin = idx as u64 * BLOCK_SIZE as u64;
-    Block {
-        piece,
-        begin: begin as u32,
-        length: size.saturating_sub(begin).min(BLOCK_SIZE as u64) as u32,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -629,7 +639,8 @@ mod tests {
 
     fn picker(piece_length: u64, total: u64, max_partial: u64) -> Picker {
         let n = total.div_ceil(piece_length) as usize;
-        Picker::new(piece_length, total, &Bitfield::new(n), max_partial).unwrap()
+        let g = Geometry::new(piece_length, total).unwrap();
+        Picker::new(g, &Bitfield::new(n), max_partial).unwrap()
     }
 
     fn bf(n: usize, set: &[usize]) -> Bitfield {
@@ -646,10 +657,10 @@ mod tests {
 
     #[test]
     fn rejects_bad_geometry() {
-        assert!(Picker::new(0, 10, &Bitfield::new(1), 1 << 20).is_none());
-        assert!(Picker::new(MAX_PIECE_LENGTH + 1, 10, &Bitfield::new(1), 1 << 20).is_none());
-        assert!(Picker::new(B, 10 * B, &Bitfield::new(9), 1 << 20).is_none());
-        assert!(Picker::new(1, u64::MAX, &Bitfield::new(0), 1 << 20).is_none());
+        let g = |pl, total| Geometry::new(pl, total).unwrap();
+        assert!(Picker::new(g(MAX_PIECE_LENGTH + 1, 10), &Bitfield::new(1), 1 << 20).is_none());
+        assert!(Picker::new(g(B, 10 * B), &Bitfield::new(9), 1 << 20).is_none());
+        assert!(Geometry::new(1, u64::MAX).is_none(), "too many pieces");
     }
 
     #[test]
@@ -1015,7 +1026,7 @@ mod tests {
         p.pick(PeerKey(0), &Bitfield::full(4), 10, &mut rng, &mut out);
         assert!(out.is_empty());
         // A complete start has nothing missing.
-        let p = Picker::new(B, 4 * B, &Bitfield::full(4), 0).unwrap();
+        let p = Picker::new(Geometry::new(B, 4 * B).unwrap(), &Bitfield::full(4), 0).unwrap();
         assert!(p.is_complete());
         assert_eq!(p.missing_bytes(), 0);
     }

@@ -6,6 +6,8 @@ use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 
+use super::geometry::Geometry;
+
 /// Maximum number of open file handles kept by [`Storage`]; torrents can
 /// have tens of thousands of files and fds are a shared, limited resource.
 pub const MAX_OPEN_FILES: usize = 16;
@@ -33,12 +35,12 @@ impl AlignedBuf {
     }
 }
 
-/// Geometry of a torrent: piece length and the lengths of its files, in
-/// metainfo order.
+/// Where a torrent's pieces lie: its geometry and the lengths of its
+/// files, in metainfo order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {
-    /// Nominal piece length (the last piece may be shorter).
-    pub piece_length: u64,
+    /// How the bytes are cut into pieces.
+    pub geometry: Geometry,
     /// Length of every file, in order.
     pub files: Vec<u64>,
 }
@@ -55,26 +57,19 @@ pub struct Span {
 }
 
 impl Layout {
-    /// Total size of all files (saturating, so absurd input cannot panic).
+    /// The layout of `files` in pieces of `piece_length`; `None` when
+    /// that is no geometry (see [`Geometry::new`]) or the sizes overflow.
+    pub fn new(piece_length: u64, files: Vec<u64>) -> Option<Layout> {
+        let total = files.iter().try_fold(0u64, |a, &b| a.checked_add(b))?;
+        Some(Layout {
+            geometry: Geometry::new(piece_length, total)?,
+            files,
+        })
+    }
+
+    /// Total size of all files.
     pub fn total(&self) -> u64 {
-        self.files.iter().fold(0u64, |a, &b| a.saturating_add(b))
-    }
-
-    /// Number of pieces (0 when `piece_length` is 0).
-    pub fn piece_count(&self) -> u64 {
-        if self.piece_length == 0 {
-            return 0;
-        }
-        self.total().div_ceil(self.piece_length)
-    }
-
-    /// Size of piece `i`; 0 if `i` is out of range.
-    pub fn piece_size(&self, i: u64) -> u64 {
-        if i >= self.piece_count() {
-            return 0;
-        }
-        let start = i * self.piece_length;
-        self.piece_length.min(self.total() - start)
+        self.geometry.total()
     }
 
     /// Maps `len` bytes at `begin` inside `piece` onto file spans, in order,
@@ -83,8 +78,8 @@ impl Layout {
     ///
     /// Linear in the number of files; fine for the sizes metainfo parsing
     /// admits, and it keeps `Layout` a plain value.
-    pub fn spans(&self, piece: u64, begin: u64, len: u64) -> Vec<Span> {
-        let size = self.piece_size(piece);
+    pub fn spans(&self, piece: u32, begin: u64, len: u64) -> Vec<Span> {
+        let size = self.geometry.piece_size(piece);
         let end_in_piece = match begin.checked_add(len) {
             Some(e) => e,
             None => return Vec::new(),
@@ -92,8 +87,8 @@ impl Layout {
         if len == 0 || end_in_piece > size {
             return Vec::new();
         }
-        // piece < piece_count and begin+len <= piece size, so no overflow.
-        let mut pos = piece * self.piece_length + begin;
+        // piece < pieces and begin+len <= piece size, so no overflow.
+        let mut pos = self.geometry.piece_start(piece) + begin;
         let end = pos + len;
         let mut out = Vec::new();
         let mut file_start = 0u64;
@@ -185,7 +180,7 @@ impl Storage {
     }
 
     fn spans_or_err(&self, piece: u32, begin: u32, len: usize) -> Result<Vec<Span>, StorageError> {
-        let spans = self.layout.spans(piece as u64, begin as u64, len as u64);
+        let spans = self.layout.spans(piece, begin as u64, len as u64);
         if spans.is_empty() && len > 0 {
             return Err(StorageError {
                 path: PathBuf::new(),
@@ -426,18 +421,15 @@ mod tests {
     }
 
     fn check_layout(layout: &Layout) {
-        let total = layout.total();
-        let n = layout.piece_count();
-        let sum: u64 = (0..n).map(|p| layout.piece_size(p)).sum();
-        assert_eq!(sum, total);
-        assert_eq!(layout.piece_size(n), 0);
+        let g = layout.geometry;
+        let n = g.pieces();
         for p in 0..n {
-            let size = layout.piece_size(p);
+            let size = g.piece_size(p);
             for begin in 0..size {
                 for len in 1..=(size - begin) {
                     let spans = layout.spans(p, begin, len);
                     // Expand spans byte by byte and compare with reference.
-                    let mut a = p * layout.piece_length + begin;
+                    let mut a = g.piece_start(p) + begin;
                     let mut covered = 0;
                     for s in &spans {
                         assert!(s.len > 0);
@@ -476,39 +468,22 @@ mod tests {
             (1, vec![3, 0, 2]),
         ];
         for (pl, files) in layouts {
-            check_layout(&Layout {
-                piece_length: pl,
-                files,
-            });
+            check_layout(&Layout::new(pl, files).unwrap());
         }
     }
 
     #[test]
     fn degenerate_layouts() {
-        let l = Layout {
-            piece_length: 0,
-            files: vec![5],
-        };
-        assert_eq!(l.piece_count(), 0);
+        assert_eq!(Layout::new(0, vec![5]), None);
+        let l = Layout::new(4, vec![0, 0]).unwrap();
+        assert_eq!(l.geometry.pieces(), 0);
         assert!(l.spans(0, 0, 1).is_empty());
-        let l = Layout {
-            piece_length: 4,
-            files: vec![0, 0],
-        };
-        assert_eq!(l.piece_count(), 0);
-        let l = Layout {
-            piece_length: 4,
-            files: vec![u64::MAX, u64::MAX],
-        };
-        assert_eq!(l.total(), u64::MAX);
+        assert_eq!(Layout::new(4, vec![u64::MAX, 1]), None, "overflow");
     }
 
     fn setup() -> (tempfile::TempDir, Layout, Vec<PathBuf>) {
         let dir = tempfile::tempdir().unwrap();
-        let layout = Layout {
-            piece_length: 7,
-            files: vec![5, 0, 11, 3, 20],
-        };
+        let layout = Layout::new(7, vec![5, 0, 11, 3, 20]).unwrap();
         let paths = (0..layout.files.len())
             .map(|i| dir.path().join(format!("d{}/sub/f{i}", i % 2)))
             .collect();
@@ -527,12 +502,13 @@ mod tests {
         let data: Vec<u8> = (0..total).map(|i| (i * 7 + i / 4099) as u8).collect();
         let mut st = Storage::new(layout.clone(), paths.clone());
         let mut staging = AlignedBuf::default();
-        let mut order: Vec<u64> = (0..layout.piece_count()).collect();
+        let g = layout.geometry;
+        let mut order: Vec<u32> = (0..g.pieces()).collect();
         fastrand::Rng::with_seed(5).shuffle(&mut order);
         for p in order {
-            let start = (p * layout.piece_length) as usize;
-            let len = layout.piece_size(p) as usize;
-            st.write_direct(p as u32, &data[start..start + len], &mut staging)
+            let start = g.piece_start(p) as usize;
+            let len = g.piece_size(p) as usize;
+            st.write_direct(p, &data[start..start + len], &mut staging)
                 .unwrap();
         }
         let mut at = 0;
@@ -547,10 +523,9 @@ mod tests {
 
     #[test]
     fn direct_writes_of_one_file_with_a_short_last_piece() {
-        let (_dir, st) = direct_round_trip(Layout {
-            piece_length: 2 * DIRECT_ALIGN as u64,
-            files: vec![7 * DIRECT_ALIGN as u64 + 100],
-        });
+        let (_dir, st) = direct_round_trip(
+            Layout::new(2 * DIRECT_ALIGN as u64, vec![7 * DIRECT_ALIGN as u64 + 100]).unwrap(),
+        );
         // The filesystem took O_DIRECT, or said it would not.
         let direct = st.open.iter().any(|o| o.direct);
         assert!(direct || st.no_direct == [0], "{:?}", st.no_direct);
@@ -558,14 +533,14 @@ mod tests {
 
     #[test]
     fn direct_writes_across_files_of_awkward_sizes() {
-        direct_round_trip(Layout {
-            piece_length: 2 * DIRECT_ALIGN as u64,
-            files: vec![5000, 3 * DIRECT_ALIGN as u64, 1, 0, 9000],
-        });
-        direct_round_trip(Layout {
-            piece_length: 16 << 10,
-            files: vec![1, 40000, 16384],
-        });
+        direct_round_trip(
+            Layout::new(
+                2 * DIRECT_ALIGN as u64,
+                vec![5000, 3 * DIRECT_ALIGN as u64, 1, 0, 9000],
+            )
+            .unwrap(),
+        );
+        direct_round_trip(Layout::new(16 << 10, vec![1, 40000, 16384]).unwrap());
     }
 
     #[test]
@@ -577,8 +552,9 @@ mod tests {
             let mut st = Storage::new(layout.clone(), paths);
             // Cut each piece into 3-byte chunks and write them shuffled.
             let mut chunks = Vec::new();
-            for p in 0..layout.piece_count() {
-                let size = layout.piece_size(p);
+            let g = layout.geometry;
+            for p in 0..g.pieces() {
+                let size = g.piece_size(p);
                 let mut b = 0;
                 while b < size {
                     chunks.push((p, b, 3.min(size - b)));
@@ -588,14 +564,13 @@ mod tests {
             let mut rng = fastrand::Rng::with_seed(seed);
             rng.shuffle(&mut chunks);
             for &(p, b, l) in &chunks {
-                let a = (p * layout.piece_length + b) as usize;
-                st.write(p as u32, b as u32, &content[a..a + l as usize])
-                    .unwrap();
+                let a = (g.piece_start(p) + b) as usize;
+                st.write(p, b as u32, &content[a..a + l as usize]).unwrap();
             }
             let mut got = Vec::new();
-            for p in 0..layout.piece_count() {
-                let mut buf = vec![0; layout.piece_size(p) as usize];
-                st.read(p as u32, 0, &mut buf).unwrap();
+            for p in 0..g.pieces() {
+                let mut buf = vec![0; g.piece_size(p) as usize];
+                st.read(p, 0, &mut buf).unwrap();
                 got.extend_from_slice(&buf);
             }
             assert_eq!(got, content);
@@ -640,13 +615,7 @@ mod tests {
         assert!(st.write(99, 0, &[0]).is_err());
         assert!(st.read(0, u32::MAX, &mut [0; 1]).is_err());
         // Missing path for a file is an error, not a panic.
-        let mut st = Storage::new(
-            Layout {
-                piece_length: 4,
-                files: vec![4],
-            },
-            vec![],
-        );
+        let mut st = Storage::new(Layout::new(4, vec![4]).unwrap(), vec![]);
         assert!(st.write(0, 0, &[1]).is_err());
     }
 
@@ -654,18 +623,15 @@ mod tests {
     fn open_file_cache_is_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let n = 40;
-        let layout = Layout {
-            piece_length: 2,
-            files: vec![1; n],
-        };
+        let layout = Layout::new(2, vec![1; n]).unwrap();
         let paths: Vec<PathBuf> = (0..n).map(|i| dir.path().join(format!("{i}"))).collect();
         let mut st = Storage::new(layout.clone(), paths);
-        for p in 0..layout.piece_count() as u32 {
+        for p in 0..layout.geometry.pieces() {
             st.write(p, 0, &[p as u8, p as u8 + 100]).unwrap();
             assert!(st.open_files() <= MAX_OPEN_FILES);
         }
         assert_eq!(st.open_files(), MAX_OPEN_FILES);
-        for p in (0..layout.piece_count() as u32).rev() {
+        for p in (0..layout.geometry.pieces()).rev() {
             let mut b = [0; 2];
             st.read(p, 0, &mut b).unwrap();
             assert_eq!(b, [p as u8, p as u8 + 100]);

@@ -15,6 +15,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use crate::codec::outbuf::OutBuf;
+use crate::engine::geometry::{BlockError, Geometry};
 
 use super::wire::{
     parse_handshake, reserve_piece, split_message, write_handshake, write_message, Block,
@@ -112,36 +113,15 @@ impl From<WireError> for PeerError {
     }
 }
 
-/// The torrent's geometry, for range checks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Shape {
-    /// Pieces.
-    pub pieces: u32,
-    /// Bytes per piece (the last may be shorter).
-    pub piece_length: u32,
-    /// Bytes in all.
-    pub total: u64,
-}
-
-impl Shape {
-    /// Bytes in piece `i`.
-    pub fn piece_size(&self, i: u32) -> u64 {
-        let start = i as u64 * self.piece_length as u64;
-        (self.piece_length as u64).min(self.total.saturating_sub(start))
-    }
-
-    fn check_block(&self, b: &Block) -> Result<(), PeerError> {
-        if b.piece >= self.pieces {
-            return Err(PeerError::OutOfRange("piece index"));
-        }
-        if b.length == 0 || b.length > MAX_REQUEST_LEN {
-            return Err(PeerError::OutOfRange("block length"));
-        }
-        if b.begin as u64 + b.length as u64 > self.piece_size(b.piece) {
-            return Err(PeerError::OutOfRange("block end"));
-        }
-        Ok(())
-    }
+/// A block the peer names must lie inside the torrent.
+fn check_block(g: &Geometry, b: &Block) -> Result<(), PeerError> {
+    g.check_block(b, MAX_REQUEST_LEN).map_err(|e| {
+        PeerError::OutOfRange(match e {
+            BlockError::Piece => "piece index",
+            BlockError::Length => "block length",
+            BlockError::End => "block end",
+        })
+    })
 }
 
 /// Where the connection is.
@@ -162,7 +142,7 @@ pub struct PeerConn {
     theirs: Option<Handshake>,
     /// The handshake was handed to the owner.
     handshake_taken: bool,
-    shape: Option<Shape>,
+    geometry: Option<Geometry>,
     input: Vec<u8>,
     /// Bytes of `input` already consumed (compacted at the next receive).
     read: usize,
@@ -170,14 +150,23 @@ pub struct PeerConn {
     connected_at: Instant,
     last_received: Instant,
     last_sent: Instant,
+    /// What the messages of both sides established: kept apart from the
+    /// input buffer, so a message borrowed from the buffer can update it.
+    x: Exchange,
+    /// Piece payload bytes sent.
+    pub uploaded: u64,
+}
+
+/// The state both sides' messages build up.
+struct Exchange {
     /// We choke them (BEP 3: both sides start choking, not interested).
-    pub am_choking: bool,
+    am_choking: bool,
     /// We are interested in them.
-    pub am_interested: bool,
+    am_interested: bool,
     /// They choke us.
-    pub peer_choking: bool,
+    peer_choking: bool,
     /// They are interested in us.
-    pub peer_interested: bool,
+    peer_interested: bool,
     have: Vec<u8>,
     have_count: u32,
     peer_requests: VecDeque<Block>,
@@ -188,25 +177,12 @@ pub struct PeerConn {
     dropped: Vec<Block>,
     last_piece_wanted: bool,
     /// Piece payload bytes received.
-    pub downloaded: u64,
-    /// Piece payload bytes sent.
-    pub uploaded: u64,
+    downloaded: u64,
 }
 
-impl PeerConn {
-    fn new(ours: Option<Handshake>, now: Instant) -> PeerConn {
-        let mut c = PeerConn {
-            stage: Stage::Handshake,
-            ours,
-            theirs: None,
-            handshake_taken: false,
-            shape: None,
-            input: Vec::new(),
-            read: 0,
-            output: OutBuf::new(1 << 20),
-            connected_at: now,
-            last_received: now,
-            last_sent: now,
+impl Exchange {
+    fn new() -> Exchange {
+        Exchange {
             am_choking: true,
             am_interested: false,
             peer_choking: true,
@@ -220,6 +196,117 @@ impl PeerConn {
             dropped: Vec::new(),
             last_piece_wanted: true,
             downloaded: 0,
+        }
+    }
+
+    /// What a message from the peer changes; `first` while no message
+    /// other than keep-alives and extensions came before it.
+    fn update(&mut self, msg: &Message<'_>, first: bool, g: &Geometry) -> Result<(), PeerError> {
+        match *msg {
+            Message::Choke => {
+                self.peer_choking = true;
+                // BEP 3: choking discards our outstanding requests. A block
+                // already on its way is still tolerated, as for a cancel.
+                for b in self.requested.drain() {
+                    remember(&mut self.cancelled, b);
+                    self.dropped.push(b);
+                }
+            }
+            Message::Unchoke => self.peer_choking = false,
+            Message::Interested => self.peer_interested = true,
+            Message::NotInterested => self.peer_interested = false,
+            Message::Have(i) => {
+                if i >= g.pieces() {
+                    return Err(PeerError::OutOfRange("have index"));
+                }
+                self.set_have(i);
+            }
+            Message::Bitfield(bits) => self.bitfield(bits, first, g)?,
+            Message::Request(b) => self.peer_request(b, g)?,
+            Message::Cancel(b) => {
+                if self.peer_requested.remove(&b) {
+                    self.peer_requests.retain(|r| *r != b);
+                }
+            }
+            Message::Piece { piece, begin, data } => {
+                let b = Block {
+                    piece,
+                    begin,
+                    length: data.len() as u32,
+                };
+                self.last_piece_wanted = self.requested.remove(&b);
+                if !self.last_piece_wanted && !self.cancelled.contains(&b) {
+                    return Err(PeerError::Unrequested(b));
+                }
+                self.downloaded += data.len() as u64;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn bitfield(&mut self, bits: &[u8], first: bool, g: &Geometry) -> Result<(), PeerError> {
+        // BEP 3 wants it first; some clients (aria2 1.36) send one later
+        // too. A late one only adds pieces, like `have`s.
+        if bits.len() != self.have.len() {
+            return Err(PeerError::BadBitfield("wrong size"));
+        }
+        let spare = (8 - g.pieces() % 8) % 8;
+        let mask = ((1u16 << spare) - 1) as u8;
+        if bits.last().is_some_and(|b| b & mask != 0) {
+            return Err(PeerError::BadBitfield("spare bits set"));
+        }
+        for (mine, theirs) in self.have.iter_mut().zip(bits) {
+            *mine |= theirs;
+        }
+        self.have_count = self.have.iter().map(|b| b.count_ones()).sum();
+        if !first {
+            log::debug!("a bitfield after other messages, taken as haves");
+        }
+        Ok(())
+    }
+
+    fn peer_request(&mut self, b: Block, g: &Geometry) -> Result<(), PeerError> {
+        check_block(g, &b)?;
+        if self.am_choking {
+            // Common practice: requests while choked are dropped.
+            return Ok(());
+        }
+        if self.peer_requests.len() >= MAX_PEER_REQUESTS {
+            return Err(PeerError::TooManyRequests);
+        }
+        if self.peer_requested.insert(b) {
+            self.peer_requests.push_back(b);
+        }
+        Ok(())
+    }
+
+    fn set_have(&mut self, i: u32) {
+        if let Some(byte) = self.have.get_mut(i as usize / 8) {
+            let bit = 0x80 >> (i % 8);
+            if *byte & bit == 0 {
+                *byte |= bit;
+                self.have_count += 1;
+            }
+        }
+    }
+}
+
+impl PeerConn {
+    fn new(ours: Option<Handshake>, now: Instant) -> PeerConn {
+        let mut c = PeerConn {
+            stage: Stage::Handshake,
+            ours,
+            theirs: None,
+            handshake_taken: false,
+            geometry: None,
+            input: Vec::new(),
+            read: 0,
+            output: OutBuf::new(1 << 20),
+            connected_at: now,
+            last_received: now,
+            last_sent: now,
+            x: Exchange::new(),
             uploaded: 0,
         };
         if let Some(h) = ours {
@@ -311,10 +398,10 @@ impl PeerConn {
 
     /// The torrent is known: its geometry, and our bitfield to send (none
     /// when we have nothing, as is common).
-    pub fn attach(&mut self, shape: Shape, our_bitfield: Option<&[u8]>) {
-        self.have = vec![0; (shape.pieces as usize).div_ceil(8)];
-        self.have_count = 0;
-        self.shape = Some(shape);
+    pub fn attach(&mut self, geometry: Geometry, our_bitfield: Option<&[u8]>) {
+        self.x.have = vec![0; (geometry.pieces() as usize).div_ceil(8)];
+        self.x.have_count = 0;
+        self.geometry = Some(geometry);
         if let Some(bits) = our_bitfield {
             write_message(self.output.tail(), &Message::Bitfield(bits));
         }
@@ -329,16 +416,15 @@ impl PeerConn {
         let Stage::Open { first } = self.stage else {
             return Ok(None);
         };
-        let Some(shape) = self.shape else {
+        let Some(geometry) = self.geometry else {
             return Err(PeerError::TooEarly);
         };
         // A piece message of the largest block we accept, and a bitfield
         // of this torrent, are the largest messages a peer may send.
-        let max = (MAX_REQUEST_LEN as usize + 9).max(self.have.len() + 1);
+        let max = (MAX_REQUEST_LEN as usize + 9).max(self.x.have.len() + 1);
         let Some((msg, used)) = split_message(&self.input[self.read..], max)? else {
             return Ok(None);
         };
-        let start = self.read;
         self.read += used;
         // The bitfield must come first, but keep-alives and extension
         // messages may precede it (BEP 10 handshakes sometimes do).
@@ -349,188 +435,96 @@ impl PeerConn {
         if !leading {
             self.stage = Stage::Open { first: false };
         }
-        // Re-borrow the message from the buffer, now that `self.read`
-        // moved: the state updates below need `&mut self`.
-        let msg = self.update(msg_owned(&msg), first, shape, start, used)?;
-        Ok(msg.map(|m| self.borrow(m, start, used)))
-    }
-
-    fn update(
-        &mut self,
-        msg: Owned,
-        first: bool,
-        shape: Shape,
-        start: usize,
-        used: usize,
-    ) -> Result<Option<Owned>, PeerError> {
-        match msg {
-            Owned::Choke => {
-                self.peer_choking = true;
-                // BEP 3: choking discards our outstanding requests. A block
-                // already on its way is still tolerated, as for a cancel.
-                for b in self.requested.drain() {
-                    remember(&mut self.cancelled, b);
-                    self.dropped.push(b);
-                }
-            }
-            Owned::Unchoke => self.peer_choking = false,
-            Owned::Interested => self.peer_interested = true,
-            Owned::NotInterested => self.peer_interested = false,
-            Owned::Have(i) => {
-                if i >= shape.pieces {
-                    return Err(PeerError::OutOfRange("have index"));
-                }
-                self.set_have(i);
-            }
-            Owned::Bitfield => {
-                // BEP 3 wants it first; some clients (aria2 1.36) send one
-                // later too. A late one only adds pieces, like `have`s.
-                let bits = &self.input[start + 5..start + used];
-                if bits.len() != self.have.len() {
-                    return Err(PeerError::BadBitfield("wrong size"));
-                }
-                let spare = (8 - shape.pieces % 8) % 8;
-                let mask = ((1u16 << spare) - 1) as u8;
-                if bits.last().is_some_and(|b| b & mask != 0) {
-                    return Err(PeerError::BadBitfield("spare bits set"));
-                }
-                for (mine, theirs) in self.have.iter_mut().zip(bits) {
-                    *mine |= theirs;
-                }
-                self.have_count = self.have.iter().map(|b| b.count_ones()).sum();
-                if !first {
-                    log::debug!("a bitfield after other messages, taken as haves");
-                }
-            }
-            Owned::Request(b) => {
-                shape.check_block(&b)?;
-                if self.am_choking {
-                    // Common practice: requests while choked are dropped.
-                    return Ok(Some(msg));
-                }
-                if self.peer_requests.len() >= MAX_PEER_REQUESTS {
-                    return Err(PeerError::TooManyRequests);
-                }
-                if self.peer_requested.insert(b) {
-                    self.peer_requests.push_back(b);
-                }
-            }
-            Owned::Cancel(b) if self.peer_requested.remove(&b) => {
-                self.peer_requests.retain(|r| *r != b);
-            }
-            Owned::Piece { piece, begin, len } => {
-                let b = Block {
-                    piece,
-                    begin,
-                    length: len,
-                };
-                self.last_piece_wanted = self.requested.remove(&b);
-                if !self.last_piece_wanted && !self.cancelled.contains(&b) {
-                    return Err(PeerError::Unrequested(b));
-                }
-                self.downloaded += len as u64;
-            }
-            _ => {}
-        }
+        self.x.update(&msg, first, &geometry)?;
         Ok(Some(msg))
     }
 
-    fn borrow(&self, m: Owned, start: usize, used: usize) -> Message<'_> {
-        let body = &self.input[start + 4..start + used];
-        match m {
-            Owned::KeepAlive => Message::KeepAlive,
-            Owned::Choke => Message::Choke,
-            Owned::Unchoke => Message::Unchoke,
-            Owned::Interested => Message::Interested,
-            Owned::NotInterested => Message::NotInterested,
-            Owned::Have(i) => Message::Have(i),
-            Owned::Bitfield => Message::Bitfield(&body[1..]),
-            Owned::Request(b) => Message::Request(b),
-            Owned::Piece { piece, begin, .. } => Message::Piece {
-                piece,
-                begin,
-                data: &body[9..],
-            },
-            Owned::Cancel(b) => Message::Cancel(b),
-            Owned::Port(p) => Message::Port(p),
-            Owned::Extended { id } => Message::Extended {
-                id,
-                payload: &body[2..],
-            },
-            Owned::Unknown { id } => Message::Unknown { id },
-        }
+    /// We choke the peer.
+    pub fn am_choking(&self) -> bool {
+        self.x.am_choking
     }
 
-    fn set_have(&mut self, i: u32) {
-        if let Some(byte) = self.have.get_mut(i as usize / 8) {
-            let bit = 0x80 >> (i % 8);
-            if *byte & bit == 0 {
-                *byte |= bit;
-                self.have_count += 1;
-            }
-        }
+    /// We are interested in the peer's pieces.
+    pub fn am_interested(&self) -> bool {
+        self.x.am_interested
+    }
+
+    /// The peer chokes us.
+    pub fn peer_choking(&self) -> bool {
+        self.x.peer_choking
+    }
+
+    /// The peer is interested in our pieces.
+    pub fn peer_interested(&self) -> bool {
+        self.x.peer_interested
+    }
+
+    /// Piece payload bytes received.
+    pub fn downloaded(&self) -> u64 {
+        self.x.downloaded
     }
 
     /// Whether the peer has piece `i`.
     pub fn peer_has(&self, i: u32) -> bool {
-        self.have
+        self.x
+            .have
             .get(i as usize / 8)
             .is_some_and(|b| b & (0x80 >> (i % 8)) != 0)
     }
 
     /// The peer's bitfield as received and updated by `have`.
     pub fn peer_bitfield(&self) -> &[u8] {
-        &self.have
+        &self.x.have
     }
 
     /// Pieces the peer has.
     pub fn peer_count(&self) -> u32 {
-        self.have_count
+        self.x.have_count
     }
 
     /// The peer has every piece.
     pub fn peer_is_seed(&self) -> bool {
-        self.shape
-            .is_some_and(|s| s.pieces > 0 && self.have_count == s.pieces)
+        self.geometry
+            .is_some_and(|g| g.pieces() > 0 && self.x.have_count == g.pieces())
     }
 
     /// Whether the last piece message answered one of our requests (a
     /// late answer to a cancelled one is tolerated, and not wanted).
     pub fn last_piece_wanted(&self) -> bool {
-        self.last_piece_wanted
+        self.x.last_piece_wanted
     }
 
     /// Our requests the peer discarded by choking us: for the picker.
     pub fn take_dropped_requests(&mut self) -> Vec<Block> {
-        std::mem::take(&mut self.dropped)
+        std::mem::take(&mut self.x.dropped)
     }
 
     /// Our requests still unanswered.
     pub fn outstanding(&self) -> usize {
-        self.requested.len()
+        self.x.requested.len()
     }
 
     /// Our unanswered requests (to give back when the peer goes).
     pub fn outstanding_requests(&self) -> impl Iterator<Item = &Block> {
-        self.requested.iter()
+        self.x.requested.iter()
     }
 
     /// The next block the peer asked for, to serve.
     pub fn next_peer_request(&mut self) -> Option<Block> {
-        let b = self.peer_requests.pop_front()?;
-        self.peer_requested.remove(&b);
+        let b = self.x.peer_requests.pop_front()?;
+        self.x.peer_requested.remove(&b);
         Some(b)
     }
 
     /// The block the peer asked for next, without taking it (to check
     /// that a speed limit allows it first).
     pub fn peek_peer_request(&self) -> Option<&Block> {
-        self.peer_requests.front()
+        self.x.peer_requests.front()
     }
 
     /// Requests the peer has queued.
     pub fn peer_request_count(&self) -> usize {
-        self.peer_requests.len()
+        self.x.peer_requests.len()
     }
 
     fn send(&mut self, msg: &Message<'_>, now: Instant) {
@@ -540,26 +534,26 @@ impl PeerConn {
 
     /// Chokes the peer; its queued requests are discarded (BEP 3).
     pub fn choke(&mut self, now: Instant) {
-        if !self.am_choking {
-            self.am_choking = true;
-            self.peer_requests.clear();
-            self.peer_requested.clear();
+        if !self.x.am_choking {
+            self.x.am_choking = true;
+            self.x.peer_requests.clear();
+            self.x.peer_requested.clear();
             self.send(&Message::Choke, now);
         }
     }
 
     /// Unchokes the peer.
     pub fn unchoke(&mut self, now: Instant) {
-        if self.am_choking {
-            self.am_choking = false;
+        if self.x.am_choking {
+            self.x.am_choking = false;
             self.send(&Message::Unchoke, now);
         }
     }
 
     /// Tells the peer we want what it has (or no longer do).
     pub fn set_interested(&mut self, on: bool, now: Instant) {
-        if self.am_interested != on {
-            self.am_interested = on;
+        if self.x.am_interested != on {
+            self.x.am_interested = on;
             let msg = if on {
                 Message::Interested
             } else {
@@ -582,15 +576,15 @@ impl PeerConn {
 
     /// Asks for a block.
     pub fn request(&mut self, b: Block, now: Instant) {
-        if self.requested.insert(b) {
+        if self.x.requested.insert(b) {
             self.send(&Message::Request(b), now);
         }
     }
 
     /// Withdraws a request; a block already on its way is still taken.
     pub fn cancel(&mut self, b: Block, now: Instant) {
-        if self.requested.remove(&b) {
-            remember(&mut self.cancelled, b);
+        if self.x.requested.remove(&b) {
+            remember(&mut self.x.cancelled, b);
             self.send(&Message::Cancel(b), now);
         }
     }
@@ -674,56 +668,15 @@ fn remember(cancelled: &mut VecDeque<Block>, b: Block) {
 
 /// A message without its borrowed parts, so that the connection can be
 /// updated before the message is lent out again.
-#[derive(Debug, Clone, Copy)]
-enum Owned {
-    KeepAlive,
-    Choke,
-    Unchoke,
-    Interested,
-    NotInterested,
-    Have(u32),
-    Bitfield,
-    Request(Block),
-    Piece { piece: u32, begin: u32, len: u32 },
-    Cancel(Block),
-    Port(u16),
-    Extended { id: u8 },
-    Unknown { id: u8 },
-}
-
-fn msg_owned(m: &Message<'_>) -> Owned {
-    match *m {
-        Message::KeepAlive => Owned::KeepAlive,
-        Message::Choke => Owned::Choke,
-        Message::Unchoke => Owned::Unchoke,
-        Message::Interested => Owned::Interested,
-        Message::NotInterested => Owned::NotInterested,
-        Message::Have(i) => Owned::Have(i),
-        Message::Bitfield(_) => Owned::Bitfield,
-        Message::Request(b) => Owned::Request(b),
-        Message::Piece { piece, begin, data } => Owned::Piece {
-            piece,
-            begin,
-            len: data.len() as u32,
-        },
-        Message::Cancel(b) => Owned::Cancel(b),
-        Message::Port(p) => Owned::Port(p),
-        Message::Extended { id, .. } => Owned::Extended { id },
-        Message::Unknown { id } => Owned::Unknown { id },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const HASH: [u8; 20] = [1; 20];
     // 5 pieces of 32 KiB, the last one 10 bytes.
-    const SHAPE: Shape = Shape {
-        pieces: 5,
-        piece_length: 32 << 10,
-        total: 4 * (32 << 10) + 10,
-    };
+    fn shape() -> Geometry {
+        Geometry::new(32 << 10, 4 * (32 << 10) + 10).unwrap()
+    }
 
     fn hs(id: u8) -> Handshake {
         Handshake {
@@ -748,7 +701,7 @@ mod tests {
         write_handshake(&mut theirs, &hs(2));
         c.receive(&theirs, t);
         assert_eq!(c.poll_handshake(), Ok(Some(hs(2))));
-        c.attach(SHAPE, None);
+        c.attach(shape(), None);
         let n = c.output().len();
         c.consume_output(n);
         c
@@ -803,8 +756,8 @@ mod tests {
             for &to in cuts.iter().chain([&stream.len()]) {
                 c.receive(&stream[from..to], t);
                 from = to;
-                if c.shape.is_none() && c.poll_handshake().unwrap().is_some() {
-                    c.attach(SHAPE, None);
+                if c.geometry.is_none() && c.poll_handshake().unwrap().is_some() {
+                    c.attach(shape(), None);
                 }
                 while let Some(m) = c.poll_message().unwrap() {
                     seen.push(format!("{m:?}"));
@@ -838,7 +791,7 @@ mod tests {
         assert!(c.output().is_empty());
         assert_eq!(c.poll_message(), Ok(None), "nothing before attach");
         c.accept(hs(1)).unwrap();
-        c.attach(SHAPE, Some(&[0xF8]));
+        c.attach(shape(), Some(&[0xF8]));
         let out = c.output().to_vec();
         assert_eq!(parse_handshake(&out), Ok(Some(hs(1))));
         assert_eq!(
@@ -996,7 +949,7 @@ mod tests {
         assert!(c.last_piece_wanted());
         feed(&mut c, &[piece(b)], t).unwrap();
         assert!(!c.last_piece_wanted(), "late, after our cancel");
-        assert_eq!(c.downloaded, 32);
+        assert_eq!(c.downloaded(), 32);
         assert_eq!(
             feed(&mut c, &[piece(block(1, 0, 16))], t),
             Err(PeerError::Unrequested(block(1, 0, 16)))

@@ -9,6 +9,7 @@ use std::fmt;
 use sha1::{Digest, Sha1};
 
 use crate::codec::{DecodeError, Reader, Value};
+use crate::engine::geometry::Geometry;
 
 /// The largest metainfo file accepted. Real ones are kilobytes to a few
 /// megabytes (a 1 TiB torrent with 256 KiB pieces has 80 MB of hashes,
@@ -118,8 +119,8 @@ pub struct Metainfo {
     pub creator: Vec<u8>,
     /// `creation date`, when present.
     pub creation_date: Option<i64>,
-    /// Bytes per piece (the last may be shorter).
-    pub piece_length: u64,
+    /// Piece length and total size.
+    pub geometry: Geometry,
     /// One SHA-1 per piece.
     pub pieces: Vec<[u8; 20]>,
     /// The files in order; their concatenation is what the pieces hash.
@@ -227,11 +228,16 @@ impl Metainfo {
             .iter()
             .try_fold(0u64, |acc, f| acc.checked_add(f.length))
             .ok_or_else(|| bad("total size overflows"))?;
-        let expected_pieces = total.div_ceil(piece_length);
-        if expected_pieces != pieces.len() as u64 {
+        let geometry = Geometry::new(piece_length, total).ok_or_else(|| {
+            bad(format!(
+                "{total} bytes in pieces of {piece_length} are too many pieces"
+            ))
+        })?;
+        if geometry.pieces() as usize != pieces.len() {
             return Err(bad(format!(
-                "info.pieces holds {} hashes but {total} bytes in pieces of {piece_length} need {expected_pieces}",
-                pieces.len()
+                "info.pieces holds {} hashes but {total} bytes in pieces of {piece_length} need {}",
+                pieces.len(),
+                geometry.pieces()
             )));
         }
 
@@ -247,7 +253,7 @@ impl Metainfo {
                 .unwrap_or_default()
                 .to_vec(),
             creation_date: int_of(top.get("creation date"), "creation date")?,
-            piece_length,
+            geometry,
             pieces,
             files,
             multi_file,
@@ -256,19 +262,12 @@ impl Metainfo {
 
     /// Total bytes of all files.
     pub fn total_size(&self) -> u64 {
-        self.files.iter().map(|f| f.length).sum()
+        self.geometry.total()
     }
 
     /// The info hash as 40 lower-case hex digits.
     pub fn hash_hex(&self) -> String {
         hex(&self.info_hash)
-    }
-
-    /// Bytes in piece `index` (the last piece may be short).
-    pub fn piece_size(&self, index: usize) -> u64 {
-        let start = index as u64 * self.piece_length;
-        self.piece_length
-            .min(self.total_size().saturating_sub(start))
     }
 }
 
@@ -441,9 +440,9 @@ mod tests {
         assert_eq!(m.total_size(), 50_000);
         assert_eq!(m.files.len(), 1);
         assert_eq!(m.files[0].display_path(), b"hello.txt");
-        assert_eq!(m.piece_length, 16384);
+        assert_eq!(m.geometry.piece_length(), 16384);
         assert_eq!(m.pieces.len(), 4);
-        assert_eq!(m.piece_size(3), 50_000 - 3 * 16384);
+        assert_eq!(m.geometry.piece_size(3), 50_000 - 3 * 16384);
         type Row<'a> = (&'a str, u16, &'a str, Option<&'a str>);
         let t: Vec<Vec<Row>> = m
             .tiers

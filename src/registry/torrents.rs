@@ -171,7 +171,7 @@ impl Torrent {
     fn set_verified(&mut self, piece: usize, good: bool) {
         if let Some(slot) = self.verified.get_mut(piece) {
             if *slot != good {
-                let size = self.meta.piece_size(piece);
+                let size = self.meta.geometry.piece_size(piece as u32);
                 if good {
                     self.completed += size;
                 } else {
@@ -551,11 +551,11 @@ impl Torrents {
                 }),
             ));
         }
-        let piece_size = t.meta.piece_size(check.piece);
+        let piece_size = t.meta.geometry.piece_size(check.piece as u32);
         let want = (piece_size - check.offset)
             .min(READ_CHUNK as u64)
             .min(budget.max(1)) as usize;
-        let absolute = check.piece as u64 * t.meta.piece_length + check.offset;
+        let absolute = t.meta.geometry.piece_start(check.piece as u32) + check.offset;
         let (file_index, file_offset) = locate(&t.meta.files, absolute);
         let file_len = t.meta.files.get(file_index).map_or(0, |f| f.length);
         // A read never crosses into the next file.

@@ -452,10 +452,10 @@ impl Swarm {
             }
             st.peers += 1;
             st.peers_from[p.source as usize] += 1;
-            if !p.conn.peer_choking && p.conn.am_interested {
+            if !p.conn.peer_choking() && p.conn.am_interested() {
                 st.peers_sending += 1;
             }
-            if !p.conn.am_choking && p.conn.peer_interested {
+            if !p.conn.am_choking() && p.conn.peer_interested() {
                 st.peers_receiving += 1;
             }
         }
@@ -479,10 +479,10 @@ impl Swarm {
                     download_rate: p.down.rate(now) as u64,
                     upload_rate: p.up.rate(now) as u64,
                     progress: p.has.count() as f64 / pieces,
-                    interested: p.conn.am_interested,
-                    choked: p.conn.peer_choking,
-                    peer_interested: p.conn.peer_interested,
-                    peer_choked: p.conn.am_choking,
+                    interested: p.conn.am_interested(),
+                    choked: p.conn.peer_choking(),
+                    peer_interested: p.conn.peer_interested(),
+                    peer_choked: p.conn.am_choking(),
                     incoming: p.source == Source::Incoming,
                 })
             })

@@ -11,10 +11,11 @@ use super::{Peer, Source};
 use crate::engine::bitfield::Bitfield;
 use crate::engine::choker::{Choker, PeerChokeInfo};
 use crate::engine::disk::{Files, Outcome, PieceDone, PieceJob};
+use crate::engine::geometry::Geometry;
 use crate::engine::picker::{Block, PeerKey, Picker, Received};
 use crate::engine::rate::RateMeter;
 use crate::engine::storage::{Layout, Storage, StorageError};
-use crate::peer::conn::{PeerConn, PeerError, Shape};
+use crate::peer::conn::{PeerConn, PeerError};
 use crate::peer::wire::Message;
 use crate::registry::Torrent;
 
@@ -55,7 +56,7 @@ pub(super) struct Session {
     pub info_hash: [u8; 20],
     /// BEP 27: peers come from the tracker only (no peer exchange).
     pub private: bool,
-    shape: Shape,
+    geometry: Geometry,
     hashes: Vec<[u8; 20]>,
     pub picker: Picker,
     storage: Storage,
@@ -87,20 +88,14 @@ impl Session {
         now: Instant,
     ) -> Option<Session> {
         let meta = &t.meta;
-        let total = meta.total_size();
-        let pieces = u32::try_from(meta.pieces.len()).ok()?;
-        let shape = Shape {
-            pieces,
-            piece_length: u32::try_from(meta.piece_length).ok()?,
-            total,
-        };
-        let mut have = Bitfield::new(pieces as usize);
+        let geometry = meta.geometry;
+        let mut have = Bitfield::new(geometry.pieces() as usize);
         for (i, v) in t.verified.iter().enumerate() {
             have.set(i, *v);
         }
-        let picker = Picker::new(meta.piece_length, total, &have, max_partial_bytes)?;
+        let picker = Picker::new(geometry, &have, max_partial_bytes)?;
         let layout = Layout {
-            piece_length: meta.piece_length,
+            geometry,
             files: meta.files.iter().map(|f| f.length).collect(),
         };
         let paths: Vec<_> = (0..meta.files.len()).map(|i| t.file_path(i)).collect();
@@ -113,7 +108,7 @@ impl Session {
             instance,
             info_hash: meta.info_hash,
             private: meta.private,
-            shape,
+            geometry,
             hashes: meta.pieces.clone(),
             picker,
             storage: Storage::new(layout, paths),
@@ -154,10 +149,10 @@ impl Session {
 
     /// A peer's handshake is done: tell it what we have.
     pub fn attach(&mut self, conn: &mut PeerConn, has: &mut Bitfield) {
-        *has = Bitfield::new(self.shape.pieces as usize);
+        *has = Bitfield::new(self.geometry.pieces() as usize);
         let ours = self.picker.have_bitfield();
         let bits = (ours.count() > 0).then(|| ours.as_bytes());
-        conn.attach(self.shape, bits);
+        conn.attach(self.geometry, bits);
     }
 
     /// One message from peer `key` (already checked by its connection).
@@ -172,7 +167,7 @@ impl Session {
     ) -> Result<(), PeerError> {
         match msg {
             Message::Bitfield(bits) => {
-                let theirs = Bitfield::from_bytes(bits, self.shape.pieces as usize)
+                let theirs = Bitfield::from_bytes(bits, self.geometry.pieces() as usize)
                     .ok_or(PeerError::BadBitfield("wrong size"))?;
                 if has.count() == 0 {
                     *has = theirs;
@@ -192,7 +187,7 @@ impl Session {
             Message::Have(i) if !has.get(i as usize) => {
                 has.set(i as usize, true);
                 self.picker.peer_have(i);
-                self.swarm.add(self.shape.piece_size(i), now);
+                self.swarm.add(self.geometry.piece_size(i), now);
             }
             Message::Interested | Message::NotInterested => self.choker.force(),
             Message::Piece { piece, begin, data } => {
@@ -287,7 +282,7 @@ impl Session {
         rng: &mut fastrand::Rng,
         now: Instant,
     ) {
-        if conn.peer_choking || !conn.am_interested {
+        if conn.peer_choking() || !conn.am_interested() {
             return;
         }
         let target = Picker::request_queue_len(meter.rate(now));
@@ -332,7 +327,7 @@ impl Session {
     }
 
     pub fn peer_gone(&mut self, key: PeerKey, has: &Bitfield) {
-        if has.len() == self.shape.pieces as usize {
+        if has.len() == self.geometry.pieces() as usize {
             self.picker.peer_left(has);
         }
         self.picker.peer_gone(key);
@@ -349,12 +344,12 @@ impl Session {
             .filter(|(_, p)| !p.dialing && p.conn.handshake().is_some())
             .map(|(k, p)| PeerChokeInfo {
                 key: *k,
-                interested: p.conn.peer_interested,
+                interested: p.conn.peer_interested(),
                 is_seed: p.conn.peer_is_seed(),
                 download_rate: p.down.rate(now),
                 upload_rate: p.up.rate(now),
                 connected_at: p.connected_at,
-                unchoked: !p.conn.am_choking,
+                unchoked: !p.conn.am_choking(),
             })
             .collect();
         let seeding = self.picker.is_complete();

@@ -22,6 +22,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use serde_json::json;
 
+use tripcd::engine::geometry::Geometry;
 use tripcd::registry::Metainfo;
 
 use super::ipc::IpcLoad;
@@ -84,26 +85,23 @@ struct Leecher {
     dead: bool,
 }
 
-/// The torrent's shape, as far as requests go.
+/// The torrent, as far as requests go.
 struct Shape {
-    total: u64,
-    piece_length: u64,
+    geometry: Geometry,
     info_hash: [u8; 20],
 }
 
 impl Shape {
+    /// Blocks in the torrent, numbered across pieces.
     fn blocks(&self) -> u64 {
-        self.total.div_ceil(BLOCK as u64)
+        self.geometry.total().div_ceil(BLOCK as u64)
     }
-    /// (piece, begin, length) of block `i`.
+    /// (piece, begin, length) of block `i` (pieces are whole blocks).
     fn block(&self, i: u64) -> (u32, u32, u32) {
         let at = i * BLOCK as u64;
-        let len = (self.total - at).min(BLOCK as u64);
-        (
-            (at / self.piece_length) as u32,
-            (at % self.piece_length) as u32,
-            len as u32,
-        )
+        let pl = self.geometry.piece_length();
+        let len = (self.geometry.total() - at).min(BLOCK as u64);
+        ((at / pl) as u32, (at % pl) as u32, len as u32)
     }
 }
 
@@ -327,8 +325,7 @@ fn measure(args: &LeechersArgs) -> io::Result<(Figures, super::IpcReport)> {
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", args.torrent.display())))?;
     let meta = Metainfo::parse(&bytes).map_err(|e| io::Error::other(format!("torrent: {e}")))?;
     let shape = Shape {
-        total: meta.total_size(),
-        piece_length: meta.piece_length,
+        geometry: meta.geometry,
         info_hash: meta.info_hash,
     };
     let rss = |what: &str| {
@@ -420,8 +417,7 @@ mod tests {
     #[test]
     fn blocks_cover_the_torrent_with_a_short_last_one() {
         let s = Shape {
-            total: 3 * BLOCK as u64 + 10,
-            piece_length: 2 * BLOCK as u64,
+            geometry: Geometry::new(2 * BLOCK as u64, 3 * BLOCK as u64 + 10).unwrap(),
             info_hash: [0; 20],
         };
         assert_eq!(s.blocks(), 4);

@@ -140,7 +140,7 @@ mod tests {
         std::fs::write(&path, vec![7u8; 1000]).unwrap();
         let m = Metainfo::parse(&torrent_for_file(&path, 300).unwrap()).unwrap();
         assert_eq!(m.total_size(), 1000);
-        assert_eq!(m.piece_size(3), 100);
+        assert_eq!(m.geometry.piece_size(3), 100);
         assert_eq!(
             m.pieces[1][..],
             Sha1::digest([7u8; 300]).as_slice()[..],
