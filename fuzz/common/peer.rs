@@ -12,9 +12,8 @@ use tripcd::peer::conn::{
     PeerConn, PeerError, HANDSHAKE_TIMEOUT, INACTIVITY_TIMEOUT, KEEPALIVE_INTERVAL,
     MAX_INPUT, MAX_PEER_REQUESTS,
 };
-use tripcd::peer::pex::{
-    ExtendedHandshake, LocalHandshake, PexMessage, HANDSHAKE_EXT_ID, OUR_UT_PEX_ID,
-};
+use tripcd::peer::extension::{ExtendedHandshake, LocalHandshake, HANDSHAKE_EXT_ID};
+use tripcd::peer::pex::{PexMessage, OUR_UT_PEX_ID, UT_PEX};
 use tripcd::peer::wire::{
     parse_handshake, split_message, write_message, Block, Handshake, Message, BLOCK_SIZE,
     HANDSHAKE_LEN, MAX_MESSAGE_LEN, MAX_REQUEST_LEN, PROTOCOL,
@@ -288,7 +287,8 @@ impl<'t> Bare<'t> {
                     client: "fuzz",
                     reqq: MAX_PEER_REQUESTS as u32,
                     listen_port: Some(super::setup::LISTEN_PORT),
-                    private: false,
+                    extensions: &[(UT_PEX, OUR_UT_PEX_ID)],
+                    metadata_size: None,
                 };
                 self.conn
                     .extended(HANDSHAKE_EXT_ID, &ours.encode(), self.now);

@@ -11,9 +11,6 @@ pub const PROTOCOL: &[u8; 20] = b"\x13BitTorrent protocol";
 /// Bytes in a handshake.
 pub const HANDSHAKE_LEN: usize = 68;
 
-/// The block size everyone requests (BEP 3 practice).
-pub const BLOCK_SIZE: u32 = 16 << 10;
-
 /// Largest request accepted from a peer (others are refused, as the
 /// common clients do).
 pub const MAX_REQUEST_LEN: u32 = 128 << 10;
@@ -33,8 +30,9 @@ pub struct Handshake {
     pub peer_id: [u8; 20],
 }
 
-/// A block of a piece: what a request, a cancel and a piece name.
-pub use crate::engine::picker::Block;
+/// A block of a piece (what a request, a cancel and a piece name), and the
+/// block size everyone requests (BEP 3 practice).
+pub use crate::engine::geometry::{Block, BLOCK_SIZE};
 
 /// One message, borrowing its variable parts from the input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

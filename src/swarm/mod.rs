@@ -27,11 +27,9 @@ use crate::engine::disk::{DiskRequest, PieceDone};
 use crate::engine::picker::{PeerKey, Picker};
 use crate::engine::rate::RateMeter;
 use crate::peer::conn::{PeerConn, PeerError, MAX_PEER_REQUESTS};
+use crate::peer::extension::{ExtendedHandshake, LocalHandshake, HANDSHAKE_EXT_ID};
 use crate::peer::mse::{self, Policy, Secrets};
-use crate::peer::pex::{
-    ExtendedHandshake, LocalHandshake, PexFlags, PexMessage, PexState, HANDSHAKE_EXT_ID,
-    OUR_UT_PEX_ID,
-};
+use crate::peer::pex::{PexFlags, PexMessage, PexState, OUR_UT_PEX_ID, UT_PEX};
 use crate::peer::wire::{Handshake, Message};
 use crate::registry::{PeerInfo, Torrent};
 use link::Link;
@@ -795,7 +793,7 @@ impl Swarm {
             if let (Source::Incoming, Some(port)) = (p.source, hs.listen_port) {
                 p.listen = Some(SocketAddr::new(p.addr.ip(), port));
             }
-            match (hs.ut_pex(), &mut p.pex) {
+            match (hs.extension_id(UT_PEX), &mut p.pex) {
                 (Some(id), Some(x)) => x.id = id,
                 (Some(id), None) if pex_allowed => {
                     let mut state = PexState::new(p.addr, now);
@@ -1054,11 +1052,17 @@ impl Swarm {
         s.choker.force();
         p.connected_at = now;
         if h.reserved[EXTENSION_BIT.0] & EXTENSION_BIT.1 != 0 {
+            let pex: &[(&str, u8)] = if s.private || !self.manners.pex {
+                &[]
+            } else {
+                &[(UT_PEX, OUR_UT_PEX_ID)]
+            };
             let ours = LocalHandshake {
                 client: CLIENT_NAME,
                 reqq: MAX_PEER_REQUESTS as u32,
                 listen_port: Some(self.manners.listen_port).filter(|p| *p != 0),
-                private: s.private || !self.manners.pex,
+                extensions: pex,
+                metadata_size: None,
             };
             p.conn.extended(HANDSHAKE_EXT_ID, &ours.encode(), now);
         }
