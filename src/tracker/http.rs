@@ -341,6 +341,97 @@ fn trim_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
+/// The status code and the reason phrase (cleaned and bounded) of a
+/// status line.
+fn parse_status_line(line: &[u8]) -> Result<(u16, String), TrackerError> {
+    let line = std::str::from_utf8(line).map_err(|_| bad("status line is not text"))?;
+    let mut parts = line.splitn(3, ' ');
+    let version = parts.next().unwrap_or_default();
+    if !version.starts_with("HTTP/1.") {
+        let shown: String = line.chars().take(40).collect();
+        return Err(bad(format!("not an HTTP/1.x status line: {shown:?}")));
+    }
+    let code = parts.next().unwrap_or_default();
+    let status = code
+        .parse::<u16>()
+        .ok()
+        .filter(|s| (100..1000).contains(s) && code.len() == 3)
+        .ok_or_else(|| bad(format!("bad status code {code:?}")))?;
+    let reason: String = parts
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(100)
+        .collect();
+    Ok((status, reason))
+}
+
+/// The headers a response's framing and redirects depend on.
+#[derive(Default)]
+struct Headers {
+    content_length: Option<usize>,
+    chunked: bool,
+    location: Option<String>,
+}
+
+impl Headers {
+    fn parse<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Result<Headers, TrackerError> {
+        let mut h = Headers::default();
+        for line in lines.filter(|l| !l.is_empty()) {
+            let Some(colon) = line.iter().position(|&b| b == b':') else {
+                return Err(bad("header line without ':'"));
+            };
+            let (name, value) = line.split_at(colon);
+            let value = String::from_utf8_lossy(value.get(1..).unwrap_or_default());
+            h.take(name, value.trim())?;
+        }
+        Ok(h)
+    }
+
+    fn take(&mut self, name: &[u8], value: &str) -> Result<(), TrackerError> {
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let n = value
+                .parse::<u64>()
+                .map_err(|_| bad(format!("bad Content-Length {value:?}")))?;
+            let n = usize::try_from(n).unwrap_or(usize::MAX);
+            if self.content_length.is_some_and(|old| old != n) {
+                return Err(bad("conflicting Content-Length headers"));
+            }
+            self.content_length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            for coding in value.split(',').map(str::trim) {
+                if coding.eq_ignore_ascii_case("chunked") {
+                    self.chunked = true;
+                } else if !coding.eq_ignore_ascii_case("identity") && !coding.is_empty() {
+                    return Err(bad(format!("unsupported transfer coding {coding:?}")));
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"location") {
+            self.location = Some(value.chars().take(2048).collect());
+        }
+        Ok(())
+    }
+
+    /// Where the body of a response with `status` ends.
+    fn framing(&self, status: u16) -> Result<Framing, TrackerError> {
+        Ok(if status == 204 || status == 304 {
+            Framing::Length(0)
+        } else if self.chunked {
+            // RFC 9112: chunked wins over Content-Length.
+            Framing::Chunked
+        } else if let Some(n) = self.content_length {
+            if n > MAX_BODY {
+                return Err(TrackerError::TooLarge("body", MAX_BODY));
+            }
+            Framing::Length(n)
+        } else {
+            Framing::UntilClose
+        })
+    }
+}
+
 impl ResponseParser {
     /// A parser for the response to a `GET`.
     pub fn new() -> Self {
@@ -517,66 +608,8 @@ impl ResponseParser {
 
     fn parse_head(&mut self, head: &[u8]) -> Result<(), TrackerError> {
         let mut lines = head.split(|&b| b == b'\n').map(trim_cr);
-        let status_line = lines.next().unwrap_or_default();
-        let status_line =
-            std::str::from_utf8(status_line).map_err(|_| bad("status line is not text"))?;
-        let mut parts = status_line.splitn(3, ' ');
-        let version = parts.next().unwrap_or_default();
-        if !version.starts_with("HTTP/1.") {
-            let shown: String = status_line.chars().take(40).collect();
-            return Err(bad(format!("not an HTTP/1.x status line: {shown:?}")));
-        }
-        let code = parts.next().unwrap_or_default();
-        let status = code
-            .parse::<u16>()
-            .ok()
-            .filter(|s| (100..1000).contains(s) && code.len() == 3)
-            .ok_or_else(|| bad(format!("bad status code {code:?}")))?;
-        let reason: String = parts
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(100)
-            .collect();
-
-        let mut content_length: Option<usize> = None;
-        let mut chunked = false;
-        let mut location = None;
-        for line in lines {
-            if line.is_empty() {
-                continue;
-            }
-            let Some(colon) = line.iter().position(|&b| b == b':') else {
-                return Err(bad("header line without ':'"));
-            };
-            let (name, value) = line.split_at(colon);
-            let value = value.get(1..).unwrap_or_default();
-            let value = String::from_utf8_lossy(value);
-            let value = value.trim();
-            if name.eq_ignore_ascii_case(b"content-length") {
-                let n = value
-                    .parse::<u64>()
-                    .map_err(|_| bad(format!("bad Content-Length {value:?}")))?;
-                let n = usize::try_from(n).unwrap_or(usize::MAX);
-                if content_length.is_some_and(|old| old != n) {
-                    return Err(bad("conflicting Content-Length headers"));
-                }
-                content_length = Some(n);
-            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                for coding in value.split(',').map(str::trim) {
-                    if coding.eq_ignore_ascii_case("chunked") {
-                        chunked = true;
-                    } else if !coding.eq_ignore_ascii_case("identity") && !coding.is_empty() {
-                        return Err(bad(format!("unsupported transfer coding {coding:?}")));
-                    }
-                }
-            } else if name.eq_ignore_ascii_case(b"location") {
-                location = Some(value.chars().take(2048).collect::<String>());
-            }
-        }
-
+        let (status, reason) = parse_status_line(lines.next().unwrap_or_default())?;
+        let headers = Headers::parse(lines)?;
         if (100..200).contains(&status) {
             // `100 Continue` and friends: the real response follows.
             self.interim += 1;
@@ -588,25 +621,12 @@ impl ResponseParser {
         }
         self.status = status;
         self.reason = reason;
-        self.location = location;
-        let framing = if status == 204 || status == 304 {
-            Framing::Length(0)
-        } else if chunked {
-            // RFC 9112: chunked wins over Content-Length.
-            Framing::Chunked
-        } else if let Some(n) = content_length {
-            if n > MAX_BODY {
-                return Err(TrackerError::TooLarge("body", MAX_BODY));
-            }
-            Framing::Length(n)
-        } else {
-            Framing::UntilClose
-        };
-        self.state = match framing {
+        self.state = match headers.framing(status)? {
             Framing::Length(n) => State::Length(n),
             Framing::Chunked => State::ChunkSize,
             Framing::UntilClose => State::UntilClose,
         };
+        self.location = headers.location;
         Ok(())
     }
 

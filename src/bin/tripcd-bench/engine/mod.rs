@@ -17,6 +17,7 @@ mod plot;
 mod report;
 mod watch;
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
 
@@ -53,6 +54,30 @@ pub fn run(cmd: EngineCmd) -> io::Result<()> {
         EngineCmd::Report { dir } => report::run(&dir),
         EngineCmd::Leechers(args) => leechers::run(&args),
     }
+}
+
+/// The order pairs are listed in: ours first, then the references.
+const PAIR_ORDER: [&str; 4] = ["tripcd", "tripcd-rc4", "libtorrent", "aria2"];
+
+/// Where `pair` goes in the listing.
+fn pair_rank(pair: &str) -> (usize, String) {
+    let rank = PAIR_ORDER
+        .iter()
+        .position(|p| *p == pair)
+        .unwrap_or(PAIR_ORDER.len());
+    (rank, pair.to_string())
+}
+
+/// Runs grouped by (size, pair), sizes ascending, pairs in listing order.
+pub fn group(runs: &[Run]) -> BTreeMap<(u64, (usize, String)), Vec<&Run>> {
+    let mut groups: BTreeMap<_, Vec<&Run>> = BTreeMap::new();
+    for r in runs {
+        groups
+            .entry((r.size_mib, pair_rank(&r.pair)))
+            .or_default()
+            .push(r);
+    }
+    groups
 }
 
 /// One measured transfer, as `watch` writes it and `report` reads it.

@@ -6,8 +6,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use super::report::group;
-use super::{Run, MIB};
+use super::{group, Run, MIB};
 
 /// Seconds over which each point's rate is taken: long enough to smooth
 /// the 100 ms sampling, short enough to show a stall.

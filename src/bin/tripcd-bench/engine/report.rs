@@ -6,7 +6,6 @@
 //! (speed, time, CPU, IPC p99), except the IPC maximum, which is the worst
 //! of all the runs: a latency bound is only as good as its worst case.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::io;
@@ -14,10 +13,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::{plot, Run};
-
-/// The order pairs are listed in: ours first, then the references.
-const PAIR_ORDER: [&str; 4] = ["tripcd", "tripcd-rc4", "libtorrent", "aria2"];
+use super::{group, plot, Run};
 
 /// One pair at one size, summarised over its runs.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,27 +53,6 @@ pub fn median(xs: &mut [f64]) -> f64 {
     } else {
         (xs[mid - 1] + xs[mid]) / 2.0
     }
-}
-
-/// Where `pair` goes in the listing.
-fn pair_rank(pair: &str) -> (usize, String) {
-    let rank = PAIR_ORDER
-        .iter()
-        .position(|p| *p == pair)
-        .unwrap_or(PAIR_ORDER.len());
-    (rank, pair.to_string())
-}
-
-/// Runs grouped by (size, pair), sizes ascending, pairs in listing order.
-pub fn group(runs: &[Run]) -> BTreeMap<(u64, (usize, String)), Vec<&Run>> {
-    let mut groups: BTreeMap<_, Vec<&Run>> = BTreeMap::new();
-    for r in runs {
-        groups
-            .entry((r.size_mib, pair_rank(&r.pair)))
-            .or_default()
-            .push(r);
-    }
-    groups
 }
 
 /// One row per (size, pair).
