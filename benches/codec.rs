@@ -72,7 +72,7 @@ fn dispatch(c: &mut Criterion) {
     let reg = Registry::open(dir.path(), Settings::defaults("/tmp".into())).unwrap();
     let mut server = Server::new(Service::new(reg), Config::default());
     let now = std::time::Instant::now();
-    let id = server.connect(now);
+    let id = server.connect(tripcd::front::FrontKind::Ipc, now);
     server.receive(id, &tripcd::client::version_frame(1, 2), now);
     let n = server.output(id).len();
     server.consume_output(id, n);

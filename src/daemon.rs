@@ -15,11 +15,13 @@ use nix::sys::stat::{umask, Mode};
 
 use crate::access::Policy;
 pub use crate::config::Config;
+use crate::front::FrontKind;
 use crate::notify::Notifier;
-use crate::reactor::{Exit, Reactor};
+use crate::reactor::{Admit, Exit, FrontListener, ListenSocket, Reactor};
 use crate::registry::{Registry, Settings};
 use crate::server::Server;
 use crate::service::Service;
+use crate::sys::{Activated, ActivatedSocket};
 
 /// Why the daemon could not start or run.
 #[derive(Debug)]
@@ -43,8 +45,9 @@ fn err(context: impl fmt::Display, e: impl fmt::Display) -> DaemonError {
 /// instead of binding one, and reports readiness, status and watchdog
 /// pings to `NOTIFY_SOCKET` (see [`crate::notify`]).
 pub fn run(config: &Config) -> Result<Exit, DaemonError> {
-    // First, before any descriptor is opened: fd 3 may be the manager's.
-    let activated = crate::sys::take_activated_listener().map_err(DaemonError)?;
+    // First, before any descriptor is opened: fd 3 and up may be the
+    // manager's.
+    let activated = crate::sys::take_activated_listeners().map_err(DaemonError)?;
     let notifier = Notifier::from_env();
     if !config.has_paths() {
         return Err(DaemonError(
@@ -61,32 +64,41 @@ pub fn run(config: &Config) -> Result<Exit, DaemonError> {
     load_scripts(config, &mut svc)?;
     let capacity = raise_fd_limit();
     let max_clients = config.max_clients.unwrap_or(capacity).min(capacity) as usize;
-    // A passed socket belongs to the manager: its path, mode and group
-    // are the .socket unit's, and it is never removed here.
-    let (listener, serving, own_socket) = match activated {
-        Some(a) => (
-            mio::net::UnixListener::from_std(a.listener),
-            a.description,
-            false,
-        ),
-        None => {
-            let group = config.socket_group.as_deref().map(group_id).transpose()?;
-            let listener = bind(&socket, config.socket_mode, group)?;
-            (listener, socket.display().to_string(), true)
-        }
-    };
     let access = Policy {
         own_uid: nix::unistd::getuid().as_raw(),
         allow_uids: config.allow_uids.clone(),
         allow_gids: config.allow_gids.clone(),
     };
+    // Passed sockets belong to the manager: their paths, modes and groups
+    // are the .socket unit's, and they are never removed here.
+    let own_socket = activated.is_empty();
+    let listeners = if own_socket {
+        let group = config.socket_group.as_deref().map(group_id).transpose()?;
+        vec![FrontListener {
+            socket: ListenSocket::Unix(bind(&socket, config.socket_mode, group)?),
+            kind: FrontKind::Ipc,
+            admit: Admit::Credentials(access),
+            description: socket.display().to_string(),
+        }]
+    } else {
+        activated
+            .into_iter()
+            .map(|a| front_of(a, &access))
+            .collect::<Result<_, _>>()?
+    };
+    let serving: Vec<String> = listeners
+        .iter()
+        .map(|l| match l.kind {
+            FrontKind::Ipc => l.description.clone(),
+        })
+        .collect();
     let server = Server::new(svc, config.clone());
-    let result = Reactor::new(listener, server, access, max_clients).and_then(|mut reactor| {
+    let result = Reactor::new(listeners, server, max_clients).and_then(|mut reactor| {
         // Only now are signals handled: "ready" means SIGTERM is safe.
         info!(
             "tripcd {} ready on {} (state in {}, room for about {capacity} clients, serving at most {max_clients})",
             env!("CARGO_PKG_VERSION"),
-            serving,
+            serving.join(", "),
             state_dir.display(),
         );
         if let Some(n) = notifier {
@@ -104,6 +116,23 @@ pub fn run(config: &Config) -> Result<Exit, DaemonError> {
     let exit = result.map_err(|e| err("event loop failed", e))?;
     info!("tripcd stopped ({exit:?})");
     Ok(exit)
+}
+
+/// The front a passed socket serves, by its kind: a Unix socket is the
+/// IPC's. A TCP socket has no front yet.
+fn front_of(a: Activated, access: &Policy) -> Result<FrontListener, DaemonError> {
+    match a.socket {
+        ActivatedSocket::Unix(l) => Ok(FrontListener {
+            socket: ListenSocket::Unix(mio::net::UnixListener::from_std(l)),
+            kind: FrontKind::Ipc,
+            admit: Admit::Credentials(access.clone()),
+            description: a.description,
+        }),
+        ActivatedSocket::Tcp(_) => Err(DaemonError(format!(
+            "{} is a TCP socket: tripcd serves only its Unix-socket IPC from passed sockets",
+            a.description
+        ))),
+    }
 }
 
 fn load_scripts(config: &Config, svc: &mut Service) -> Result<(), DaemonError> {

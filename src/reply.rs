@@ -56,3 +56,12 @@ impl From<Reply> for Dispatched {
         }
     }
 }
+
+/// What runs a client's messages (the daemon's command service): the IPC
+/// session calls it, and it knows no session.
+pub trait Dispatch {
+    /// Runs one message on a connection speaking `version`.
+    fn dispatch(&mut self, version: u8, key: &[u8], value: &Value, tagged: bool) -> Dispatched;
+    /// `quit` was received: stop running messages.
+    fn quitting(&self) -> bool;
+}

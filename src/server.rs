@@ -1,69 +1,50 @@
-//! The server core: every client's session, the command service and the
-//! registry, and the order of a loop turn, without any I/O.
+//! The server: every front's clients, the command service they share, the
+//! torrent core, the commit rule and the order of a loop turn, without any
+//! I/O.
 //!
 //! The reactor moves bytes and readiness; this decides everything else.
 //! Time comes in as arguments, never from a clock (quinn-proto's
 //! `Connection` is the model): bytes in with [`Server::receive`], output
 //! out with [`Server::output`], decisions out with [`Server::poll_close`]
 //! and [`Server::flushed`], and [`Server::poll_timeout`] says when to call
-//! [`Server::handle_timeout`].
+//! [`Server::handle_timeout`]. Peers, the disk thread, trackers and
+//! datagrams go to the torrent core ([`Server::core_mut`]) directly.
 //!
 //! One loop turn, as the reactor drives it:
 //! 1. [`Server::connect`] for new clients, [`Server::receive`] for what
-//!    ready clients sent (messages run as they complete);
-//! 2. [`Server::end_turn`]: commit every change of the turn in one durable
-//!    write, release the replies that waited for it, run the hooks;
+//!    ready clients sent, whatever their front (messages run as they
+//!    complete);
+//! 2. [`Server::end_turn`]: commit every change of the turn, from every
+//!    front, in one durable write, release the replies that waited for
+//!    it, run the hooks, let the core follow the changes;
 //! 3. the reactor writes each client's output and reports
 //!    [`Server::flushed`];
-//! 4. [`Server::run_slice`]: one bounded slice of verification (after the
-//!    flush, so no reply waits behind it);
-//! 5. [`Server::handle_timeout`], then the reactor closes what
-//!    [`Server::poll_close`] names: the one safe point for closing.
+//! 4. a bounded slice of verification (after the flush, so no reply
+//!    waits behind it), then [`Server::handle_timeout`];
+//! 5. the peers' part (the core), then [`Server::run_core_hooks`];
+//! 6. the reactor closes what [`Server::poll_close`] names: the one safe
+//!    point for closing.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use slab::Slab;
 
-use std::net::SocketAddr;
-
 use crate::config::Config;
-use crate::engine::disk::{DiskRequest, PieceDone};
-use crate::peer::mse::Policy;
-use crate::registry::{Encryption, Phase, Settings, TorrentError};
+use crate::core::{self, Core, CoreEvent};
+use crate::front::{self, FrontConn, FrontKind};
 use crate::service::Service;
-use crate::session::Session;
-use crate::swarm::{self, Swarm, SwarmEvent};
-use crate::tracker::trackers::{self, Progress, TrackerEvent, Trackers};
-use crate::tracker::udp::Transmit;
-use crate::tracker::worker::{Job, JobResult};
 
 /// A client's handle: stable while it is connected, reused after.
 pub type ClientId = usize;
-
-/// Bytes hashed per step of a verification slice: small enough that the
-/// slice ends close to its time budget (about 0.2 ms of SHA-1 here).
-const CHECK_STEP: u64 = 256 << 10;
-
-/// How often the engine's figures (rates, peers) are copied for
-/// `get-status`.
-const REPORT_EVERY: Duration = Duration::from_secs(1);
-
-/// How often pieces verified by the engine are saved (a restart checks the
-/// data again anyway; this only shortens that check's surprises).
-const SAVE_PROGRESS_EVERY: Duration = Duration::from_secs(30);
-
-/// Longest a stopped torrent shows `stopping` while its `stopped` announce
-/// is in flight.
-const STOPPING_BOUND: Duration = Duration::from_secs(5);
 
 /// How long to wait before retrying a failed commit unasked (a client's
 /// change still triggers a commit at once).
 const COMMIT_RETRY: Duration = Duration::from_secs(1);
 
 struct Client {
-    session: Session,
+    conn: Box<dyn FrontConn>,
+    kind: FrontKind,
     serial: u64,
     connected_at: Instant,
     last_active: Instant,
@@ -82,88 +63,75 @@ pub struct Flushed {
     pub more_input: bool,
 }
 
-/// The sans-IO server: sessions, service, the turn's order.
-pub struct Server {
-    svc: Service,
-    config: Config,
-    clients: Slab<Client>,
+/// The commit rule, for every front: the changes of one turn are made
+/// durable together, then the replies that waited for them are released
+/// (after the peer port's bind, when a change moved it).
+#[derive(Default)]
+struct Commit {
     /// Clients whose replies wait for this turn's commit.
     held: Vec<ClientId>,
-    /// Clients to close at the end of the turn.
-    to_close: Vec<ClientId>,
-    next_serial: u64,
-    next_sweep: Option<Instant>,
     /// After a failed commit, when to try again unasked.
-    retry_commit: Option<Instant>,
-    /// Longest verification slice since the queue last ran dry (logged
-    /// then, so the bound on pauses is visible in the log).
-    longest_slice: Duration,
-    /// Every running torrent's peers.
-    swarm: Swarm,
-    /// Torrents may have started or stopped: compare with the swarm.
-    sync_due: bool,
-    /// The registry's change counter when the swarm was last synced.
-    synced_changes: u64,
-    next_report: Option<Instant>,
-    next_progress_save: Option<Instant>,
-    /// Every running torrent's trackers.
-    trackers: Trackers,
-    /// Bytes in each running torrent, for an announce's `left`.
-    sizes: HashMap<u64, u64>,
-    /// Torrents showing `stopping`, until when at most.
-    stopping: HashMap<u64, Instant>,
+    retry: Option<Instant>,
     /// The peer port last bound (or tried).
     bound_port: Option<u16>,
     /// Clients whose replies wait for the peer port's bind, and the
     /// commit's outcome they also carry.
     awaiting_bind: Vec<ClientId>,
-    bind_commit: Result<(), String>,
+    bind_commit: Option<Result<(), String>>,
+}
+
+/// The sans-IO server: fronts' clients, service, core, the turn's order.
+pub struct Server {
+    svc: Service,
+    config: Config,
+    core: Core,
+    clients: Slab<Client>,
+    commit: Commit,
+    /// Clients to close at the end of the turn.
+    to_close: Vec<ClientId>,
+    next_serial: u64,
+    next_sweep: Option<Instant>,
+}
+
+/// The core's settings from the daemon's configuration.
+fn core_settings(config: &Config) -> core::Settings {
+    let limit = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    core::Settings {
+        announce: config.announce,
+        tracker_timeout: Duration::from_secs(config.tracker_timeout),
+        check_slice: config.check_slice(),
+        limits: crate::swarm::Limits {
+            max_peers: limit(config.max_peers),
+            max_peers_per_torrent: limit(config.max_peers_per_torrent),
+            max_half_open: limit(config.max_half_open),
+            ..crate::swarm::Limits::default()
+        },
+    }
 }
 
 impl Server {
     /// A server running `svc` with the limits of `config`.
     pub fn new(svc: Service, config: Config) -> Server {
-        let mut rng = fastrand::Rng::new();
-        let peer_id = swarm::new_peer_id(&mut rng);
-        let limits = swarm::Limits {
-            max_peers: usize::try_from(config.max_peers).unwrap_or(usize::MAX),
-            max_peers_per_torrent: usize::try_from(config.max_peers_per_torrent)
-                .unwrap_or(usize::MAX),
-            max_half_open: usize::try_from(config.max_half_open).unwrap_or(usize::MAX),
-            ..swarm::Limits::default()
-        };
-        let swarm = Swarm::new(peer_id, limits, rng);
-        Server::with_swarm(svc, config, swarm)
+        let core = Core::new(svc.shared_registry(), core_settings(&config));
+        Server::with_core(svc, config, core)
     }
 
-    /// A server with the swarm given (tests fix its randomness).
-    pub fn with_swarm(svc: Service, config: Config, swarm: Swarm) -> Server {
-        let settings = trackers::Settings {
-            timeout: Duration::from_secs(config.tracker_timeout),
-            ..trackers::Settings::default()
-        };
-        let trackers = Trackers::new(settings, fastrand::Rng::new());
+    /// A server whose core's swarm is given (tests fix its randomness).
+    pub fn with_swarm(svc: Service, config: Config, swarm: crate::swarm::Swarm) -> Server {
+        let core = Core::with_swarm(svc.shared_registry(), core_settings(&config), swarm);
+        Server::with_core(svc, config, core)
+    }
+
+    fn with_core(svc: Service, config: Config, core: Core) -> Server {
         Server {
             svc,
             config,
+            core,
             clients: Slab::new(),
-            held: Vec::new(),
+            commit: Commit::default(),
             to_close: Vec::new(),
             next_serial: 1,
             next_sweep: None,
-            retry_commit: None,
-            longest_slice: Duration::ZERO,
-            swarm,
-            sync_due: true,
-            synced_changes: 0,
-            next_report: None,
-            next_progress_save: None,
-            trackers,
-            sizes: HashMap::new(),
-            stopping: HashMap::new(),
-            bound_port: None,
-            awaiting_bind: Vec::new(),
-            bind_commit: Ok(()),
         }
     }
 
@@ -175,6 +143,17 @@ impl Server {
     /// The command service, to change (scripts reload, tests).
     pub fn service_mut(&mut self) -> &mut Service {
         &mut self.svc
+    }
+
+    /// The torrent core.
+    pub fn core(&self) -> &Core {
+        &self.core
+    }
+
+    /// The torrent core, for the reactor's peers, disk, trackers and
+    /// datagrams.
+    pub fn core_mut(&mut self) -> &mut Core {
+        &mut self.core
     }
 
     /// The configuration in force.
@@ -192,13 +171,27 @@ impl Server {
         self.svc.control.quit
     }
 
-    /// A new client. Its output already holds the version message.
-    pub fn connect(&mut self, now: Instant) -> ClientId {
+    /// A new client of front `kind`. Its output already holds whatever the
+    /// protocol sends first (the IPC's version message).
+    pub fn connect(&mut self, kind: FrontKind, now: Instant) -> ClientId {
+        let serial = self.next_serial;
+        let conn = front::open(kind, serial, self.config.max_message());
+        self.connect_conn(kind, conn, now)
+    }
+
+    /// A new client on a connection made by the caller (tests of fronts).
+    pub fn connect_conn(
+        &mut self,
+        kind: FrontKind,
+        conn: Box<dyn FrontConn>,
+        now: Instant,
+    ) -> ClientId {
         let serial = self.next_serial;
         self.next_serial += 1;
-        debug!("client {serial}: connected");
+        debug!("client {serial}: connected ({})", kind.name());
         let id = self.clients.insert(Client {
-            session: Session::new(serial, self.config.max_message()),
+            conn,
+            kind,
             serial,
             connected_at: now,
             last_active: now,
@@ -224,12 +217,12 @@ impl Server {
         if !bytes.is_empty() {
             c.last_active = now;
         }
-        if let Err(e) = c.session.receive(bytes, &mut self.svc) {
+        if let Err(e) = c.conn.receive(bytes, &mut self.svc, now) {
             warn!("client {}: protocol error: {e}; closing", c.serial);
             c.closing = true;
         }
-        if c.session.is_held() && !self.held.contains(&id) {
-            self.held.push(id);
+        if c.conn.is_held() && !self.commit.held.contains(&id) {
+            self.commit.held.push(id);
         }
     }
 
@@ -246,35 +239,36 @@ impl Server {
     pub fn wants_input(&self, id: ClientId) -> bool {
         self.clients
             .get(id)
-            .is_some_and(|c| !c.closing && !c.session.is_backpressured())
+            .is_some_and(|c| !c.closing && !c.conn.is_backpressured())
             && !self.quit_requested()
     }
 
     /// The end of the turn's input: commit what changed (once for the
-    /// whole turn), release the replies that waited for it, run the hooks
-    /// of what is now durable (what they change is committed next turn).
+    /// whole turn, whichever fronts changed it), release the replies that
+    /// waited for it, run the hooks of what is now durable (what they
+    /// change is committed next turn), and let the core follow.
     pub fn end_turn(&mut self, now: Instant) {
-        let held = std::mem::take(&mut self.held);
-        let retry_due = self.retry_commit.is_none_or(|t| now >= t);
+        let held = std::mem::take(&mut self.commit.held);
+        let retry_due = self.commit.retry.is_none_or(|t| now >= t);
         if (self.svc.registry().needs_commit() && retry_due) || !held.is_empty() {
             let result = self.svc.registry_mut().commit().map_err(|e| e.to_string());
-            self.retry_commit = result.is_err().then(|| now + COMMIT_RETRY);
+            self.commit.retry = result.is_err().then(|| now + COMMIT_RETRY);
             if self.poll_bind().is_some() {
                 // The peer port moved: its replies wait for the bind too.
-                self.awaiting_bind.extend(held);
-                self.bind_commit = result;
+                self.commit.awaiting_bind.extend(held);
+                self.commit.bind_commit = Some(result);
             } else {
                 self.release(held, &result, None);
             }
         }
         self.svc.run_hooks();
-        self.sync_swarm(now);
+        self.core.sync(now);
     }
 
     fn release(&mut self, held: Vec<ClientId>, commit: &Result<(), String>, bind: Option<&str>) {
         for id in held {
             if let Some(c) = self.clients.get_mut(id) {
-                c.session.release(commit, bind);
+                c.conn.release(commit, bind);
             }
         }
     }
@@ -284,353 +278,46 @@ impl Server {
     /// [`Server::bind_result`].
     pub fn poll_bind(&self) -> Option<u16> {
         let port = self.svc.registry().settings().port;
-        (self.bound_port != Some(port)).then_some(port)
+        (self.commit.bound_port != Some(port)).then_some(port)
     }
 
     /// The outcome of binding `port`: replies that moved the port are
     /// sent now, `failed` with the reason if it could not be bound (the
     /// setting stays; the next change of it tries again).
     pub fn bind_result(&mut self, port: u16, result: Result<(), String>) {
-        self.bound_port = Some(port);
-        let held = std::mem::take(&mut self.awaiting_bind);
-        let commit = std::mem::replace(&mut self.bind_commit, Ok(()));
+        self.commit.bound_port = Some(port);
+        let held = std::mem::take(&mut self.commit.awaiting_bind);
+        let commit = self.commit.bind_commit.take().unwrap_or(Ok(()));
         let bind = result
             .err()
             .map(|e| format!("cannot listen for peers on port {port}: {e}"));
         self.release(held, &commit, bind.as_deref());
     }
 
-    /// Starts and stops the swarm's sessions to match the registry: a
-    /// torrent moves data while it runs, its data checked, with no error.
-    fn sync_swarm(&mut self, now: Instant) {
-        let changes = self.svc.registry().changes();
-        if !self.sync_due && changes == self.synced_changes {
-            return;
-        }
-        self.sync_due = false;
-        self.synced_changes = changes;
-        let reg = self.svc.registry();
-        self.swarm.set_manners(manners(reg.settings()), now);
-        for t in reg.torrents().iter() {
-            let run = t.running
-                && t.error.is_none()
-                && matches!(t.phase, Phase::Downloading | Phase::Seeding);
-            if run && !self.swarm.is_running(t.id) {
-                if self.swarm.start(t, now).is_none() {
-                    warn!("torrent {}: its geometry is beyond this engine", t.id);
-                    continue;
-                }
-                if self.config.announce {
-                    let tiers: Vec<Vec<String>> = t
-                        .meta
-                        .tiers
-                        .iter()
-                        .map(|tier| tier.iter().map(|tr| tr.url.clone()).collect())
-                        .collect();
-                    self.sizes.insert(t.id, t.meta.total_size());
-                    self.trackers.start(t.id, t.meta.info_hash, &tiers, now);
-                }
-            }
-            if !run && self.swarm.is_running(t.id) {
-                self.swarm.stop(t.id);
-                self.trackers.stop(t.id, now);
-                if self.trackers.busy(t.id) {
-                    self.stopping.insert(t.id, now + STOPPING_BOUND);
-                }
-            }
-        }
-        for id in self.swarm.running() {
-            if reg.torrents().get(id).is_none() {
-                self.swarm.stop(id);
-                self.trackers.stop(id, now);
-                self.sizes.remove(&id);
-            }
-        }
-        drop(reg);
-        self.drain_trackers();
-        self.show_stopping(now);
-        if self.next_report.is_none() && !self.swarm.running().is_empty() {
-            self.next_report = Some(now);
-        }
-    }
-
-    /// A stopped torrent says `stopping` while its `stopped` announce is
-    /// in flight, for [`STOPPING_BOUND`] at most.
-    fn show_stopping(&mut self, now: Instant) {
-        let trackers = &self.trackers;
-        let mut reg = self.svc.registry_mut();
-        self.stopping.retain(|id, until| {
-            let busy = now < *until && trackers.busy(*id);
-            if let Some(x) = reg.transfer_mut(*id) {
-                x.stopping = busy;
-            }
-            busy
-        });
-    }
-
-    /// Applies what the swarm learned: verified pieces, data errors.
-    fn drain_swarm(&mut self, now: Instant) {
-        while let Some(e) = self.swarm.poll_event() {
-            let mut reg = self.svc.registry_mut();
+    /// Runs the hooks of what the core reported (peers come and gone):
+    /// after the turn's peer part, so no script runs inside it.
+    pub fn run_core_hooks(&mut self) {
+        while let Some(e) = self.core.poll_event() {
             match e {
-                SwarmEvent::PieceVerified { torrent, piece } => {
-                    if reg.piece_verified(torrent, piece as usize) {
-                        info!("torrent {torrent}: download complete, seeding");
-                        self.trackers.completed(torrent, now);
-                    }
+                CoreEvent::PeerConnected { torrent, addr } => {
+                    self.svc.peer_event(torrent, &addr.to_string(), true)
                 }
-                SwarmEvent::StorageFailed {
-                    torrent,
-                    error,
-                    kind,
-                } => {
-                    reg.data_error(torrent, TorrentError::from_kind(kind, None, error));
-                    self.sync_due = true;
-                }
-                SwarmEvent::PeerConnected { torrent, addr } => {
-                    debug!("torrent {torrent}: peer {addr} connected");
-                    drop(reg);
-                    // Hooks see the figures as of now.
-                    self.report(now);
-                    self.svc.peer_event(torrent, &addr.to_string(), true);
-                }
-                SwarmEvent::PeerDisconnected { torrent, addr } => {
-                    debug!("torrent {torrent}: peer {addr} gone");
-                    drop(reg);
-                    self.report(now);
-                    self.svc.peer_event(torrent, &addr.to_string(), false);
+                CoreEvent::PeerDisconnected { torrent, addr } => {
+                    self.svc.peer_event(torrent, &addr.to_string(), false)
                 }
             }
         }
-    }
-
-    /// Copies the swarm's figures where `get-status` reads them.
-    fn report(&mut self, now: Instant) {
-        let mut reg = self.svc.registry_mut();
-        for id in self.swarm.running() {
-            let (down, up) = self.swarm.take_transferred(id);
-            let (Some(st), Some(x)) = (self.swarm.stats(id, now), reg.transfer_mut(id)) else {
-                continue;
-            };
-            x.downloaded += down;
-            x.uploaded += up;
-            x.download_rate = st.download_rate as u64;
-            x.upload_rate = st.upload_rate as u64;
-            x.swarm_rate = st.swarm_rate as u64;
-            x.peers = st.peers;
-            x.peers_downloading = st.peers_sending;
-            x.peers_uploading = st.peers_receiving;
-            let [incoming, tracker, cache, pex] = st.peers_from;
-            x.peers_from = [cache, incoming, pex, tracker];
-            x.peer_list = self.swarm.peer_list(id, now);
-            x.eta = if st.left > 0 && st.download_rate >= 1.0 {
-                (st.left as f64 / st.download_rate).ceil() as i64
-            } else {
-                -1
-            };
-            if down + up > 0 {
-                reg.note_progress();
-            }
-        }
-        // Stopped torrents show no traffic.
-        let idle: Vec<u64> = reg
-            .torrents()
-            .iter()
-            .filter(|t| {
-                !self.swarm.is_running(t.id)
-                    && t.transfer.peers + t.transfer.download_rate as u32 > 0
-            })
-            .map(|t| t.id)
-            .collect();
-        for id in idle {
-            if let Some(x) = reg.transfer_mut(id) {
-                x.download_rate = 0;
-                x.upload_rate = 0;
-                x.swarm_rate = 0;
-                x.peers = 0;
-                x.peers_downloading = 0;
-                x.peers_uploading = 0;
-                x.peers_from = [0; 4];
-                x.peer_list.clear();
-                x.eta = -1;
-            }
-        }
-    }
-
-    /// A peer connected from `addr`: its handle, or `None` to refuse it.
-    pub fn peer_accept(&mut self, addr: SocketAddr, now: Instant) -> Option<usize> {
-        self.swarm.accept(addr, now)
-    }
-
-    /// The next outgoing peer connection to open.
-    pub fn poll_dial(&mut self, now: Instant) -> Option<(usize, SocketAddr)> {
-        self.swarm.poll_dial(now)
-    }
-
-    /// An outgoing connection was established (`true`) or failed.
-    pub fn peer_dialed(&mut self, key: usize, ok: bool, now: Instant) {
-        self.swarm.dialed(key, ok, now);
-    }
-
-    /// Bytes the reactor may read from peers now (the download limit);
-    /// when 0, it waits for [`Server::peer_read_wake`].
-    pub fn peer_read_allowance(&self, now: Instant) -> usize {
-        self.swarm.read_allowance(now)
-    }
-
-    /// When reading from peers may go on after the allowance ran out.
-    pub fn peer_read_wake(&self, now: Instant) -> Option<Instant> {
-        self.swarm.read_wake(now)
-    }
-
-    /// Bytes from peer `key`.
-    pub fn peer_receive(&mut self, key: usize, bytes: &[u8], now: Instant) {
-        self.swarm.receive(key, bytes, now);
-        self.drain_swarm(now);
-    }
-
-    /// Bytes to send to peer `key`.
-    pub fn peer_output(&mut self, key: usize) -> &[u8] {
-        self.swarm.output(key)
-    }
-
-    /// `n` bytes of [`Server::peer_output`] were sent.
-    pub fn peer_consume(&mut self, key: usize, n: usize, now: Instant) {
-        self.swarm.consume_output(key, n, now);
-        self.drain_swarm(now);
-    }
-
-    /// The next request for the disk thread (a piece to hash and write, or
-    /// a session's files to close); its answers go to
-    /// [`Server::disk_done`].
-    pub fn poll_disk(&mut self) -> Option<DiskRequest> {
-        self.swarm.poll_disk()
-    }
-
-    /// The disk thread checked (and maybe wrote) a piece.
-    pub fn disk_done(&mut self, done: PieceDone, now: Instant) {
-        self.swarm.disk_done(done, now);
-        self.drain_swarm(now);
-    }
-
-    /// Peer `key` hung up.
-    pub fn peer_hang_up(&mut self, key: usize) {
-        self.swarm.hang_up(key);
-    }
-
-    /// The next peer to close; then [`Server::peer_closed`].
-    pub fn poll_peer_close(&mut self) -> Option<usize> {
-        self.swarm.poll_close()
-    }
-
-    /// Peer `key`'s socket is closed.
-    pub fn peer_closed(&mut self, key: usize) {
-        self.swarm.closed(key);
-    }
-
-    /// The next job for the tracker worker (an HTTP(S) request or a
-    /// name to resolve); the reactor brings back its [`JobResult`].
-    pub fn poll_tracker_job(&mut self, now: Instant) -> Option<Job> {
-        self.start_announces(now);
-        self.trackers.poll_job()
-    }
-
-    /// The next datagram for a UDP tracker.
-    pub fn poll_tracker_transmit(&mut self, now: Instant) -> Option<Transmit> {
-        self.start_announces(now);
-        self.trackers.poll_transmit(now)
-    }
-
-    /// Starts the announces and scrapes that are due, with fresh totals.
-    fn start_announces(&mut self, now: Instant) {
-        if !self.trackers.due(now) {
-            return;
-        }
-        // Fresh totals for `uploaded`, `downloaded` and `left`.
-        self.report(now);
-        let reg = self.svc.registry();
-        let sizes = &self.sizes;
-        let progress = |id: u64| match reg.torrents().get(id) {
-            Some(t) => Progress {
-                uploaded: t.transfer.uploaded,
-                downloaded: t.transfer.downloaded,
-                left: sizes.get(&id).map_or(0, |s| s.saturating_sub(t.completed)),
-            },
-            None => Progress::default(),
-        };
-        let port = reg.settings().port;
-        self.trackers
-            .start_due(now, self.swarm.peer_id(), port, progress);
-        drop(reg);
-        self.drain_trackers();
-    }
-
-    /// What the tracker worker did with a job.
-    pub fn tracker_result(&mut self, r: JobResult, now: Instant) {
-        self.trackers.handle_job_result(r, now);
-        self.drain_trackers();
-        self.show_stopping(now);
-    }
-
-    /// A datagram from a UDP tracker (or anyone) on the tracker socket.
-    pub fn tracker_datagram(&mut self, from: SocketAddr, data: &[u8], now: Instant) {
-        self.trackers.handle_datagram(from, data, now);
-        self.drain_trackers();
-        self.show_stopping(now);
-    }
-
-    /// Applies what the trackers said: peers to the swarm, status to the
-    /// registry.
-    fn drain_trackers(&mut self) {
-        while let Some(e) = self.trackers.poll_event() {
-            match e {
-                TrackerEvent::Peers { torrent, peers } => {
-                    debug!("torrent {torrent}: tracker named {} peers", peers.len());
-                    self.swarm
-                        .add_peers(torrent, &peers, swarm::Source::Tracker);
-                }
-                TrackerEvent::Status { torrent, status } => {
-                    if let Some(x) = self.svc.registry_mut().transfer_mut(torrent) {
-                        x.tracker = Some(status.position);
-                        x.scrape = status.scrape;
-                        x.tracker_message = status.message;
-                    }
-                }
-            }
-        }
-    }
-
-    /// The trackers' timers: UDP retransmissions and deadlines.
-    pub fn tracker_timers(&mut self, now: Instant) {
-        self.trackers.handle_timeout(now);
-        self.drain_trackers();
-        self.show_stopping(now);
-    }
-
-    /// Announces still to send or in flight (shutdown waits for them).
-    pub fn announcing(&self) -> bool {
-        self.trackers.announcing()
-    }
-
-    /// Announced addresses for torrent `id` (from a tracker).
-    pub fn add_peers(&mut self, id: u64, addrs: &[SocketAddr], source: swarm::Source) {
-        self.swarm.add_peers(id, addrs, source);
-    }
-
-    /// The swarm (tests, status).
-    pub fn swarm(&self) -> &Swarm {
-        &self.swarm
     }
 
     /// Output waiting for client `id`.
     pub fn output(&self, id: ClientId) -> &[u8] {
-        self.clients.get(id).map_or(&[], |c| c.session.output())
+        self.clients.get(id).map_or(&[], |c| c.conn.output())
     }
 
     /// `n` bytes of [`Server::output`] were written.
     pub fn consume_output(&mut self, id: ClientId, n: usize) {
         if let Some(c) = self.clients.get_mut(id) {
-            c.session.consume_output(n);
+            c.conn.consume_output(n);
         }
     }
 
@@ -645,108 +332,66 @@ impl Server {
         let Some(c) = self.clients.get(id) else {
             return done;
         };
-        let pending_output = !c.session.output().is_empty();
-        if c.closing && !pending_output && !c.session.is_held() {
+        let pending_output = !c.conn.output().is_empty();
+        let finished = c.closing || c.conn.close_after_output();
+        if finished && !pending_output && !c.conn.is_held() {
             self.to_close.push(id);
             return done;
         }
         // Input stops being read past the soft limit; this catches a
         // client that asked for more than the hard limit and reads none.
-        if c.session.queued_output() > self.config.max_output() {
+        if c.conn.queued_output() > self.config.max_output() {
             warn!(
                 "client {}: {} bytes of replies unread, over --max-output {}: disconnecting",
                 c.serial,
-                c.session.queued_output(),
+                c.conn.queued_output(),
                 self.config.max_output()
             );
             self.to_close.push(id);
             return done;
         }
         // After `quit` nothing more is read: the reactor ends the loop.
-        let wants_input = !c.closing && !c.session.is_backpressured() && !self.quit_requested();
+        let wants_input = !finished && !c.conn.is_backpressured() && !self.quit_requested();
         Flushed {
             pending_output,
             wants_input,
-            more_input: wants_input && c.session.has_pending_input(),
-        }
-    }
-
-    /// Runs verification for at most the configured slice, in steps of
-    /// [`CHECK_STEP`] bytes, stopping before a step that would likely
-    /// overrun (the previous step's time is the estimate); the first step
-    /// always runs. `clock` tells
-    /// the time: the slice's bound is about time actually spent.
-    pub fn run_slice(&mut self, clock: &mut dyn FnMut() -> Instant) {
-        if !self.svc.registry().has_work() {
-            return;
-        }
-        let budget = self.config.check_slice();
-        let start = clock();
-        let mut step = None;
-        let mut events = Vec::new();
-        while self.svc.registry().has_work() {
-            let t = clock();
-            // At least one step per slice, so that work always advances.
-            if step.is_some_and(|step| t.saturating_duration_since(start) + step > budget) {
-                break;
-            }
-            events.extend(self.svc.registry_mut().work(CHECK_STEP));
-            step = Some(clock().saturating_duration_since(t));
-        }
-        self.longest_slice = self
-            .longest_slice
-            .max(clock().saturating_duration_since(start));
-        if !events.is_empty() {
-            // A check that ended may let a torrent move data.
-            self.sync_due = true;
-        }
-        for ev in events {
-            info!("{ev}");
-        }
-        if !self.svc.registry().has_work() {
-            info!(
-                "verification queue empty; longest slice {:.2} ms",
-                self.longest_slice.as_secs_f64() * 1000.0
-            );
-            self.longest_slice = Duration::ZERO;
+            more_input: wants_input && c.conn.has_pending_input(),
         }
     }
 
     /// When the server next needs a turn without any input: `now` when
     /// work is waiting, `None` when only input can bring work.
     pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
-        let reg = self.svc.registry();
-        if self.sync_due || reg.has_work() || (reg.needs_commit() && self.retry_commit.is_none()) {
+        let uncommitted = self.svc.registry().needs_commit() && self.commit.retry.is_none();
+        if uncommitted {
             return Some(now);
         }
+        let fronts = self
+            .clients
+            .iter()
+            .filter_map(|(_, c)| c.conn.poll_timeout());
         [
             self.next_sweep,
-            self.retry_commit,
-            self.swarm.poll_timeout(now),
-            self.next_report,
-            self.next_progress_save,
-            self.trackers.poll_timeout(),
-            self.stopping.values().min().copied(),
+            self.commit.retry,
+            self.core.poll_timeout(now),
         ]
         .into_iter()
         .flatten()
+        .chain(fronts)
         .min()
     }
 
-    /// Timers: closes clients idle for longer than the idle timeout, and
-    /// those that have not sent their version within the handshake
-    /// timeout (their output is abandoned).
+    /// Timers: the core's, the fronts' own, and the sweep that closes
+    /// clients idle for longer than the idle timeout and those that have
+    /// not said who they are within the handshake timeout (their output
+    /// is abandoned).
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.sync_swarm(now);
-        self.tracker_timers(now);
-        self.swarm.handle_timeout(now);
-        self.drain_swarm(now);
-        if self.next_report.is_some_and(|t| now >= t) {
-            self.report(now);
-            let running = !self.swarm.running().is_empty();
-            self.next_report = running.then(|| now + REPORT_EVERY);
+        self.core.handle_timeout(now);
+        for (id, c) in self.clients.iter_mut() {
+            if c.conn.poll_timeout().is_some_and(|t| now >= t) && c.conn.handle_timeout(now) {
+                self.to_close.push(id);
+            }
         }
-        self.save_progress(now);
         if self.next_sweep.is_none_or(|t| now < t) {
             return;
         }
@@ -757,9 +402,9 @@ impl Server {
         let idle = self.config.idle_timeout();
         let handshake = self.config.handshake_timeout();
         for (id, c) in self.clients.iter() {
-            if let Some(t) = handshake.filter(|t| {
-                c.session.version().is_none() && now.duration_since(c.connected_at) >= *t
-            }) {
+            if let Some(t) =
+                handshake.filter(|t| !c.conn.greeted() && now.duration_since(c.connected_at) >= *t)
+            {
                 info!(
                     "client {}: no version after {} ms, closing",
                     c.serial,
@@ -774,20 +419,6 @@ impl Server {
         self.next_sweep = (!self.clients.is_empty()).then(|| now + period);
     }
 
-    /// Verified pieces and traffic totals are saved every
-    /// [`SAVE_PROGRESS_EVERY`], not every turn: a commit syncs the disk.
-    fn save_progress(&mut self, now: Instant) {
-        let unsaved = self.svc.registry().has_unsaved_progress();
-        match self.next_progress_save {
-            None if unsaved => self.next_progress_save = Some(now + SAVE_PROGRESS_EVERY),
-            Some(t) if now >= t => {
-                self.svc.registry_mut().save_progress();
-                self.next_progress_save = None;
-            }
-            _ => {}
-        }
-    }
-
     /// The next client to close (its output, if any, is abandoned). The
     /// reactor closes its socket and then calls [`Server::disconnect`].
     pub fn poll_close(&mut self) -> Option<ClientId> {
@@ -800,7 +431,8 @@ impl Server {
             debug!("client {}: closed", c.serial);
             self.svc.client_event(c.serial, false);
         }
-        self.held.retain(|h| *h != id);
+        self.commit.held.retain(|h| *h != id);
+        self.commit.awaiting_bind.retain(|h| *h != id);
         self.to_close.retain(|h| *h != id);
     }
 
@@ -809,49 +441,43 @@ impl Server {
         self.clients.iter().map(|(id, _)| id).collect()
     }
 
+    /// The front client `id` came through.
+    pub fn kind(&self, id: ClientId) -> Option<FrontKind> {
+        self.clients.get(id).map(|c| c.kind)
+    }
+
     /// Shutting down: no more input from anyone; every change is saved and
     /// every held reply released, so what clients are owed can be written.
     pub fn begin_shutdown(&mut self, now: Instant) {
         for (_, c) in self.clients.iter_mut() {
             c.closing = true;
         }
-        self.report(now);
-        for id in self.swarm.running() {
-            self.swarm.stop(id);
-        }
-        self.trackers.stop_all(now);
-        self.svc.registry_mut().save_progress();
+        self.core.begin_shutdown(now);
         let result = self.svc.registry_mut().commit().map_err(|e| e.to_string());
         if let Err(e) = &result {
             log::error!("final save failed: {e}");
         }
-        let mut held = std::mem::take(&mut self.held);
-        held.append(&mut self.awaiting_bind);
+        let mut held = std::mem::take(&mut self.commit.held);
+        held.append(&mut self.commit.awaiting_bind);
         self.release(held, &result, None);
     }
 
     /// One line on what the daemon is doing, for a service manager's
     /// STATUS: clients, torrents by state, total rates (as last reported).
     pub fn status_line(&self) -> String {
-        let reg = self.svc.registry();
-        let mut f = crate::notify::Figures {
+        let t = self.core.tally();
+        crate::notify::Figures {
             clients: self.clients.len(),
-            ..Default::default()
-        };
-        for t in reg.torrents().iter() {
-            f.torrents += 1;
-            f.download_rate = f.download_rate.saturating_add(t.transfer.download_rate);
-            f.upload_rate = f.upload_rate.saturating_add(t.transfer.upload_rate);
-            let count = match t.phase {
-                _ if t.error.is_some() => &mut f.failed,
-                Phase::Paused => &mut f.stopped,
-                Phase::WaitingCheck | Phase::Checking => &mut f.checking,
-                Phase::Downloading => &mut f.downloading,
-                Phase::Seeding => &mut f.seeding,
-            };
-            *count += 1;
+            torrents: t.torrents,
+            downloading: t.downloading,
+            seeding: t.seeding,
+            checking: t.checking,
+            stopped: t.stopped,
+            failed: t.failed,
+            download_rate: t.download_rate,
+            upload_rate: t.upload_rate,
         }
-        f.line()
+        .line()
     }
 
     /// Reloads the scripts (on SIGHUP), logging the outcome.
@@ -873,23 +499,6 @@ impl Server {
             .flatten()
             .min()
             .map(|t| (t / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)))
-    }
-}
-
-/// What the swarm must follow of the settings: limits in KiB/s become
-/// bytes/s (negative: none).
-fn manners(s: &Settings) -> swarm::Manners {
-    let limit = |kib: i64| u64::try_from(kib).ok().map(|k| k.saturating_mul(1024));
-    swarm::Manners {
-        download_limit: limit(s.downlimit),
-        upload_limit: limit(s.uplimit),
-        pex: s.pex,
-        encryption: match s.encryption {
-            Encryption::Required => Policy::Required,
-            Encryption::Preferred => Policy::Preferred,
-            Encryption::Plaintext | Encryption::Tolerated => Policy::Tolerated,
-        },
-        listen_port: s.port,
     }
 }
 
@@ -943,7 +552,7 @@ mod tests {
     }
 
     fn connect(s: &mut Server, now: Instant) -> ClientId {
-        let id = s.connect(now);
+        let id = s.connect(FrontKind::Ipc, now);
         s.receive(id, &hello(), now);
         take(s, id); // the greeting
         id
@@ -1103,7 +712,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = server(dir.path());
         let t0 = Instant::now();
-        let quiet = s.connect(t0); // never sends its version
+        let quiet = s.connect(FrontKind::Ipc, t0); // never sends its version
         let talker = connect(&mut s, t0);
         end(&mut s, t0);
         let deadline = s.poll_timeout(t0).unwrap();
@@ -1152,11 +761,11 @@ mod tests {
             t
         };
         while s.service().registry().has_work() {
-            s.run_slice(&mut clock);
+            s.core_mut().run_check_slice(&mut clock);
         }
         assert!(!s.service().registry().has_work());
         // Checked and complete: it seeds, so the swarm runs it.
         end(&mut s, t0);
-        assert!(s.swarm().is_running(1));
+        assert!(s.core().swarm().is_running(1));
     }
 }

@@ -11,9 +11,8 @@ use std::time::Instant;
 use crate::codec::Value;
 use crate::commands::{CommandTable, Control, Ctx, Handler};
 use crate::registry::Registry;
-use crate::reply::{Dispatched, Reply};
+use crate::reply::{Dispatch, Dispatched, Reply};
 use crate::scripts::{Limits, LoadError, Scripts};
-use crate::session::Dispatch;
 
 /// The table and the state it acts on: what every connection's messages
 /// are dispatched against.
@@ -98,6 +97,11 @@ impl Service {
         if let Some(scripts) = &mut self.scripts {
             scripts.fire_peer(id, address, connected);
         }
+    }
+
+    /// The registry itself, for the torrent core that shares it.
+    pub fn shared_registry(&self) -> Rc<RefCell<Registry>> {
+        Rc::clone(&self.registry)
     }
 
     /// The registry, to read.

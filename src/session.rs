@@ -15,19 +15,12 @@ use log::{debug, warn};
 use crate::codec::outbuf::OutBuf;
 use crate::codec::{decode, split_frame, FrameError, Value};
 use crate::message::{self, MessageError, Version, VERSIONS};
+pub use crate::reply::Dispatch;
 use crate::reply::{Dispatched, Reply};
 
 /// Output queued beyond this stops the processing of further input until
 /// the client reads (a pipelining client is slowed down, not dropped).
 pub const OUTPUT_SOFT_LIMIT: usize = 256 << 10;
-
-/// What runs a session's messages.
-pub trait Dispatch {
-    /// Runs one message on a connection speaking `version`.
-    fn dispatch(&mut self, version: u8, key: &[u8], value: &Value, tagged: bool) -> Dispatched;
-    /// `quit` was received: stop running messages.
-    fn quitting(&self) -> bool;
-}
 
 /// The version message sent on accept.
 pub fn greeting() -> &'static [u8] {

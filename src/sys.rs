@@ -57,24 +57,66 @@ pub fn tcp_listener(
     Ok(std::net::TcpListener::from(fd))
 }
 
+/// Receive buffer asked for the peer port's UDP socket: DHT, UDP trackers
+/// and (later) uTP share it, and a burst must not overflow it between two
+/// loop turns. The kernel caps it at `net.core.rmem_max` unless we may
+/// force it.
+pub const UDP_RECV_BUFFER: usize = 4 << 20;
+
+/// A non-blocking UDP socket bound to `addr`. An IPv6 one is IPv6-only, so
+/// that an IPv4 socket can share its port.
+pub fn udp_socket(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use nix::sys::socket::{
+        bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage,
+    };
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket(
+        family,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    if addr.is_ipv6() {
+        setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+    }
+    // Root may exceed rmem_max; anyone else gets what the kernel allows.
+    if setsockopt(&fd, sockopt::RcvBufForce, &UDP_RECV_BUFFER).is_err() {
+        let _ = setsockopt(&fd, sockopt::RcvBuf, &UDP_RECV_BUFFER);
+    }
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrStorage::from(addr),
+    )?;
+    Ok(std::net::UdpSocket::from(fd))
+}
+
 /// The first descriptor a service manager passes (`SD_LISTEN_FDS_START`).
 const LISTEN_FDS_START: RawFd = 3;
 
+/// Sockets a service manager may pass at most: one per front and family
+/// is what the daemon can use; more is a unit file's mistake.
+pub const MAX_LISTEN_FDS: u32 = 16;
+
 /// What `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES` say, before the
-/// descriptor is looked at.
+/// descriptors are looked at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Listen {
     /// No socket for this process; with a warning when the variables were
     /// set but are not for it, or malformed.
     Nothing(Option<String>),
-    /// One socket at fd 3, with its name when the manager gave one.
-    One(Option<String>),
+    /// Sockets at fd 3 and up, each with its name when the manager gave
+    /// names for all of them.
+    Sockets(Vec<Option<String>>),
 }
 
 /// Reads the socket activation variables (sans-IO: the values and this
-/// process's id come in). Variables meant for this process that do not
-/// describe exactly one socket are an error: serving anything else than
-/// what the manager expects would leave its clients waiting.
+/// process's id come in). Variables meant for this process that are
+/// malformed are an error: serving anything else than what the manager
+/// expects would leave its clients waiting.
 pub fn parse_listen_env(
     pid: Option<&OsStr>,
     fds: Option<&OsStr>,
@@ -108,75 +150,98 @@ pub fn parse_listen_env(
         Some(0) => Ok(Listen::Nothing(Some(
             "LISTEN_FDS=0: no socket passed; binding our own".into(),
         ))),
-        Some(1) => {
-            // Absent, empty or "unknown" (systemd's word for unnamed):
-            // no name.
-            let name = names
-                .and_then(OsStr::to_str)
-                .filter(|n| !n.is_empty() && *n != "unknown" && !n.contains(':'))
-                .map(str::to_string);
-            Ok(Listen::One(name))
-        }
-        Some(n) => Err(format!(
-            "LISTEN_FDS={n}: tripcd serves exactly one socket; give the service one"
+        Some(n) if n > MAX_LISTEN_FDS => Err(format!(
+            "LISTEN_FDS={n}: tripcd serves at most {MAX_LISTEN_FDS} sockets"
         )),
+        Some(n) => {
+            // Names count only when there is one per socket; absent, empty
+            // or "unknown" (systemd's word for unnamed) is no name.
+            let list: Vec<&str> = names
+                .and_then(OsStr::to_str)
+                .map(|n| n.split(':').collect())
+                .unwrap_or_default();
+            let names = (0..n as usize)
+                .map(|i| {
+                    list.get(i)
+                        .filter(|_| list.len() == n as usize)
+                        .filter(|n| !n.is_empty() && **n != "unknown")
+                        .map(|n| n.to_string())
+                })
+                .collect();
+            Ok(Listen::Sockets(names))
+        }
         None => Err(format!("LISTEN_FDS={} is not a number", shown(fds))),
     }
 }
 
 /// A listening socket passed by a service manager.
 #[derive(Debug)]
+pub enum ActivatedSocket {
+    /// A Unix stream socket (non-blocking, close-on-exec).
+    Unix(std::os::unix::net::UnixListener),
+    /// A TCP socket (non-blocking, close-on-exec).
+    Tcp(std::net::TcpListener),
+}
+
+/// A passed socket and how to name it.
+#[derive(Debug)]
 pub struct Activated {
-    /// Non-blocking, close-on-exec.
-    pub listener: std::os::unix::net::UnixListener,
-    /// Where it listens, for the log: its path, or its name.
+    /// The socket.
+    pub socket: ActivatedSocket,
+    /// Its name (`FileDescriptorName=`), if the manager gave names.
+    pub name: Option<String>,
+    /// Where it listens, for the log: its path or address, and its name.
     pub description: String,
 }
 
-/// Takes the listening socket a service manager passed at fd 3, if the
-/// environment says there is one for this process (`sd_listen_fds(3)`).
-/// The variables are removed from the environment once read. Call first
-/// thing, before any descriptor is opened (fd 3 must still be the
-/// manager's) and before other threads exist. `Err` when a socket is
-/// announced but fd 3 is not a listening Unix stream socket.
-pub fn take_activated_listener() -> Result<Option<Activated>, String> {
+/// Takes the listening sockets a service manager passed at fd 3 and up,
+/// if the environment says there are any for this process
+/// (`sd_listen_fds(3)`). The variables are removed from the environment
+/// once read. Call first thing, before any descriptor is opened (the
+/// descriptors must still be the manager's) and before other threads
+/// exist. `Err` when a socket is announced but its descriptor is not a
+/// listening stream socket of the Unix or IP families.
+pub fn take_activated_listeners() -> Result<Vec<Activated>, String> {
     const VARS: [&str; 3] = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"];
     let [pid, fds, names] = VARS.map(std::env::var_os);
     for name in VARS {
         std::env::remove_var(name);
     }
-    let name = match parse_listen_env(
+    let names = match parse_listen_env(
         pid.as_deref(),
         fds.as_deref(),
         names.as_deref(),
         std::process::id(),
     )? {
-        Listen::Nothing(None) => return Ok(None),
+        Listen::Nothing(None) => return Ok(Vec::new()),
         Listen::Nothing(Some(why)) => {
             log::warn!("{why}");
-            return Ok(None);
+            return Ok(Vec::new());
         }
-        Listen::One(name) => name,
+        Listen::Sockets(names) => names,
     };
-    let (listener, path) = adopt_listener(LISTEN_FDS_START)?;
-    let from = match name {
-        Some(n) => format!("socket {n:?} from systemd"),
-        None => "socket from systemd".to_string(),
-    };
-    let description = match path {
-        Some(p) => format!("{p} ({from})"),
-        None => from,
-    };
-    Ok(Some(Activated {
-        listener,
-        description,
-    }))
+    let count = names.len();
+    let mut out = Vec::with_capacity(count);
+    for (i, name) in names.into_iter().enumerate() {
+        let fd = LISTEN_FDS_START + i as RawFd;
+        let (socket, address) = adopt_listener(fd, count)?;
+        let from = match &name {
+            Some(n) => format!("socket {n:?} from systemd"),
+            None => "socket from systemd".to_string(),
+        };
+        out.push(Activated {
+            socket,
+            description: format!("{address} ({from})"),
+            name,
+        });
+    }
+    Ok(out)
 }
 
-/// Takes ownership of `fd` once it is known to be a listening Unix stream
-/// socket; returns it ready for the reactor, and its address if it has
-/// one.
-fn adopt_listener(fd: RawFd) -> Result<(std::os::unix::net::UnixListener, Option<String>), String> {
+/// Takes ownership of `fd` (one of `count` passed) once it is known to be
+/// a listening stream socket, Unix or TCP; returns it ready for the
+/// reactor, with its address for the log.
+fn adopt_listener(fd: RawFd, count: usize) -> Result<(ActivatedSocket, String), String> {
     use nix::fcntl::{fcntl, FcntlArg, FdFlag};
     use nix::sys::socket::{getsockname, getsockopt, sockopt, AddressFamily, SockType};
     use nix::sys::socket::{SockaddrLike, SockaddrStorage};
@@ -186,7 +251,7 @@ fn adopt_listener(fd: RawFd) -> Result<(std::os::unix::net::UnixListener, Option
     // fails with EBADF when nothing is open there.
     if unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFD) } < 0 {
         return Err(format!(
-            "LISTEN_FDS=1 but fd {fd} is not open: the service manager passed no socket"
+            "LISTEN_FDS={count} but fd {fd} is not open: the service manager passed no socket there"
         ));
     }
     // SAFETY: fd is open (just checked), the manager handed it to this
@@ -209,7 +274,7 @@ fn adopt_listener(fd: RawFd) -> Result<(std::os::unix::net::UnixListener, Option
         }
         Err(nix::errno::Errno::ENOTSOCK) => {
             return Err(format!(
-                "fd {fd} from the service manager is not a socket (LISTEN_FDS=1)"
+                "fd {fd} from the service manager is not a socket (LISTEN_FDS={count})"
             ))
         }
         Err(e) => {
@@ -220,29 +285,43 @@ fn adopt_listener(fd: RawFd) -> Result<(std::os::unix::net::UnixListener, Option
     }
     let addr = getsockname::<SockaddrStorage>(owned.as_raw_fd())
         .map_err(|e| format!("cannot read the address of fd {fd}: {e}"))?;
-    let Some(unix) = addr.as_unix_addr() else {
-        let family = match addr.family() {
-            Some(AddressFamily::Inet) => "an IPv4".to_string(),
-            Some(AddressFamily::Inet6) => "an IPv6".to_string(),
-            Some(f) => format!("a {f:?}"),
-            None => "an unknown".to_string(),
-        };
-        return Err(format!(
-            "fd {fd} from the service manager is {family} socket, not a Unix socket \
-             (use a path in ListenStream=)"
-        ));
-    };
-    let path = if let Some(p) = unix.path() {
-        Some(p.display().to_string())
-    } else {
-        unix.as_abstract()
-            .map(|name| format!("@{}", String::from_utf8_lossy(name)))
+    let (kind, address) = match (addr.as_unix_addr(), addr.family()) {
+        (Some(unix), _) => {
+            let path = if let Some(p) = unix.path() {
+                p.display().to_string()
+            } else if let Some(name) = unix.as_abstract() {
+                format!("@{}", String::from_utf8_lossy(name))
+            } else {
+                "an unnamed Unix socket".to_string()
+            };
+            ("a Unix stream socket", path)
+        }
+        (None, Some(AddressFamily::Inet | AddressFamily::Inet6)) => {
+            let shown = addr
+                .as_sockaddr_in()
+                .map(|a| std::net::SocketAddr::from(std::net::SocketAddrV4::from(*a)))
+                .or_else(|| {
+                    addr.as_sockaddr_in6()
+                        .map(|a| std::net::SocketAddr::from(std::net::SocketAddrV6::from(*a)))
+                })
+                .map_or_else(|| "a TCP socket".to_string(), |a| a.to_string());
+            ("a TCP socket", shown)
+        }
+        (None, family) => {
+            let family = match family {
+                Some(f) => format!("a {f:?}"),
+                None => "an unknown".to_string(),
+            };
+            return Err(format!(
+                "fd {fd} from the service manager is {family} socket, not a Unix or TCP socket"
+            ));
+        }
     };
     match getsockopt(&owned, sockopt::AcceptConn) {
         Ok(true) => {}
         Ok(false) => {
             return Err(format!(
-                "fd {fd} from the service manager is a Unix stream socket that is not listening"
+                "fd {fd} from the service manager is {kind} that is not listening"
             ))
         }
         Err(e) => {
@@ -255,11 +334,18 @@ fn adopt_listener(fd: RawFd) -> Result<(std::os::unix::net::UnixListener, Option
     // block the loop.
     fcntl(&owned, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
         .map_err(|e| format!("cannot set close-on-exec on fd {fd}: {e}"))?;
-    let listener = std::os::unix::net::UnixListener::from(owned);
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| format!("cannot make fd {fd} non-blocking: {e}"))?;
-    Ok((listener, path))
+    let nonblocking =
+        |r: std::io::Result<()>| r.map_err(|e| format!("cannot make fd {fd} non-blocking: {e}"));
+    let socket = if addr.as_unix_addr().is_some() {
+        let l = std::os::unix::net::UnixListener::from(owned);
+        nonblocking(l.set_nonblocking(true))?;
+        ActivatedSocket::Unix(l)
+    } else {
+        let l = std::net::TcpListener::from(owned);
+        nonblocking(l.set_nonblocking(true))?;
+        ActivatedSocket::Tcp(l)
+    };
+    Ok((socket, address))
 }
 
 /// Parses `JOURNAL_STREAM`: `device:inode`, both decimal.
@@ -318,30 +404,33 @@ mod tests {
 
     #[test]
     fn activation_variables_for_this_process() {
+        let one = |n: Option<&str>| Ok(Listen::Sockets(vec![n.map(str::to_string)]));
         assert_eq!(parse(None, None, None), Ok(Listen::Nothing(None)));
-        assert_eq!(parse(Some("42"), Some("1"), None), Ok(Listen::One(None)));
-        assert_eq!(
-            parse(Some("42"), Some("1"), Some("")),
-            Ok(Listen::One(None))
-        );
-        assert_eq!(
-            parse(Some("42"), Some("1"), Some("unknown")),
-            Ok(Listen::One(None))
-        );
+        assert_eq!(parse(Some("42"), Some("1"), None), one(None));
+        assert_eq!(parse(Some("42"), Some("1"), Some("")), one(None));
+        assert_eq!(parse(Some("42"), Some("1"), Some("unknown")), one(None));
         assert_eq!(
             parse(Some("42"), Some("1"), Some("tripcd.socket")),
-            Ok(Listen::One(Some("tripcd.socket".into())))
+            one(Some("tripcd.socket"))
         );
         // Names that do not match the count are not used.
+        assert_eq!(parse(Some("42"), Some("1"), Some("a:b")), one(None));
         assert_eq!(
-            parse(Some("42"), Some("1"), Some("a:b")),
-            Ok(Listen::One(None))
+            parse(Some("42"), Some("2"), Some("ipc:rpc")),
+            Ok(Listen::Sockets(vec![
+                Some("ipc".into()),
+                Some("rpc".into())
+            ]))
+        );
+        assert_eq!(
+            parse(Some("42"), Some("3"), Some("ipc:rpc")),
+            Ok(Listen::Sockets(vec![None, None, None]))
         );
         assert!(matches!(
             parse(Some("42"), Some("0"), None),
             Ok(Listen::Nothing(Some(_)))
         ));
-        for bad in [None, Some("2"), Some("x"), Some("-1"), Some("")] {
+        for bad in [None, Some("17"), Some("x"), Some("-1"), Some("")] {
             assert!(parse(Some("42"), bad, None).is_err(), "LISTEN_FDS={bad:?}");
         }
     }

@@ -15,7 +15,7 @@ use tripcd::peer::mse::{Established, Initiator, Policy, Responder, Secrets};
 use tripcd::peer::pex::{PexMessage, OUR_UT_PEX_ID};
 use tripcd::peer::wire::{parse_handshake, split_message, Message, HANDSHAKE_LEN, MAX_MESSAGE_LEN};
 use tripcd::registry::Metainfo;
-use tripcd::swarm::Swarm;
+use tripcd::swarm::{Swarm, Transport};
 
 // The capture uses the part of the shared code that makes seeds.
 #[allow(dead_code)]
@@ -85,7 +85,10 @@ fn run(acceptor: u8, dialers: &[u8]) -> (Vec<Recorded>, Side, Vec<Side>) {
     let mut keys = Vec::new();
     for (i, d) in ds.iter_mut().enumerate() {
         let kd = setup::dial(&mut d.swarm, now);
-        let ka = a.swarm.accept(setup::dialer_addr(i as u8), now).unwrap();
+        let ka = a
+            .swarm
+            .accept(setup::dialer_addr(i as u8), Transport::Tcp, now)
+            .unwrap();
         keys.push((kd, ka));
     }
     let mut rec = vec![Recorded::default(); ds.len()];

@@ -49,21 +49,38 @@ fn daemon_args(cmd: &mut Command, state: &Path) {
 /// tripcd (through the `sh` wrapper) with `fd` as its fd 3 and
 /// `LISTEN_FDS` as given.
 fn activated(state: &Path, fd: RawFd, listen_fds: &str) -> Command {
+    activated_fds(state, &[fd], listen_fds)
+}
+
+/// tripcd with `fds` as its fds 3, 4, ... and `LISTEN_FDS` as given.
+fn activated_fds(state: &Path, fds: &[RawFd], listen_fds: &str) -> Command {
     let mut cmd = Command::new("sh");
     cmd.arg("-c").arg(WITH_LISTEN_PID).arg(TRIPCD);
     daemon_args(&mut cmd, state);
     cmd.env("LISTEN_FDS", listen_fds);
-    // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and
-    // exec.
+    let fds = fds.to_vec();
+    // SAFETY: only async-signal-safe calls (dup, dup2, fcntl) between fork
+    // and exec.
     unsafe {
         cmd.pre_exec(move || {
-            if fd == 3 {
-                // Already in place: only lose close-on-exec.
-                if nix::libc::fcntl(3, nix::libc::F_SETFD, 0) < 0 {
+            // Out of the way first, so that placing one cannot clobber
+            // another still to be placed.
+            let mut moved = [0; 8];
+            for (i, &fd) in fds.iter().enumerate() {
+                moved[i] = nix::libc::fcntl(fd, nix::libc::F_DUPFD_CLOEXEC, 100);
+                if moved[i] < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-            } else if nix::libc::dup2(fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
+            }
+            for (i, _) in fds.iter().enumerate() {
+                if nix::libc::dup2(moved[i], 3 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            // Nothing else where the manager's sockets would be (cargo's
+            // jobserver pipes, say, are inherited there).
+            for fd in 3 + fds.len() as i32..3 + 17 {
+                nix::libc::close(fd);
             }
             Ok(())
         });
@@ -127,6 +144,35 @@ fn an_activated_socket_is_served_and_left_in_place() {
     assert!(!d.logged("cannot remove"));
 }
 
+#[test]
+fn several_activated_sockets_are_all_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let a = dir.path().join("a.sock");
+    let b = dir.path().join("b.sock");
+    let (la, lb) = (
+        UnixListener::bind(&a).unwrap(),
+        UnixListener::bind(&b).unwrap(),
+    );
+    let mut cmd = activated_fds(&state, &[la.as_raw_fd(), lb.as_raw_fd()], "2");
+    cmd.env("LISTEN_FDNAMES", "system:user");
+    let mut d = spawn(cmd, &state, &a);
+    let ready = d.wait_for_log(" ready on ").expect("tripcd did not start");
+    assert!(
+        ready.contains(&format!(
+            "ready on {} (socket \"system\" from systemd), {} (socket \"user\" from systemd)",
+            a.display(),
+            b.display()
+        )),
+        "{ready}"
+    );
+    answers(&a);
+    answers(&b);
+    d.signal(Signal::SIGTERM);
+    assert!(d.wait().success());
+    assert!(is_socket(&a) && is_socket(&b), "the passed sockets stay");
+}
+
 /// tripcd with fd 3 as given: it must refuse to start.
 fn refused(fd: RawFd, listen_fds: &str) -> (Output, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -173,7 +219,7 @@ fn anything_but_a_listening_unix_stream_socket_at_fd_3_is_refused() {
     let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let (out, _) = refused(tcp.as_raw_fd(), "1");
     assert!(
-        error_line(&out).contains("is an IPv4 socket, not a Unix socket"),
+        error_line(&out).contains("is a TCP socket: tripcd serves only its Unix-socket IPC"),
         "{}",
         error_line(&out)
     );
@@ -186,11 +232,11 @@ fn anything_but_a_listening_unix_stream_socket_at_fd_3_is_refused() {
         error_line(&out)
     );
 
-    // Two sockets announced: it serves exactly one.
+    // Two sockets announced, one passed.
     let listener = UnixListener::bind(dir.path().join("sock")).unwrap();
     let (out, _) = refused(listener.as_raw_fd(), "2");
     assert!(
-        error_line(&out).contains("LISTEN_FDS=2"),
+        error_line(&out).contains("LISTEN_FDS=2 but fd 4 is not open"),
         "{}",
         error_line(&out)
     );

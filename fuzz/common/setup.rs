@@ -19,7 +19,7 @@ use tripcd::codec::Value;
 use tripcd::engine::geometry::Geometry;
 use tripcd::peer::mse::Policy;
 use tripcd::registry::{Metainfo, Phase, Torrent};
-use tripcd::swarm::{Limits, Manners, Swarm};
+use tripcd::swarm::{Dial, Limits, Manners, Swarm, Transport};
 
 /// Pieces of 20 KiB: a 16 KiB block and a 4 KiB one each.
 pub const PIECE_LENGTH: u64 = 20 << 10;
@@ -189,7 +189,7 @@ pub fn dial(s: &mut Swarm, now: Instant) -> usize {
         &[SocketAddr::from(ACCEPTOR_ADDR)],
         tripcd::swarm::Source::Tracker,
     );
-    let (key, _) = s.poll_dial(now).expect("a candidate to dial");
+    let Dial { key, .. } = s.poll_dial(now).expect("a candidate to dial");
     s.dialed(key, true, now);
     key
 }
@@ -249,7 +249,8 @@ pub fn replay(
     let key = if dialing {
         dial(&mut s, now)
     } else {
-        s.accept(dialer_addr(0), now).expect("room for one peer")
+        s.accept(dialer_addr(0), Transport::Tcp, now)
+            .expect("room for one peer")
     };
     let mut sent = Vec::new();
     let mut held = Vec::new();

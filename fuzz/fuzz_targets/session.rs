@@ -40,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
         let (_, server) = &mut *cell.borrow_mut();
         server.service_mut().control.quit = false;
         let now = std::time::Instant::now();
-        let id = server.connect(now);
+        let id = server.connect(tripcd::front::FrontKind::Ipc, now);
         let mut out = Vec::new();
         for piece in [&stream[..cut], &stream[cut..]] {
             server.receive(id, piece, now);

@@ -223,10 +223,8 @@ impl Exchange {
             }
             Message::Bitfield(bits) => self.bitfield(bits, first, g)?,
             Message::Request(b) => self.peer_request(b, g)?,
-            Message::Cancel(b) => {
-                if self.peer_requested.remove(&b) {
-                    self.peer_requests.retain(|r| *r != b);
-                }
+            Message::Cancel(b) if self.peer_requested.remove(&b) => {
+                self.peer_requests.retain(|r| *r != b);
             }
             Message::Piece { piece, begin, data } => {
                 let b = Block {

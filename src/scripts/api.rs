@@ -19,7 +19,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use log::info;
 use rhai::{Array, Dynamic, Engine, EvalAltResult, FnPtr, NativeCallContext};
 
-use super::{settings_map, to_dynamic, Collected, Host, EVENTS};
+use super::convert::to_dynamic;
+use super::host::{settings_map, Collected, Host, EVENTS};
 use crate::status::full_description;
 
 /// What a handler asks to send.

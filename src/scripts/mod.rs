@@ -23,9 +23,10 @@
 
 mod api;
 mod convert;
+mod host;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
@@ -42,6 +43,8 @@ use crate::registry::{CheckEvent, Event, Registry};
 use crate::reply::Reply;
 pub use api::ScriptReply;
 pub use convert::{to_dynamic, to_value};
+pub use host::EVENTS;
+use host::{Collected, Host};
 
 /// The bounds on every script call. Zero means no limit for the counts.
 /// Its defaults are written once, here, as the command line's.
@@ -98,21 +101,6 @@ impl Default for Limits {
         }
     }
 }
-
-/// Events scripts can hook, by the name `on_event` takes.
-pub const EVENTS: &[&str] = &[
-    "torrent-added",
-    "torrent-started",
-    "torrent-stopped",
-    "torrent-completed",
-    "torrent-removed",
-    "verification-finished",
-    "setting-changed",
-    "client-connected",
-    "client-disconnected",
-    "peer-connected",
-    "peer-disconnected",
-];
 
 /// Why scripts could not be loaded: the file, the line when known, and
 /// what is wrong.
@@ -174,26 +162,6 @@ impl fmt::Display for LoadError {
 }
 
 impl std::error::Error for LoadError {}
-
-/// What the host functions share with the daemon.
-struct Host {
-    registry: Rc<RefCell<Registry>>,
-    /// When the call in progress must stop.
-    deadline: Cell<Option<Instant>>,
-    /// When the daemon started (for `uptime()`).
-    started: Instant,
-    /// File name of the script running, for log lines.
-    current: RefCell<Rc<str>>,
-    /// Registrations made by the top level of the script loading now;
-    /// `None` once loading is over (registering then is an error).
-    collecting: RefCell<Option<Collected>>,
-}
-
-#[derive(Default)]
-struct Collected {
-    keys: Vec<(String, FnPtr)>,
-    hooks: Vec<(String, FnPtr)>,
-}
 
 struct Script {
     file: Rc<str>,
@@ -689,15 +657,4 @@ fn make_engine(dir: &Path, limits: &Limits, host: &Rc<Host>) -> Engine {
     }
     api::register(&mut engine, host);
     engine
-}
-
-/// A sorted view of settings for scripts.
-fn settings_map(reg: &Registry) -> Map {
-    let mut m = BTreeMap::new();
-    if let Value::Dict(pairs) = reg.settings().to_value() {
-        for (k, v) in pairs {
-            m.insert(String::from_utf8_lossy(&k).as_ref().into(), to_dynamic(&v));
-        }
-    }
-    m
 }

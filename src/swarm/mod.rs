@@ -12,7 +12,13 @@
 //! [`Swarm::handle_timeout`] for timers.
 
 mod link;
+mod peer;
 mod session;
+mod suspects;
+
+pub use peer::{Dial, Source, Transport};
+use peer::{Peer, PexLink};
+use suspects::Suspects;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -22,10 +28,8 @@ use log::{debug, info, warn};
 use slab::Slab;
 
 use crate::engine::bandwidth::TokenBucket;
-use crate::engine::bitfield::Bitfield;
-use crate::engine::disk::{DiskRequest, PieceDone};
+use crate::engine::disk::{DiskRequest, Outcome, PieceDone};
 use crate::engine::picker::{PeerKey, Picker};
-use crate::engine::rate::RateMeter;
 use crate::peer::conn::{PeerConn, PeerError, MAX_PEER_REQUESTS};
 use crate::peer::extension::{ExtendedHandshake, LocalHandshake, HANDSHAKE_EXT_ID};
 use crate::peer::mse::{self, Policy, Secrets};
@@ -48,23 +52,6 @@ const MAX_PLAIN_ONLY: usize = 4096;
 /// Output queued to a peer beyond which we stop serving it blocks until
 /// it reads (its requests wait in its queue).
 const UPLOAD_SOFT_LIMIT: usize = 512 << 10;
-
-/// Strikes (pieces that failed their hash with a block from this address)
-/// before an address is banned for the session.
-const MAX_STRIKES: u8 = 3;
-
-/// How a peer came to us (the protocol's `peers-from`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    /// It connected to us.
-    Incoming,
-    /// A tracker named it.
-    Tracker,
-    /// Remembered from an earlier session.
-    Cache,
-    /// Peer exchange.
-    Pex,
-}
 
 /// Limits on connections.
 #[derive(Debug, Clone, Copy)]
@@ -177,36 +164,6 @@ pub struct Stats {
     pub left: u64,
 }
 
-/// Peer exchange with one peer: the id it gave `ut_pex`, and the state.
-struct PexLink {
-    id: u8,
-    state: PexState,
-}
-
-struct Peer {
-    conn: PeerConn,
-    /// The stream under `conn`: plaintext or encrypted.
-    link: Link,
-    addr: SocketAddr,
-    /// Where it accepts connections: the address dialled, or for an
-    /// incoming peer its address with the port its extension handshake
-    /// gave (what peer exchange passes on).
-    listen: Option<SocketAddr>,
-    pex: Option<PexLink>,
-    /// Listed in the swarm's upload queue.
-    uploading: bool,
-    torrent: Option<u64>,
-    source: Source,
-    /// Outgoing, not connected yet.
-    dialing: bool,
-    /// The pieces it has, for the picker.
-    has: Bitfield,
-    down: RateMeter,
-    up: RateMeter,
-    connected_at: Instant,
-    closing: bool,
-}
-
 /// Every running torrent's peers.
 pub struct Swarm {
     peer_id: [u8; 20],
@@ -216,7 +173,8 @@ pub struct Swarm {
     by_hash: HashMap<[u8; 20], u64>,
     peers: Slab<Peer>,
     half_open: usize,
-    banned: HashSet<SocketAddr>,
+    /// Who sent bad data, and who is banned for it.
+    suspects: Suspects,
     to_close: Vec<usize>,
     events: VecDeque<SwarmEvent>,
     manners: Manners,
@@ -274,17 +232,6 @@ enum Served {
     Starved(usize),
 }
 
-/// What a ban applies to: the whole IP address, except on loopback, where
-/// every local peer shares one address (local swarms, tests) and the full
-/// socket address is banned instead.
-fn ban_key(addr: SocketAddr) -> SocketAddr {
-    if addr.ip().is_loopback() {
-        addr
-    } else {
-        SocketAddr::new(addr.ip(), 0)
-    }
-}
-
 /// A client's name from an Azureus-style peer id (`-TR3000-...` gives
 /// `TR 3000`), or "" for other styles.
 fn client_name(id: &[u8; 20]) -> String {
@@ -323,7 +270,7 @@ impl Swarm {
             by_hash: HashMap::new(),
             peers: Slab::new(),
             half_open: 0,
-            banned: HashSet::new(),
+            suspects: Suspects::default(),
             to_close: Vec::new(),
             events: VecDeque::new(),
             manners: Manners::default(),
@@ -412,6 +359,7 @@ impl Swarm {
         self.by_req2.remove(&mse::req2_hash(&s.info_hash));
         // Its pieces at the disk thread are written, their answers dropped.
         self.by_instance.remove(&s.instance);
+        self.suspects.forget_torrent(id);
         self.disk.push_back(DiskRequest::Forget {
             session: s.instance,
         });
@@ -425,7 +373,7 @@ impl Swarm {
     pub fn add_peers(&mut self, id: u64, addrs: &[SocketAddr], source: Source) {
         if let Some(s) = self.sessions.get_mut(&id) {
             for a in addrs {
-                if !self.banned.contains(&ban_key(*a)) {
+                if !self.suspects.is_banned(*a) {
                     s.add_candidate(*a, source);
                 }
             }
@@ -498,54 +446,29 @@ impl Swarm {
         delta
     }
 
-    /// A peer connected to us from `addr`; `None` when it is refused
-    /// (banned, or too many peers).
-    pub fn accept(&mut self, addr: SocketAddr, now: Instant) -> Option<usize> {
-        if self.banned.contains(&ban_key(addr)) || self.peers.len() >= self.limits.max_peers {
+    /// A peer connected to us from `addr` over `transport`; `None` when it
+    /// is refused (banned, or too many peers).
+    pub fn accept(
+        &mut self,
+        addr: SocketAddr,
+        transport: Transport,
+        now: Instant,
+    ) -> Option<usize> {
+        if self.suspects.is_banned(addr) || self.peers.len() >= self.limits.max_peers {
             return None;
         }
-        Some(self.insert(
+        let peer = Peer::new(
             PeerConn::incoming(now),
             Link::incoming(),
             addr,
-            None,
-            Source::Incoming,
-            false,
+            transport,
             now,
-        ))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn insert(
-        &mut self,
-        conn: PeerConn,
-        link: Link,
-        addr: SocketAddr,
-        torrent: Option<u64>,
-        source: Source,
-        dialing: bool,
-        now: Instant,
-    ) -> usize {
-        self.peers.insert(Peer {
-            conn,
-            link,
-            addr,
-            listen: dialing.then_some(addr),
-            pex: None,
-            uploading: false,
-            torrent,
-            source,
-            dialing,
-            has: Bitfield::new(0),
-            down: RateMeter::new(now),
-            up: RateMeter::new(now),
-            connected_at: now,
-            closing: false,
-        })
+        );
+        Some(self.peers.insert(peer))
     }
 
     /// The next connection to open, if the limits allow one.
-    pub fn poll_dial(&mut self, now: Instant) -> Option<(usize, SocketAddr)> {
+    pub fn poll_dial(&mut self, now: Instant) -> Option<Dial> {
         if self.half_open >= self.limits.max_half_open || self.peers.len() >= self.limits.max_peers
         {
             return None;
@@ -569,20 +492,23 @@ impl Swarm {
                 }
             },
         };
-        let key = self.insert(
-            PeerConn::outgoing(self.our_handshake(info_hash), now),
-            link,
-            addr,
-            Some(id),
-            source,
-            true,
-            now,
-        );
+        let transport = Transport::Tcp;
+        let conn = PeerConn::outgoing(self.our_handshake(info_hash), now);
+        let mut peer = Peer::new(conn, link, addr, transport, now);
+        peer.listen = Some(addr);
+        peer.torrent = Some(id);
+        peer.source = source;
+        peer.dialing = true;
+        let key = self.peers.insert(peer);
         if let Some(s) = self.sessions.get_mut(&id) {
             s.peers.push(PeerKey(key));
         }
         self.half_open += 1;
-        Some((key, addr))
+        Some(Dial {
+            key,
+            addr,
+            transport,
+        })
     }
 
     /// Our handshake for a torrent: the extension protocol offered.
@@ -863,6 +789,7 @@ impl Swarm {
                     if p.source != Source::Incoming {
                         flags |= PexFlags::REACHABLE;
                     }
+                    flags |= p.transport.pex_flags();
                     Some((p.listen?, PexFlags(flags)))
                 })
                 .collect();
@@ -909,11 +836,11 @@ impl Swarm {
             return;
         };
         for (job, from) in fx.finished {
-            let senders = from
+            let senders: Vec<SocketAddr> = from
                 .iter()
-                .filter_map(|k| self.peers.get(k.0).map(|p| ban_key(p.addr)))
+                .filter_map(|k| self.peers.get(k.0).map(|p| p.addr))
                 .collect();
-            s.checking.insert(job.piece, senders);
+            self.suspects.checking(id, job.piece, &senders);
             self.disk.push_back(DiskRequest::Piece(job));
         }
         for k in s.peers.clone() {
@@ -934,18 +861,14 @@ impl Swarm {
                 s.update_interest(&mut p.conn, &p.has, now);
             }
         }
-        for who in fx.struck {
-            let strikes = s.strikes.entry(who).or_insert(0);
-            *strikes += 1;
-            if *strikes >= MAX_STRIKES {
-                info!("banning {who}: {MAX_STRIKES} pieces failed their hash with its data");
-                self.banned.insert(who);
-            }
-        }
+    }
+
+    /// Closes every peer whose address is banned.
+    fn close_banned(&mut self) {
         let banned: Vec<usize> = self
             .peers
             .iter()
-            .filter(|(_, p)| self.banned.contains(&ban_key(p.addr)))
+            .filter(|(_, p)| self.suspects.is_banned(p.addr))
             .map(|(k, _)| k)
             .collect();
         for k in banned {
@@ -969,9 +892,14 @@ impl Swarm {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
+        let piece = done.piece;
+        let good = !matches!(done.outcome, Outcome::BadHash);
         let mut fx = session::Effects::default();
         s.piece_checked(done, &mut fx);
         self.apply(id, fx, now);
+        if !self.suspects.checked(id, piece, good).is_empty() {
+            self.close_banned();
+        }
         // The piece's memory is free again: peers held back by the bound
         // on pieces in memory may be asked for more.
         self.request_more_all(id, now);

@@ -1,13 +1,13 @@
 //! One running torrent: its picker, storage, choker, peers and figures.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use slab::Slab;
 
-use super::{Peer, Source};
+use super::peer::{Peer, Source};
 use crate::engine::bitfield::Bitfield;
 use crate::engine::choker::{Choker, PeerChokeInfo};
 use crate::engine::disk::{Files, Outcome, PieceDone, PieceJob};
@@ -34,9 +34,6 @@ pub(super) struct Effects {
     pub finished: Vec<(PieceJob, Vec<PeerKey>)>,
     /// Endgame duplicates to cancel: (peer, block).
     pub cancels: Vec<(PeerKey, Block)>,
-    /// Addresses (ban keys) that sent blocks of a piece that failed its
-    /// hash.
-    pub struck: Vec<SocketAddr>,
     /// Writing a verified piece failed.
     pub storage_error: Option<StorageError>,
 }
@@ -63,8 +60,6 @@ pub(super) struct Session {
     storage: Storage,
     /// The files, shared with the pieces sent to the disk thread.
     files: Arc<Files>,
-    /// Pieces at the disk thread: who sent their blocks (ban keys).
-    pub checking: HashMap<u32, Vec<SocketAddr>>,
     pub choker: Choker,
     pub peers: Vec<PeerKey>,
     candidates: VecDeque<(SocketAddr, Source)>,
@@ -76,7 +71,6 @@ pub(super) struct Session {
     pub uploaded: u64,
     /// `downloaded` and `uploaded` when last taken by the owner.
     pub reported: (u64, u64),
-    pub strikes: HashMap<SocketAddr, u8>,
 }
 
 impl Session {
@@ -114,7 +108,6 @@ impl Session {
             picker,
             storage: Storage::new(layout, paths),
             files,
-            checking: HashMap::new(),
             choker: Choker::new(now),
             peers: Vec::new(),
             candidates: VecDeque::new(),
@@ -125,7 +118,6 @@ impl Session {
             downloaded: 0,
             uploaded: 0,
             reported: (0, 0),
-            strikes: HashMap::new(),
         })
     }
 
@@ -234,9 +226,9 @@ impl Session {
     }
 
     /// The disk thread's answer for `piece`: verified and written, failed
-    /// its hash (fetched again, its senders struck), or not written.
+    /// its hash (fetched again; the owner strikes its senders), or not
+    /// written.
     pub fn piece_checked(&mut self, done: PieceDone, fx: &mut Effects) {
-        let from = self.checking.remove(&done.piece).unwrap_or_default();
         match done.outcome {
             Outcome::Written => {
                 self.picker.piece_verified(done.piece);
@@ -249,7 +241,6 @@ impl Session {
                     done.piece
                 );
                 self.picker.piece_failed(done.piece);
-                fx.struck.extend(from);
             }
             Outcome::Failed(e) => {
                 self.picker.piece_failed(done.piece);

@@ -140,14 +140,21 @@ fn peer_limits_bound_dials_and_accepts() {
     s.start(&torrent(&meta, dir.path(), false), now).unwrap();
     let many: Vec<SocketAddr> = (1..=6).map(addr).collect();
     s.add_peers(1, &many, Source::Tracker);
-    let (k1, _) = s.poll_dial(now).expect("a first dial");
+    let Dial { key: k1, .. } = s.poll_dial(now).expect("a first dial");
     assert_eq!(s.poll_dial(now), None, "one half-open at a time");
     s.dialed(k1, true, now);
-    let (k2, _) = s.poll_dial(now).expect("a second dial");
+    let Dial { key: k2, .. } = s.poll_dial(now).expect("a second dial");
     s.dialed(k2, true, now);
     assert_eq!(s.poll_dial(now), None, "two peers per torrent");
-    assert!(s.accept(addr(50), now).is_some(), "a third peer in all");
-    assert_eq!(s.accept(addr(51), now), None, "past three in all");
+    assert!(
+        s.accept(addr(50), Transport::Tcp, now).is_some(),
+        "a third peer in all"
+    );
+    assert_eq!(
+        s.accept(addr(51), Transport::Tcp, now),
+        None,
+        "past three in all"
+    );
 }
 
 #[test]
@@ -162,11 +169,15 @@ fn a_leecher_downloads_every_file_from_a_seeder_without_sockets() {
     } = pair(Manners::default(), Manners::default(), now);
 
     leecher.add_peers(1, &[addr(1000)], Source::Tracker);
-    let (to_seeder, to) = leecher.poll_dial(now).unwrap();
+    let Dial {
+        key: to_seeder,
+        addr: to,
+        ..
+    } = leecher.poll_dial(now).unwrap();
     assert_eq!(to, addr(1000));
     assert_eq!(leecher.poll_dial(now), None, "one candidate only");
     leecher.dialed(to_seeder, true, now);
-    let from_leecher = seeder.accept(addr(2000), now).unwrap();
+    let from_leecher = seeder.accept(addr(2000), Transport::Tcp, now).unwrap();
     pump(&mut leecher, to_seeder, &mut seeder, from_leecher, &mut now);
 
     let mut verified = Vec::new();
@@ -217,15 +228,18 @@ fn a_peer_sending_corrupt_pieces_is_struck_then_banned() {
     let mut liar = swarm(10);
     liar.start(&torrent(&meta, bad_dir.path(), true), now)
         .unwrap();
-    let k_leecher = leecher.accept(addr(3000), now).unwrap();
+    let k_leecher = leecher.accept(addr(3000), Transport::Tcp, now).unwrap();
     liar.add_peers(1, &[addr(4000)], Source::Tracker);
-    let (k_liar, _) = liar.poll_dial(now).unwrap();
+    let Dial { key: k_liar, .. } = liar.poll_dial(now).unwrap();
     liar.dialed(k_liar, true, now);
     pump(&mut liar, k_liar, &mut leecher, k_leecher, &mut now);
     // Piece 0 failed from it three times: banned, and closed.
     assert_eq!(leecher.poll_close(), Some(k_leecher));
     leecher.closed(k_leecher);
-    assert!(leecher.accept(addr(3000), now).is_none(), "banned");
+    assert!(
+        leecher.accept(addr(3000), Transport::Tcp, now).is_none(),
+        "banned"
+    );
     assert!(!leecher.is_complete(1), "piece 0 never verified");
     let have = leecher.picker(1).unwrap().have_bitfield().count();
     assert_eq!(have, meta.pieces.len() - 1);
@@ -240,9 +254,9 @@ fn a_peer_sending_corrupt_pieces_is_struck_then_banned() {
     honest
         .start(&torrent(&meta, good_dir.path(), true), now)
         .unwrap();
-    let k_leecher = leecher.accept(addr(5000), now).unwrap();
+    let k_leecher = leecher.accept(addr(5000), Transport::Tcp, now).unwrap();
     honest.add_peers(1, &[addr(4000)], Source::Tracker);
-    let (k_honest, _) = honest.poll_dial(now).unwrap();
+    let Dial { key: k_honest, .. } = honest.poll_dial(now).unwrap();
     honest.dialed(k_honest, true, now);
     pump(&mut honest, k_honest, &mut leecher, k_leecher, &mut now);
     assert!(leecher.is_complete(1));
@@ -307,9 +321,14 @@ fn encryption(policy: Policy) -> Manners {
 /// The leecher dials the seeder: (leecher's key, seeder's key).
 fn dial(leecher: &mut Swarm, seeder: &mut Swarm, now: Instant) -> (usize, usize) {
     leecher.add_peers(1, &[addr(1000)], Source::Tracker);
-    let (k, _) = leecher.poll_dial(now).expect("a dial");
+    let Dial { key: k, .. } = leecher.poll_dial(now).expect("a dial");
     leecher.dialed(k, true, now);
-    (k, seeder.accept(addr(2000), now).expect("accepted"))
+    (
+        k,
+        seeder
+            .accept(addr(2000), Transport::Tcp, now)
+            .expect("accepted"),
+    )
 }
 
 /// Like [`pump`], but runs until `done` (or a bound of simulated
@@ -368,7 +387,7 @@ fn a_peer_dropping_our_encrypted_handshake_is_dialled_again_in_plaintext() {
     );
     let leecher = &mut p.leecher;
     leecher.add_peers(1, &[addr(1000)], Source::Tracker);
-    let (k, _) = leecher.poll_dial(now).unwrap();
+    let Dial { key: k, .. } = leecher.poll_dial(now).unwrap();
     leecher.dialed(k, true, now);
     // A client without MSE reads no BitTorrent handshake and hangs up.
     let first = leecher.output(k).to_vec();
@@ -377,11 +396,13 @@ fn a_peer_dropping_our_encrypted_handshake_is_dialled_again_in_plaintext() {
     while let Some(k) = leecher.poll_close() {
         leecher.closed(k);
     }
-    let (k, to) = leecher.poll_dial(now).expect("dialled again");
+    let Dial {
+        key: k, addr: to, ..
+    } = leecher.poll_dial(now).expect("dialled again");
     assert_eq!(to, addr(1000));
     leecher.dialed(k, true, now);
     assert_eq!(mse::is_plain_handshake(leecher.output(k)), Some(true));
-    let ks = p.seeder.accept(addr(2000), now).unwrap();
+    let ks = p.seeder.accept(addr(2000), Transport::Tcp, now).unwrap();
     pump(&mut p.leecher, k, &mut p.seeder, ks, &mut now);
     assert!(p.leecher.is_complete(1));
     assert!(!p.leecher.peers[k].link.is_encrypted());
@@ -393,7 +414,7 @@ fn a_connection_refused_outright_is_not_retried_in_plaintext() {
     let mut p = pair(Manners::default(), encryption(Policy::Preferred), now);
     let leecher = &mut p.leecher;
     leecher.add_peers(1, &[addr(1000)], Source::Tracker);
-    let (k, _) = leecher.poll_dial(now).unwrap();
+    let Dial { key: k, .. } = leecher.poll_dial(now).unwrap();
     leecher.dialed(k, false, now);
     while let Some(k) = leecher.poll_close() {
         leecher.closed(k);
@@ -493,7 +514,7 @@ fn an_mse_handshake_for_one_torrent_cannot_open_another() {
         let mut rng = fastrand::Rng::with_seed(3);
         let mut i =
             mse::Initiator::new(a.info_hash, Policy::Preferred, mse_secrets(&mut rng), hs).unwrap();
-        let key = seeder.accept(addr(port), now).unwrap();
+        let key = seeder.accept(addr(port), Transport::Tcp, now).unwrap();
         for _ in 0..10 {
             while let Some(out) = i.poll_output() {
                 seeder.receive(key, &out, now);

@@ -531,6 +531,12 @@ impl Trackers {
         self.drain_udp(now);
     }
 
+    /// Whether a datagram from `from` is a reply a UDP tracker owes us
+    /// (see [`UdpClient::expects`]).
+    pub fn expects_datagram(&self, from: SocketAddr, data: &[u8]) -> bool {
+        self.udp.expects(from, data)
+    }
+
     /// When [`Trackers::handle_timeout`] (or [`Trackers::start_due`]) has
     /// work.
     pub fn poll_timeout(&self) -> Option<Instant> {

@@ -535,6 +535,30 @@ impl UdpClient {
         self.results.retain(|(r, _)| *r != id);
     }
 
+    /// Whether `data` from `from` looks like the reply to one of our
+    /// requests: a known action, and a transaction id outstanding with
+    /// that tracker. The peer port's one UDP socket also carries DHT and
+    /// uTP traffic; this tells tracker replies apart from them (as
+    /// Transmission's `tr-udp.cc` does) without parsing further.
+    pub fn expects(&self, from: SocketAddr, data: &[u8]) -> bool {
+        let (Some(action), Some(txid)) = (data.get(..4), data.get(4..8)) else {
+            return false;
+        };
+        let action = u32::from_be_bytes([action[0], action[1], action[2], action[3]]);
+        let txid = u32::from_be_bytes([txid[0], txid[1], txid[2], txid[3]]);
+        if action > 3 {
+            return false;
+        }
+        match self.txids.get(&txid) {
+            Some(Owner::Connect(tracker)) => same_peer(from, *tracker),
+            Some(Owner::Exchange(id)) => self
+                .exchanges
+                .get(id)
+                .is_some_and(|e| same_peer(from, e.tracker)),
+            None => false,
+        }
+    }
+
     /// A datagram received from `from`. Anything that is not the expected
     /// reply to an outstanding request is logged and ignored.
     pub fn handle_datagram(&mut self, from: SocketAddr, data: &[u8], now: Instant) {

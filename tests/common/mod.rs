@@ -383,7 +383,7 @@ impl Core {
         let svc = tripcd::service::Service::new(reg);
         let mut server = tripcd::server::Server::new(svc, tripcd::config::Config::default());
         let now = std::time::Instant::now();
-        let id = server.connect(now);
+        let id = server.connect(tripcd::front::FrontKind::Ipc, now);
         let greeting = server.output(id).to_vec();
         assert_eq!(greeting, tripcd::session::greeting());
         server.consume_output(id, greeting.len());
