@@ -768,4 +768,93 @@ mod tests {
         end(&mut s, t0);
         assert!(s.core().swarm().is_running(1));
     }
+
+    /// A front of another kind, for the seam: one text line per request
+    /// (`port 7`), answered `ok` or `failed: why` once the change is
+    /// durable, through the same command table and commit as the IPC.
+    struct LineFront {
+        input: Vec<u8>,
+        output: Vec<u8>,
+        held: usize,
+    }
+
+    impl FrontConn for LineFront {
+        fn receive(&mut self, bytes: &[u8], svc: &mut Service, _: Instant) -> Result<(), String> {
+            use crate::reply::Dispatch;
+            self.input.extend_from_slice(bytes);
+            while let Some(nl) = self.input.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.input.drain(..=nl).collect();
+                let text = String::from_utf8_lossy(&line[..nl]).into_owned();
+                let (key, n) = text.split_once(' ').ok_or("no value")?;
+                let value = Value::Int(n.parse().map_err(|_| "not a number")?);
+                let done = svc.dispatch(2, key.as_bytes(), &value, true);
+                if done.durable {
+                    self.held += 1;
+                } else {
+                    self.output.extend_from_slice(b"ok\n");
+                }
+            }
+            Ok(())
+        }
+        fn output(&self) -> &[u8] {
+            &self.output
+        }
+        fn consume_output(&mut self, n: usize) {
+            self.output.drain(..n);
+        }
+        fn queued_output(&self) -> usize {
+            self.output.len()
+        }
+        fn is_held(&self) -> bool {
+            self.held > 0
+        }
+        fn release(&mut self, commit: &Result<(), String>, _bind: Option<&str>) {
+            for _ in 0..std::mem::take(&mut self.held) {
+                match commit {
+                    Ok(()) => self.output.extend_from_slice(b"ok\n"),
+                    Err(e) => self
+                        .output
+                        .extend_from_slice(format!("failed: {e}\n").as_bytes()),
+                }
+            }
+        }
+        fn is_backpressured(&self) -> bool {
+            false
+        }
+        fn has_pending_input(&self) -> bool {
+            self.input.contains(&b'\n')
+        }
+        fn greeted(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn two_fronts_of_different_kinds_are_served_in_one_turn_with_one_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = server(dir.path());
+        let t0 = Instant::now();
+        let ipc = connect(&mut s, t0);
+        let line = s.connect_conn(
+            FrontKind::Ipc,
+            Box::new(LineFront {
+                input: Vec::new(),
+                output: Vec::new(),
+                held: 0,
+            }),
+            t0,
+        );
+        end(&mut s, t0);
+        let before = s.service().registry().commits();
+        s.receive(ipc, &frame("uplimit", &Value::Int(70), Some(1)), t0);
+        s.receive(line, b"downlimit 80\n", t0);
+        assert!(take(&mut s, ipc).is_empty(), "held for the commit");
+        assert!(s.output(line).is_empty(), "held for the commit");
+        end(&mut s, t0);
+        assert_eq!(s.service().registry().commits(), before + 1, "one commit");
+        assert_eq!(take(&mut s, ipc), ["00000012l9:succeeded0:i1ee"]);
+        assert_eq!(s.output(line), b"ok\n");
+        let reg = Registry::open(dir.path(), Settings::defaults("/d".into())).unwrap();
+        assert_eq!((reg.settings().uplimit, reg.settings().downlimit), (70, 80));
+    }
 }

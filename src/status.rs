@@ -78,26 +78,30 @@ fn tracker_value(t: &Tracker) -> Value {
 }
 
 /// The value of one info type, or `None` for an unknown type (skipped).
+/// A torrent still fetching its metadata has its hints' name and
+/// trackers, no files and size 0.
 pub fn info_field(t: &Torrent, ty: &str) -> Option<Value> {
-    let m = &t.meta;
+    let m = t.meta.as_ref();
+    let text = |f: fn(&crate::registry::Metainfo) -> &[u8]| bytes(m.map_or(&[][..], f));
     Some(match ty {
-        "hash" => Value::from(m.hash_hex()),
-        "name" => bytes(&m.name),
+        "hash" => Value::from(t.hash_hex()),
+        "name" => Value::Bytes(t.name()),
         "path" => path_value(&t.saved_path),
         "saved" => Value::Int(1),
-        "private" => Value::Int(m.private.into()),
+        "private" => Value::Int(t.is_private().into()),
         "trackers" => Value::List(
-            m.tiers
+            t.tiers()
                 .iter()
                 .map(|tier| Value::List(tier.iter().map(tracker_value).collect()))
                 .collect(),
         ),
-        "comment" => bytes(&m.comment),
-        "creator" => bytes(&m.creator),
-        "date" => Value::Int(m.creation_date?),
-        "size" => Value::Int(m.total_size() as i64),
+        "comment" => text(|m| &m.comment),
+        "creator" => text(|m| &m.creator),
+        "date" => Value::Int(m?.creation_date?),
+        "size" => Value::Int(t.total_size() as i64),
         "files" => Value::List(
-            m.files
+            m.map(|m| m.files.as_slice())
+                .unwrap_or_default()
                 .iter()
                 .map(|f| {
                     Value::dict([
@@ -115,6 +119,8 @@ pub fn info_field(t: &Torrent, ty: &str) -> Option<Value> {
 pub fn state_name(phase: Phase) -> &'static str {
     match phase {
         Phase::Paused => "paused",
+        // The protocol has no word for it: data is being fetched.
+        Phase::FetchingMetadata => "downloading",
         Phase::WaitingCheck => "waiting to checking",
         Phase::Checking => "checking",
         Phase::Downloading => "downloading",
@@ -167,7 +173,7 @@ pub fn status_field(t: &Torrent, ty: &str) -> Option<Value> {
         }),
         "tracker" => {
             let (tier, i) = x.tracker.unwrap_or((0, 0));
-            tracker_value(t.meta.tiers.get(tier)?.get(i)?)
+            tracker_value(t.tiers().get(tier)?.get(i)?)
         }
         _ => return None,
     })

@@ -281,7 +281,7 @@ impl<'t> Bare<'t> {
             }
             let bits = bitfield(&self.have);
             let any = self.have.iter().any(|h| *h);
-            self.conn.attach(self.t.shape, any.then_some(&bits[..]));
+            self.conn.attach(Some(self.t.shape), any.then_some(&bits[..]));
             if h.reserved[EXTENSION_BIT.0] & EXTENSION_BIT.1 != 0 {
                 let ours = LocalHandshake {
                     client: "fuzz",

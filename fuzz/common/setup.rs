@@ -124,7 +124,9 @@ pub fn have(control: u8, pieces: usize) -> Vec<bool> {
 pub fn torrent(meta: &Metainfo, dir: &Path, control: u8) -> Torrent {
     Torrent {
         id: 1,
-        meta: meta.clone(),
+        info_hash: meta.info_hash,
+        meta: Some(meta.clone()),
+        hints: Default::default(),
         saved_path: dir.join("x.torrent"),
         directory: dir.to_path_buf(),
         running: true,

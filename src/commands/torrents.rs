@@ -250,7 +250,7 @@ fn lookup(ctx: &mut Ctx<'_>, value: &Value) -> Reply {
                 .registry
                 .torrents()
                 .get(id)
-                .map(|t| t.meta.hash_hex())
+                .map(|t| t.hash_hex())
                 .unwrap_or_default();
             Value::dict([("hash", Value::from(hash)), ("id", Value::Int(id as i64))])
         })

@@ -17,6 +17,11 @@ use crate::tracker::worker::{Job, JobResult};
 /// is in flight.
 const STOPPING_BOUND: Duration = Duration::from_secs(5);
 
+/// What a torrent whose size is not known yet (no metadata) announces as
+/// `left`: not 0, which would make it a seed to the tracker (and some
+/// give seeds no seeds), but a piece's worth, as libtorrent does.
+const LEFT_UNKNOWN: u64 = 16 << 10;
+
 /// A torrent's totals, for its announces.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Totals {
@@ -61,13 +66,19 @@ impl Announcing {
             return;
         }
         let tiers: Vec<Vec<String>> = t
-            .meta
-            .tiers
+            .tiers()
             .iter()
             .map(|tier| tier.iter().map(|tr| tr.url.clone()).collect())
             .collect();
-        self.sizes.insert(t.id, t.meta.total_size());
-        self.trackers.start(t.id, t.meta.info_hash, &tiers, now);
+        if t.meta.is_some() {
+            self.sizes.insert(t.id, t.total_size());
+        }
+        self.trackers.start(t.id, t.info_hash, &tiers, now);
+    }
+
+    /// A running torrent learned its size (its metadata arrived).
+    pub fn set_size(&mut self, id: u64, size: u64) {
+        self.sizes.insert(id, size);
     }
 
     /// A torrent stopped: `stopped` goes to its trackers, and it shows
@@ -115,7 +126,9 @@ impl Announcing {
             Progress {
                 uploaded: t.uploaded,
                 downloaded: t.downloaded,
-                left: sizes.get(&id).map_or(0, |s| s.saturating_sub(t.completed)),
+                left: sizes
+                    .get(&id)
+                    .map_or(LEFT_UNKNOWN, |s| s.saturating_sub(t.completed)),
             }
         };
         self.trackers.start_due(now, peer_id, port, progress);

@@ -30,8 +30,8 @@ use log::{debug, info, trace, warn};
 
 use crate::engine::disk::{DiskRequest, PieceDone};
 use crate::peer::mse::Policy;
-use crate::registry::{Encryption, Phase, Registry, Settings as State, TorrentError};
-use crate::swarm::{self, Dial, Swarm, SwarmEvent, Transport};
+use crate::registry::{Encryption, Phase, Registry, Settings as State, Torrent, TorrentError};
+use crate::swarm::{self, Dial, Stage, Swarm, SwarmEvent, Transport};
 use crate::tracker::trackers::{self, TrackerEvent};
 use crate::tracker::udp::Transmit;
 use crate::tracker::worker::{Job, JobResult};
@@ -154,7 +154,9 @@ impl Core {
     }
 
     /// Follows the registry after its changes were committed: torrents
-    /// move data while they run, their data checked, with no error;
+    /// move data while they run, their data checked, with no error; one
+    /// known by its info hash alone runs to fetch its metadata, and keeps
+    /// its peers while the data is checked once the metadata arrived;
     /// settings reach the swarm.
     pub fn sync(&mut self, now: Instant) {
         let changes = self.reg().changes();
@@ -167,20 +169,7 @@ impl Core {
         let reg = reg.borrow();
         self.swarm.set_manners(manners(reg.settings()), now);
         for t in reg.torrents().iter() {
-            let run = t.running
-                && t.error.is_none()
-                && matches!(t.phase, Phase::Downloading | Phase::Seeding);
-            if run && !self.swarm.is_running(t.id) {
-                if self.swarm.start(t, now).is_none() {
-                    warn!("torrent {}: its geometry is beyond this engine", t.id);
-                    continue;
-                }
-                self.announcing.start(t, now);
-            }
-            if !run && self.swarm.is_running(t.id) {
-                self.swarm.stop(t.id);
-                self.announcing.stop(t.id, now);
-            }
+            self.follow(t, now);
         }
         for id in self.swarm.running() {
             if reg.torrents().get(id).is_none() {
@@ -192,6 +181,63 @@ impl Core {
         self.drain_trackers(now);
         if self.next_report.is_none() && !self.swarm.running().is_empty() {
             self.next_report = Some(now);
+        }
+    }
+
+    /// Starts, moves on or stops torrent `t`'s session to match its phase.
+    fn follow(&mut self, t: &Torrent, now: Instant) {
+        let wanted = t.running && t.error.is_none();
+        let checking = matches!(t.phase, Phase::WaitingCheck | Phase::Checking);
+        let moving = matches!(t.phase, Phase::Downloading | Phase::Seeding);
+        match self.swarm.stage(t.id) {
+            None if wanted && (moving || t.phase == Phase::FetchingMetadata) => {
+                if self.swarm.start(t, now).is_none() {
+                    warn!("torrent {}: its geometry is beyond this engine", t.id);
+                    return;
+                }
+                self.announcing.start(t, now);
+            }
+            // The metadata arrived: peers stay while the data is checked.
+            Some(Stage::Fetching) if wanted && t.meta.is_some() => {
+                self.swarm.set_geometry(t);
+                self.announcing.set_size(t.id, t.total_size());
+                if moving {
+                    self.follow(t, now);
+                }
+            }
+            Some(Stage::Checking) if wanted && moving => self.start_moving(t, now),
+            Some(Stage::Fetching | Stage::Checking) if wanted && (checking || !moving) => {}
+            // A check asked for while moving data stops it until the check
+            // ends; so does stopping, an error, or removal.
+            Some(_) if !wanted || checking || t.phase == Phase::Paused => {
+                self.swarm.stop(t.id);
+                self.announcing.stop(t.id, now);
+            }
+            _ => {}
+        }
+    }
+
+    /// The data of a torrent whose metadata arrived is checked: its pieces
+    /// move.
+    fn start_moving(&mut self, t: &Torrent, now: Instant) {
+        if !self.swarm.set_pieces(t, now) {
+            warn!("torrent {}: its geometry is beyond this engine", t.id);
+        }
+    }
+
+    /// Torrent `id`'s info dictionary, fetched from peers and checked
+    /// against its info hash: the registry gains its metainfo (made
+    /// durable with the next commit) and the data already in its folder
+    /// is checked.
+    pub fn handle_metadata(&mut self, id: u64, info: &[u8]) {
+        let result = self.reg_mut().set_metadata(id, info);
+        match result {
+            Ok(true) => {
+                info!("torrent {id}: metadata complete ({} bytes)", info.len());
+                self.sync_due = true;
+            }
+            Ok(false) => {}
+            Err(e) => warn!("torrent {id}: metadata refused: {e}"),
         }
     }
 
@@ -550,3 +596,6 @@ fn manners(s: &State) -> swarm::Manners {
         listen_port: s.port,
     }
 }
+
+#[cfg(test)]
+mod tests;

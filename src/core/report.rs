@@ -89,7 +89,7 @@ pub fn tally(reg: &Registry) -> Tally {
             _ if t.error.is_some() => &mut f.failed,
             Phase::Paused => &mut f.stopped,
             Phase::WaitingCheck | Phase::Checking => &mut f.checking,
-            Phase::Downloading => &mut f.downloading,
+            Phase::FetchingMetadata | Phase::Downloading => &mut f.downloading,
             Phase::Seeding => &mut f.seeding,
         };
         *count += 1;

@@ -48,6 +48,11 @@ pub const MAX_INPUT: usize = 1 << 20;
 /// we cancelled it is tolerated.
 const CANCELLED_MEMORY: usize = 256;
 
+/// `have`s kept from a peer before the torrent's geometry is known (they
+/// are checked once it is): a peer with much to announce sends a
+/// bitfield, and what is past this is dropped, not held.
+pub const MAX_EARLY_HAVES: usize = 8192;
+
 /// Why a peer connection must be closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerError {
@@ -71,8 +76,6 @@ pub enum PeerError {
     Unrequested(Block),
     /// Over [`MAX_OUTPUT`] bytes unread.
     OutputOverflow,
-    /// A message before the torrent is known.
-    TooEarly,
     /// Both sides have every piece: nothing to exchange.
     BothSeeds,
     /// Already connected to this peer (same peer id) for the torrent.
@@ -98,7 +101,6 @@ impl fmt::Display for PeerError {
                 b.piece, b.begin, b.length
             ),
             PeerError::OutputOverflow => write!(f, "over {MAX_OUTPUT} bytes unread"),
-            PeerError::TooEarly => f.write_str("message before the torrent is known"),
             PeerError::BothSeeds => f.write_str("both are seeds"),
             PeerError::Duplicate => f.write_str("already connected to this peer"),
         }
@@ -178,6 +180,10 @@ struct Exchange {
     last_piece_wanted: bool,
     /// Piece payload bytes received.
     downloaded: u64,
+    /// Before the geometry is known: the peer's bitfield as received, and
+    /// its `have`s, checked once it is.
+    early_bitfield: Option<Vec<u8>>,
+    early_haves: Vec<u32>,
 }
 
 impl Exchange {
@@ -196,13 +202,46 @@ impl Exchange {
             dropped: Vec::new(),
             last_piece_wanted: true,
             downloaded: 0,
+            early_bitfield: None,
+            early_haves: Vec::new(),
         }
     }
 
-    /// What a message from the peer changes; `first` while no message
-    /// other than keep-alives and extensions came before it.
-    fn update(&mut self, msg: &Message<'_>, first: bool, g: &Geometry) -> Result<(), PeerError> {
+    /// What a message changes while the torrent's geometry is unknown
+    /// (its metadata is being fetched): what the peer has is kept to be
+    /// checked later; it cannot have been asked for anything.
+    fn update_early(&mut self, msg: &Message<'_>) -> Result<(), PeerError> {
         match *msg {
+            Message::Have(i) => {
+                if self.early_haves.len() < MAX_EARLY_HAVES {
+                    self.early_haves.push(i);
+                }
+            }
+            Message::Bitfield(bits) => match &mut self.early_bitfield {
+                Some(held) if held.len() == bits.len() => {
+                    for (mine, theirs) in held.iter_mut().zip(bits) {
+                        *mine |= theirs;
+                    }
+                }
+                Some(_) => return Err(PeerError::BadBitfield("its size changed")),
+                None => self.early_bitfield = Some(bits.to_vec()),
+            },
+            Message::Piece { piece, begin, data } => {
+                return Err(PeerError::Unrequested(Block {
+                    piece,
+                    begin,
+                    length: data.len() as u32,
+                }))
+            }
+            // We choke it until we have data: requests are dropped.
+            Message::Request(_) => {}
+            _ => self.update_choking(msg),
+        }
+        Ok(())
+    }
+
+    fn update_choking(&mut self, msg: &Message<'_>) {
+        match msg {
             Message::Choke => {
                 self.peer_choking = true;
                 // BEP 3: choking discards our outstanding requests. A block
@@ -215,6 +254,34 @@ impl Exchange {
             Message::Unchoke => self.peer_choking = false,
             Message::Interested => self.peer_interested = true,
             Message::NotInterested => self.peer_interested = false,
+            _ => {}
+        }
+    }
+
+    /// The geometry is known: what the peer said it has before is checked
+    /// against it.
+    fn check_early(&mut self, g: &Geometry) -> Result<(), PeerError> {
+        self.have = vec![0; (g.pieces() as usize).div_ceil(8)];
+        self.have_count = 0;
+        if let Some(bits) = self.early_bitfield.take() {
+            self.bitfield(&bits, true, g)?;
+        }
+        for i in std::mem::take(&mut self.early_haves) {
+            if i >= g.pieces() {
+                return Err(PeerError::OutOfRange("have index"));
+            }
+            self.set_have(i);
+        }
+        Ok(())
+    }
+
+    /// What a message from the peer changes; `first` while no message
+    /// other than keep-alives and extensions came before it.
+    fn update(&mut self, msg: &Message<'_>, first: bool, g: &Geometry) -> Result<(), PeerError> {
+        match *msg {
+            Message::Choke | Message::Unchoke | Message::Interested | Message::NotInterested => {
+                self.update_choking(msg)
+            }
             Message::Have(i) => {
                 if i >= g.pieces() {
                     return Err(PeerError::OutOfRange("have index"));
@@ -394,12 +461,15 @@ impl PeerConn {
         Ok(())
     }
 
-    /// The torrent is known: its geometry, and our bitfield to send (none
-    /// when we have nothing, as is common).
-    pub fn attach(&mut self, geometry: Geometry, our_bitfield: Option<&[u8]>) {
-        self.x.have = vec![0; (geometry.pieces() as usize).div_ceil(8)];
-        self.x.have_count = 0;
-        self.geometry = Some(geometry);
+    /// The torrent is known: its geometry (`None` while its metadata is
+    /// being fetched: see [`PeerConn::set_geometry`]), and our bitfield to
+    /// send (none when we have nothing, as is common).
+    pub fn attach(&mut self, geometry: Option<Geometry>, our_bitfield: Option<&[u8]>) {
+        if let Some(g) = geometry {
+            self.x.have = vec![0; (g.pieces() as usize).div_ceil(8)];
+            self.x.have_count = 0;
+        }
+        self.geometry = geometry;
         if let Some(bits) = our_bitfield {
             write_message(self.output.tail(), &Message::Bitfield(bits));
         }
@@ -408,14 +478,23 @@ impl PeerConn {
         }
     }
 
+    /// The torrent's metadata arrived after the peer was attached: what
+    /// it said it has so far is checked against the geometry (an error
+    /// closes it).
+    pub fn set_geometry(&mut self, geometry: Geometry) -> Result<(), PeerError> {
+        if self.geometry.is_some() {
+            return Ok(());
+        }
+        self.x.check_early(&geometry)?;
+        self.geometry = Some(geometry);
+        Ok(())
+    }
+
     /// The next message, after the connection's own state is updated and
     /// checked. Nothing before [`PeerConn::attach`].
     pub fn poll_message(&mut self) -> Result<Option<Message<'_>>, PeerError> {
         let Stage::Open { first } = self.stage else {
             return Ok(None);
-        };
-        let Some(geometry) = self.geometry else {
-            return Err(PeerError::TooEarly);
         };
         // A piece message of the largest block we accept, and a bitfield
         // of this torrent, are the largest messages a peer may send.
@@ -433,7 +512,10 @@ impl PeerConn {
         if !leading {
             self.stage = Stage::Open { first: false };
         }
-        self.x.update(&msg, first, &geometry)?;
+        match &self.geometry {
+            Some(g) => self.x.update(&msg, first, g)?,
+            None => self.x.update_early(&msg)?,
+        }
         Ok(Some(msg))
     }
 
@@ -699,7 +781,7 @@ mod tests {
         write_handshake(&mut theirs, &hs(2));
         c.receive(&theirs, t);
         assert_eq!(c.poll_handshake(), Ok(Some(hs(2))));
-        c.attach(shape(), None);
+        c.attach(Some(shape()), None);
         let n = c.output().len();
         c.consume_output(n);
         c
@@ -755,7 +837,7 @@ mod tests {
                 c.receive(&stream[from..to], t);
                 from = to;
                 if c.geometry.is_none() && c.poll_handshake().unwrap().is_some() {
-                    c.attach(shape(), None);
+                    c.attach(Some(shape()), None);
                 }
                 while let Some(m) = c.poll_message().unwrap() {
                     seen.push(format!("{m:?}"));
@@ -789,7 +871,7 @@ mod tests {
         assert!(c.output().is_empty());
         assert_eq!(c.poll_message(), Ok(None), "nothing before attach");
         c.accept(hs(1)).unwrap();
-        c.attach(shape(), Some(&[0xF8]));
+        c.attach(Some(shape()), Some(&[0xF8]));
         let out = c.output().to_vec();
         assert_eq!(parse_handshake(&out), Ok(Some(hs(1))));
         assert_eq!(

@@ -128,6 +128,9 @@ pub struct Metainfo {
     /// `info.files` was present (data lives under a directory named
     /// `name`); otherwise the single file is called `name`.
     pub multi_file: bool,
+    /// The `info` dictionary's bytes exactly as they stand in the file:
+    /// what peers fetch as the torrent's metadata (BEP 9).
+    pub info: Vec<u8>,
 }
 
 /// Why a metainfo file was refused, in words a person can act on.
@@ -257,7 +260,33 @@ impl Metainfo {
             pieces,
             files,
             multi_file,
+            info: info_bytes.to_vec(),
         })
+    }
+
+    /// A metainfo file made of an `info` dictionary fetched from peers and
+    /// the trackers known beside it (each its own tier), as BEP 9 has a
+    /// client keep it. The info dictionary's bytes are kept exactly.
+    pub fn from_info(info: &[u8], trackers: &[String]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(info.len() + 64 + trackers.len() * 64);
+        out.push(b'd');
+        if !trackers.is_empty() {
+            let tiers = Value::List(
+                trackers
+                    .iter()
+                    .map(|t| Value::List(vec![Value::str(t)]))
+                    .collect(),
+            );
+            out.extend_from_slice(b"13:announce-list");
+            // A list of lists of strings always encodes.
+            if let Ok(bytes) = tiers.to_bencode() {
+                out.extend_from_slice(&bytes);
+            }
+        }
+        out.extend_from_slice(b"4:info");
+        out.extend_from_slice(info);
+        out.push(b'e');
+        out
     }
 
     /// Total bytes of all files.

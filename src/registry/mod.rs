@@ -26,7 +26,7 @@ use log::{error, info, warn};
 use crate::codec::{decode, EncodeError, Value};
 pub use metainfo::{Metainfo, MetainfoError};
 pub use settings::{Encryption, Settings};
-pub use torrents::{CheckEvent, PeerInfo, Phase, Torrent, TorrentError, Torrents, Transfer};
+pub use torrents::{CheckEvent, Hints, PeerInfo, Phase, Torrent, TorrentError, Torrents, Transfer};
 
 /// A state directory that cannot be used at all.
 #[derive(Debug)]
@@ -140,6 +140,11 @@ pub enum Event {
     },
     /// A check of local data ended.
     Verified(CheckEvent),
+    /// A torrent known by its info hash alone got its metadata.
+    Metadata {
+        /// Its id.
+        id: u64,
+    },
     /// A download completed: every piece is verified.
     Completed {
         /// Its id.
@@ -159,6 +164,7 @@ enum Undo {
     Removed(Box<Torrent>),
     Running(u64, bool),
     Verify(u64),
+    Metadata(u64),
 }
 
 /// Settings and torrents, with their on-disk home.
@@ -185,6 +191,8 @@ pub struct Registry {
     changes: u64,
     /// Pieces verified by the engine since the last save.
     unsaved_progress: bool,
+    /// Commits that wrote something, since the registry was opened.
+    commits: u64,
 }
 
 const SETTINGS_FILE: &str = "settings.benc";
@@ -213,6 +221,7 @@ impl Registry {
             events: Vec::new(),
             changes: 0,
             unsaved_progress: false,
+            commits: 0,
         };
         if let Some(v) = reg.load_file(SETTINGS_FILE)? {
             match Settings::from_value(&v, defaults) {
@@ -284,32 +293,46 @@ impl Registry {
                 .and_then(Value::as_bytes)
                 .unwrap_or_default();
             let copy = self.copy_path(&hash);
-            let meta = std::fs::read(&copy)
-                .map_err(|e| e.to_string())
-                .and_then(|b| Metainfo::parse(&b).map_err(|e| e.to_string()));
-            let meta = match meta {
-                Ok(m) if m.info_hash == hash => m,
-                Ok(_) => {
-                    error!(
-                        "{}: hash does not match its name; torrent skipped",
-                        copy.display()
-                    );
-                    continue;
-                }
-                Err(e) => {
-                    error!("{}: {e}; torrent skipped", copy.display());
-                    continue;
+            let pending = entry.get("pending").and_then(Value::as_int).unwrap_or(0) != 0;
+            // A torrent still fetching its metadata has no copy yet; one
+            // whose metadata arrived just before a crash may have one
+            // already, which then wins.
+            let meta = match std::fs::read(&copy) {
+                Err(e) if pending && e.kind() == io::ErrorKind::NotFound => None,
+                read => {
+                    let parsed = read
+                        .map_err(|e| e.to_string())
+                        .and_then(|b| Metainfo::parse(&b).map_err(|e| e.to_string()));
+                    match parsed {
+                        Ok(m) if m.info_hash == hash => Some(m),
+                        Ok(_) => {
+                            error!(
+                                "{}: hash does not match its name; torrent skipped",
+                                copy.display()
+                            );
+                            continue;
+                        }
+                        Err(e) => {
+                            error!("{}: {e}; torrent skipped", copy.display());
+                            continue;
+                        }
+                    }
                 }
             };
             if self.torrents.lookup(&hash).is_some() {
                 warn!(
                     "torrent {} listed twice in state; keeping the first",
-                    meta.hash_hex()
+                    metainfo::hex(&hash)
                 );
                 continue;
             }
             let dir = PathBuf::from(std::ffi::OsString::from_vec(directory.to_vec()));
-            let id = self.torrents.insert(meta, copy, dir);
+            let id = match meta {
+                Some(meta) => self.torrents.insert(meta, copy, dir),
+                None => self
+                    .torrents
+                    .insert_pending(hash, hints_of(entry), copy, dir),
+            };
             self.torrents.load_bitfield(id, verified);
             if let Some(t) = self.torrents.transfer_mut(id) {
                 t.downloaded = downloaded;
@@ -339,6 +362,11 @@ impl Registry {
     /// changed something that a commit must make durable.
     pub fn changes(&self) -> u64 {
         self.changes
+    }
+
+    /// Commits that wrote something since the registry was opened.
+    pub fn commits(&self) -> u64 {
+        self.commits
     }
 
     /// The state directory.
@@ -455,6 +483,66 @@ impl Registry {
         Ok(id)
     }
 
+    /// Adds a torrent known by its info hash alone (a magnet link's
+    /// `hints`), or finds it if already present (its id is returned either
+    /// way). Its metainfo copy is written once the metadata arrives
+    /// ([`Registry::set_metadata`]).
+    pub fn add_by_hash(
+        &mut self,
+        info_hash: [u8; 20],
+        hints: Hints,
+        directory: Option<PathBuf>,
+        autostart: Option<bool>,
+    ) -> Result<u64, AddError> {
+        if let Some(id) = self.torrents.lookup(&info_hash) {
+            return Ok(id);
+        }
+        let directory = directory.unwrap_or_else(|| self.settings.directory.clone());
+        if !directory.is_absolute() {
+            return Err(AddError::RelativeDirectory(directory.display().to_string()));
+        }
+        let copy = self.copy_path(&info_hash);
+        let id = self
+            .torrents
+            .insert_pending(info_hash, hints, copy, directory);
+        self.journal(Undo::Added(id));
+        self.event(Event::Added { id });
+        if autostart.unwrap_or(self.settings.autostart) && self.torrents.start(id) {
+            self.event(Event::Started { id });
+        }
+        Ok(id)
+    }
+
+    /// The info dictionary of torrent `id` arrived from peers (the caller
+    /// checked its SHA-1 against the info hash): its metainfo file is
+    /// written with the next commit, with the trackers its hints named,
+    /// and a running torrent checks the data already in its folder.
+    /// Returns whether the torrent gained its metadata now.
+    pub fn set_metadata(&mut self, id: u64, info: &[u8]) -> Result<bool, MetainfoError> {
+        let Some(t) = self.torrents.get(id) else {
+            return Ok(false);
+        };
+        if t.meta.is_some() {
+            return Ok(false);
+        }
+        let bytes = Metainfo::from_info(info, &t.hints.trackers);
+        let meta = Metainfo::parse(&bytes)?;
+        if meta.info_hash != t.info_hash {
+            return Err(MetainfoError::Invalid(
+                "the info dictionary does not match the info hash".into(),
+            ));
+        }
+        let copy = t.saved_path.clone();
+        if !self.torrents.set_metadata(id, meta) {
+            return Ok(false);
+        }
+        self.old_copies.retain(|p| *p != copy);
+        self.new_copies.push((copy, bytes));
+        self.journal(Undo::Metadata(id));
+        self.event(Event::Metadata { id });
+        Ok(true)
+    }
+
     /// Starts a torrent (queues a check of its data). Unknown ids are
     /// ignored.
     pub fn start(&mut self, id: u64) {
@@ -489,8 +577,8 @@ impl Registry {
             self.old_copies.push(t.saved_path.clone());
             self.event(Event::Removed {
                 id,
-                hash: t.meta.hash_hex(),
-                name: String::from_utf8_lossy(&t.meta.name).into_owned(),
+                hash: t.hash_hex(),
+                name: String::from_utf8_lossy(&t.name()).into_owned(),
             });
             self.journal(Undo::Removed(Box::new(t)));
         }
@@ -585,6 +673,7 @@ impl Registry {
                 self.torrents_dirty = false;
                 self.settings_dirty = false;
                 self.events.append(&mut self.pending_events);
+                self.commits += 1;
                 Ok(())
             }
             Err(e) => {
@@ -638,6 +727,7 @@ impl Registry {
                 // Undone in the turn that queued it: the check has not
                 // begun (checks run after the commit).
                 Undo::Verify(id) => self.torrents.unverify(id),
+                Undo::Metadata(id) => self.torrents.unset_metadata(id),
             }
         }
         self.new_copies.clear();
@@ -650,25 +740,64 @@ impl Registry {
     }
 
     fn torrents_value(&self) -> Value {
-        Value::List(
-            self.torrents
-                .iter()
-                .map(|t| {
-                    Value::dict([
-                        (
-                            "directory",
-                            Value::Bytes(t.directory.as_os_str().as_bytes().to_vec()),
-                        ),
-                        ("hash", Value::Bytes(t.meta.info_hash.to_vec())),
-                        ("running", Value::Int(t.running.into())),
-                        ("downloaded", Value::Int(t.transfer.downloaded as i64)),
-                        ("uploaded", Value::Int(t.transfer.uploaded as i64)),
-                        ("verified", Value::Bytes(t.bitfield())),
-                    ])
-                })
-                .collect(),
-        )
+        Value::List(self.torrents.iter().map(torrent_value).collect())
     }
+}
+
+/// A torrent's entry in `torrents.benc`. One still fetching its metadata
+/// says so (`pending`) and keeps what its magnet link carried.
+fn torrent_value(t: &Torrent) -> Value {
+    let mut pairs = vec![
+        (
+            "directory",
+            Value::Bytes(t.directory.as_os_str().as_bytes().to_vec()),
+        ),
+        ("hash", Value::Bytes(t.info_hash.to_vec())),
+        ("running", Value::Int(t.running.into())),
+        ("downloaded", Value::Int(t.transfer.downloaded as i64)),
+        ("uploaded", Value::Int(t.transfer.uploaded as i64)),
+        ("verified", Value::Bytes(t.bitfield())),
+    ];
+    if t.meta.is_none() {
+        pairs.push(("pending", Value::Int(1)));
+        if let Some(n) = &t.hints.name {
+            pairs.push(("name", Value::str(n)));
+        }
+        let list = |items: Vec<String>| Value::List(items.iter().map(|s| Value::str(s)).collect());
+        pairs.push(("trackers", list(t.hints.trackers.clone())));
+        pairs.push((
+            "peers",
+            list(t.hints.peers.iter().map(|p| p.to_string()).collect()),
+        ));
+    }
+    Value::dict(pairs)
+}
+
+/// The hints an entry of `torrents.benc` kept (what is malformed in it is
+/// left out: it came from our own file, but a hand-edited one must not
+/// stop the daemon).
+fn hints_of(entry: &Value) -> Hints {
+    let strings = |key: &str| -> Vec<String> {
+        entry
+            .get(key)
+            .and_then(Value::as_list)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect()
+    };
+    Hints {
+        name: entry
+            .get("name")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        trackers: strings("trackers"),
+        peers: strings("peers")
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .collect(),
+    }
+    .bounded()
 }
 
 #[cfg(test)]
@@ -726,7 +855,7 @@ mod tests {
         assert_eq!(ts.len(), 1);
         assert_eq!(ts[0].id, 1, "renumbered after a restart");
         assert_eq!(ts[0].directory, PathBuf::from("/data"));
-        assert_eq!(ts[0].meta.name, b"multi");
+        assert_eq!(ts[0].name(), b"multi");
         assert!(b > a);
     }
 
@@ -745,7 +874,7 @@ mod tests {
         std::fs::write(&copies, b"not a dir").unwrap();
         assert!(r.commit().is_err());
         assert_eq!(r.settings().port, 9090);
-        let names: Vec<_> = r.torrents().iter().map(|t| t.meta.name.clone()).collect();
+        let names: Vec<_> = r.torrents().iter().map(|t| t.name()).collect();
         assert_eq!(names, vec![b"hello.txt".to_vec()]);
         assert_eq!(r.torrents().iter().next().unwrap().id, id);
     }
@@ -768,5 +897,83 @@ mod tests {
         assert!(names
             .iter()
             .any(|n| n.starts_with("torrents.benc.corrupt-")));
+    }
+
+    fn hints() -> Hints {
+        Hints {
+            name: Some("hello from a link".into()),
+            trackers: vec!["udp://tracker.test:6969/announce".into()],
+            peers: vec![
+                "127.0.0.1:6881".parse().unwrap(),
+                "[::1]:6882".parse().unwrap(),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_torrent_known_by_its_hash_alone_persists_and_gains_its_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Metainfo::parse(&fixture("hello.torrent")).unwrap();
+        let mut r = open(dir.path());
+        let id = r
+            .add_by_hash(meta.info_hash, hints(), None, Some(true))
+            .unwrap();
+        assert_eq!(
+            r.add_by_hash(meta.info_hash, Hints::default(), None, None),
+            Ok(id),
+            "a duplicate is found, not added"
+        );
+        r.commit().unwrap();
+        assert!(!r.copy_path(&meta.info_hash).exists(), "no metainfo yet");
+
+        // A restart keeps what the link carried.
+        let mut r = open(dir.path());
+        let t = r.torrents().iter().next().unwrap();
+        let id = t.id;
+        assert!(t.meta.is_none());
+        assert_eq!(t.hints, hints());
+        assert_eq!((t.running, t.phase), (true, Phase::FetchingMetadata));
+        assert_eq!(t.name(), b"hello from a link");
+        assert_eq!(t.tiers()[0][0].address, "tracker.test");
+        assert_eq!(t.total_size(), 0);
+
+        // A wrong info dictionary is refused; the right one gives the
+        // torrent its pieces and a check of its folder.
+        let other = Metainfo::parse(&fixture("multi.torrent")).unwrap();
+        assert!(r.set_metadata(id, &other.info).is_err());
+        assert_eq!(r.set_metadata(id, &meta.info), Ok(true));
+        assert_eq!(r.set_metadata(id, &meta.info), Ok(false), "once");
+        let t = r.torrents().get(id).unwrap();
+        assert_eq!(t.phase, Phase::WaitingCheck);
+        assert_eq!(t.meta.as_ref().unwrap().info, meta.info);
+        assert_eq!(t.tiers()[0][0].url, "udp://tracker.test:6969/announce");
+        r.commit().unwrap();
+        assert!(r.copy_path(&meta.info_hash).exists());
+
+        let r = open(dir.path());
+        let t = r.torrents().iter().next().unwrap();
+        assert_eq!(t.meta.as_ref().map(|m| m.info_hash), Some(meta.info_hash));
+        assert_eq!(t.name(), b"hello.txt");
+        assert_eq!(t.phase, Phase::WaitingCheck, "running: checked again");
+    }
+
+    #[test]
+    fn metadata_that_cannot_be_saved_is_taken_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Metainfo::parse(&fixture("hello.torrent")).unwrap();
+        let mut r = open(dir.path());
+        let id = r
+            .add_by_hash(meta.info_hash, hints(), None, Some(true))
+            .unwrap();
+        r.commit().unwrap();
+        assert_eq!(r.set_metadata(id, &meta.info), Ok(true));
+        let copies = dir.path().join(COPIES_DIR);
+        std::fs::rename(&copies, dir.path().join("moved")).unwrap();
+        std::fs::write(&copies, b"not a dir").unwrap();
+        assert!(r.commit().is_err());
+        let t = r.torrents().get(id).unwrap();
+        assert!(t.meta.is_none());
+        assert_eq!(t.phase, Phase::FetchingMetadata);
+        assert!(!r.has_work(), "no check of what is not known");
     }
 }

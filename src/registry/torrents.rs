@@ -14,13 +14,16 @@ use std::path::{Path, PathBuf};
 
 use sha1::{Digest, Sha1};
 
-use super::metainfo::Metainfo;
+use super::metainfo::{Metainfo, Tracker};
 
 /// Where a torrent is in its life, as the protocol's `state` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     /// Not running.
     Paused,
+    /// Running, known by its info hash alone: its metadata (the info
+    /// dictionary) is being fetched from peers.
+    FetchingMetadata,
     /// Running, waiting for its turn to be checked.
     WaitingCheck,
     /// Its data is being hashed.
@@ -63,13 +66,58 @@ impl TorrentError {
     }
 }
 
+/// Trackers a torrent's hints may carry at most.
+pub const MAX_HINT_TRACKERS: usize = 64;
+
+/// Peer addresses a torrent's hints may carry at most.
+pub const MAX_HINT_PEERS: usize = 200;
+
+/// Longest display name kept from hints, in bytes.
+pub const MAX_HINT_NAME: usize = 1024;
+
+/// What is known of a torrent besides its metainfo: what a magnet link
+/// carried. Before the metadata arrives it is all there is; after, its
+/// trackers are in the metainfo file written then.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hints {
+    /// A display name (`dn`).
+    pub name: Option<String>,
+    /// Tracker URLs (`tr`), each its own tier.
+    pub trackers: Vec<String>,
+    /// Peers to try first (`x.pe`).
+    pub peers: Vec<std::net::SocketAddr>,
+}
+
+impl Hints {
+    /// The hints cut to their bounds.
+    pub fn bounded(mut self) -> Hints {
+        if let Some(n) = &mut self.name {
+            if n.len() > MAX_HINT_NAME {
+                let mut cut = MAX_HINT_NAME;
+                while !n.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                n.truncate(cut);
+            }
+        }
+        self.trackers.truncate(MAX_HINT_TRACKERS);
+        self.peers.truncate(MAX_HINT_PEERS);
+        self
+    }
+}
+
 /// One torrent in the registry.
 #[derive(Debug, Clone)]
 pub struct Torrent {
     /// Id, unique while the daemon runs.
     pub id: u64,
-    /// The parsed metainfo.
-    pub meta: Metainfo,
+    /// The torrent's identity: the SHA-1 of its info dictionary.
+    pub info_hash: [u8; 20],
+    /// The parsed metainfo, once known: a torrent added by its info hash
+    /// alone has none until its metadata arrives from peers.
+    pub meta: Option<Metainfo>,
+    /// What a magnet link carried.
+    pub hints: Hints,
     /// The daemon's own copy of the metainfo file.
     pub saved_path: PathBuf,
     /// The directory holding the torrent's data.
@@ -154,13 +202,17 @@ pub struct PeerInfo {
 }
 
 impl Torrent {
-    /// Where file `index` of this torrent lives on disk.
+    /// Where file `index` of this torrent lives on disk (its directory
+    /// while the files are not known).
     pub fn file_path(&self, index: usize) -> PathBuf {
         let mut p = self.directory.clone();
-        if self.meta.multi_file {
-            p.push(std::ffi::OsStr::from_bytes(&self.meta.name));
+        let Some(meta) = &self.meta else {
+            return p;
+        };
+        if meta.multi_file {
+            p.push(std::ffi::OsStr::from_bytes(&meta.name));
         }
-        if let Some(f) = self.meta.files.get(index) {
+        if let Some(f) = meta.files.get(index) {
             for part in &f.path {
                 p.push(std::ffi::OsStr::from_bytes(part));
             }
@@ -168,10 +220,55 @@ impl Torrent {
         p
     }
 
+    /// The info hash as 40 lower-case hex digits.
+    pub fn hash_hex(&self) -> String {
+        super::metainfo::hex(&self.info_hash)
+    }
+
+    /// Its name: the metainfo's, else the hints' display name, else the
+    /// info hash in hex.
+    pub fn name(&self) -> Vec<u8> {
+        match (&self.meta, &self.hints.name) {
+            (Some(m), _) => m.name.clone(),
+            (None, Some(n)) => n.as_bytes().to_vec(),
+            (None, None) => self.hash_hex().into_bytes(),
+        }
+    }
+
+    /// Bytes in all (0 while the metadata is not known).
+    pub fn total_size(&self) -> u64 {
+        self.meta.as_ref().map_or(0, Metainfo::total_size)
+    }
+
+    /// Its tracker tiers: the metainfo's, or before it the hints' (each
+    /// its own tier).
+    pub fn tiers(&self) -> std::borrow::Cow<'_, [Vec<Tracker>]> {
+        match &self.meta {
+            Some(m) => std::borrow::Cow::Borrowed(&m.tiers),
+            None => std::borrow::Cow::Owned(
+                self.hints
+                    .trackers
+                    .iter()
+                    .filter_map(|u| Tracker::parse(u))
+                    .map(|t| vec![t])
+                    .collect(),
+            ),
+        }
+    }
+
+    /// BEP 27: peers only from the tracker (unknown before the metadata,
+    /// which is what says it).
+    pub fn is_private(&self) -> bool {
+        self.meta.as_ref().is_some_and(|m| m.private)
+    }
+
     fn set_verified(&mut self, piece: usize, good: bool) {
+        let Some(meta) = &self.meta else {
+            return;
+        };
+        let size = meta.geometry.piece_size(piece as u32);
         if let Some(slot) = self.verified.get_mut(piece) {
             if *slot != good {
-                let size = self.meta.geometry.piece_size(piece as u32);
                 if good {
                     self.completed += size;
                 } else {
@@ -210,7 +307,9 @@ impl Torrent {
     fn settle(&mut self) {
         self.phase = if !self.running {
             Phase::Paused
-        } else if self.completed == self.meta.total_size() && self.error.is_none() {
+        } else if self.meta.is_none() {
+            Phase::FetchingMetadata
+        } else if self.completed == self.total_size() && self.error.is_none() {
             Phase::Seeding
         } else {
             Phase::Downloading
@@ -321,15 +420,48 @@ impl Torrents {
     /// Adds a torrent and returns its new id. The caller has checked that
     /// the hash is not present.
     pub fn insert(&mut self, meta: Metainfo, saved_path: PathBuf, directory: PathBuf) -> u64 {
+        let info_hash = meta.info_hash;
+        self.insert_record(
+            info_hash,
+            Some(meta),
+            Hints::default(),
+            saved_path,
+            directory,
+        )
+    }
+
+    /// Adds a torrent known by its info hash alone (what a magnet link
+    /// says), and returns its new id. The caller has checked that the hash
+    /// is not present.
+    pub fn insert_pending(
+        &mut self,
+        info_hash: [u8; 20],
+        hints: Hints,
+        saved_path: PathBuf,
+        directory: PathBuf,
+    ) -> u64 {
+        self.insert_record(info_hash, None, hints.bounded(), saved_path, directory)
+    }
+
+    fn insert_record(
+        &mut self,
+        info_hash: [u8; 20],
+        meta: Option<Metainfo>,
+        hints: Hints,
+        saved_path: PathBuf,
+        directory: PathBuf,
+    ) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
-        let pieces = meta.pieces.len();
-        self.by_hash.insert(meta.info_hash, id);
+        let pieces = meta.as_ref().map_or(0, |m| m.pieces.len());
+        self.by_hash.insert(info_hash, id);
         self.by_id.insert(
             id,
             Torrent {
                 id,
+                info_hash,
                 meta,
+                hints,
                 saved_path,
                 directory,
                 running: false,
@@ -350,7 +482,7 @@ impl Torrents {
     /// Puts back a torrent taken out by [`Torrents::take`], under its old id
     /// (used to undo a change that could not be made durable).
     pub fn restore(&mut self, mut torrent: Torrent) {
-        self.by_hash.insert(torrent.meta.info_hash, torrent.id);
+        self.by_hash.insert(torrent.info_hash, torrent.id);
         let id = torrent.id;
         let running = torrent.running;
         torrent.running = false;
@@ -371,7 +503,7 @@ impl Torrents {
     /// Removes a torrent, stopping any check of it.
     pub fn take(&mut self, id: u64) -> Option<Torrent> {
         let t = self.by_id.remove(&id)?;
-        self.by_hash.remove(&t.meta.info_hash);
+        self.by_hash.remove(&t.info_hash);
         self.cancel_check(id);
         Some(t)
     }
@@ -386,11 +518,52 @@ impl Torrents {
         if changed || t.error.is_some() {
             t.running = true;
             t.error = None;
-            t.phase = Phase::WaitingCheck;
+            let check = t.meta.is_some();
+            // Nothing to check before the metadata.
+            t.phase = if check {
+                Phase::WaitingCheck
+            } else {
+                Phase::FetchingMetadata
+            };
             self.cancel_check(id);
-            self.queue.push_back(id);
+            if check {
+                self.queue.push_back(id);
+            }
         }
         changed
+    }
+
+    /// The torrent's metadata arrived (and matched its info hash): it
+    /// gains its pieces and files, and a running one checks the data
+    /// already in its folder. Returns whether it changed (not when it had
+    /// metadata already).
+    pub fn set_metadata(&mut self, id: u64, meta: Metainfo) -> bool {
+        let Some(t) = self.by_id.get_mut(&id) else {
+            return false;
+        };
+        if t.meta.is_some() || meta.info_hash != t.info_hash {
+            return false;
+        }
+        t.verified = vec![false; meta.pieces.len()];
+        t.completed = 0;
+        t.meta = Some(meta);
+        if t.running {
+            t.phase = Phase::WaitingCheck;
+            self.queue.push_back(id);
+        }
+        true
+    }
+
+    /// Takes back a [`Torrents::set_metadata`] that could not be made
+    /// durable: known by its info hash alone again.
+    pub fn unset_metadata(&mut self, id: u64) {
+        self.cancel_check(id);
+        if let Some(t) = self.by_id.get_mut(&id) {
+            t.meta = None;
+            t.verified.clear();
+            t.completed = 0;
+            t.settle();
+        }
     }
 
     /// Queues a check of a torrent's data again (protocol 1.20's
@@ -401,7 +574,7 @@ impl Torrents {
         let Some(t) = self.by_id.get_mut(&id) else {
             return false;
         };
-        if matches!(t.phase, Phase::WaitingCheck | Phase::Checking) {
+        if t.meta.is_none() || matches!(t.phase, Phase::WaitingCheck | Phase::Checking) {
             return false;
         }
         t.phase = Phase::WaitingCheck;
@@ -443,12 +616,12 @@ impl Torrents {
         let Some(t) = self.by_id.get_mut(&id) else {
             return false;
         };
-        let was = t.completed == t.meta.total_size();
+        let was = t.completed == t.total_size();
         t.set_verified(piece, true);
         if t.phase == Phase::Downloading {
             t.settle();
         }
-        !was && t.completed == t.meta.total_size()
+        !was && t.completed == t.total_size()
     }
 
     /// The engine's report of torrent `id`, for `get-status`.
@@ -506,6 +679,10 @@ impl Torrents {
     /// Starts checking `id`, or fails it at once if its directory is gone.
     fn begin_check(&mut self, id: u64) -> Option<CheckEvent> {
         let t = self.by_id.get_mut(&id)?;
+        if t.meta.is_none() {
+            t.settle();
+            return None;
+        }
         if let Err(e) = std::fs::read_dir(&t.directory) {
             let error = TorrentError::from_io(&e, &t.directory);
             t.error = Some(error.clone());
@@ -537,11 +714,16 @@ impl Torrents {
             self.current = None;
             return Ok((0, None));
         };
-        let pieces = t.meta.pieces.len();
+        let Some(meta) = &t.meta else {
+            self.current = None;
+            return Ok((0, None));
+        };
+        let pieces = meta.pieces.len();
         if check.piece >= pieces {
+            let total = meta.total_size();
             self.current = None;
             t.settle();
-            let complete = t.completed == t.meta.total_size();
+            let complete = t.completed == total;
             return Ok((
                 0,
                 Some(CheckEvent::Finished {
@@ -551,13 +733,13 @@ impl Torrents {
                 }),
             ));
         }
-        let piece_size = t.meta.geometry.piece_size(check.piece as u32);
+        let piece_size = meta.geometry.piece_size(check.piece as u32);
         let want = (piece_size - check.offset)
             .min(READ_CHUNK as u64)
             .min(budget.max(1)) as usize;
-        let absolute = t.meta.geometry.piece_start(check.piece as u32) + check.offset;
-        let (file_index, file_offset) = locate(&t.meta.files, absolute);
-        let file_len = t.meta.files.get(file_index).map_or(0, |f| f.length);
+        let absolute = meta.geometry.piece_start(check.piece as u32) + check.offset;
+        let (file_index, file_offset) = locate(&meta.files, absolute);
+        let file_len = meta.files.get(file_index).map_or(0, |f| f.length);
         // A read never crosses into the next file.
         let want = want.min((file_len - file_offset) as usize).max(1);
         if check.open.as_ref().map(|(i, _)| *i) != Some(file_index) {
@@ -584,7 +766,7 @@ impl Torrents {
         check.offset += want as u64;
         if check.offset == piece_size {
             let digest: [u8; 20] = std::mem::take(&mut check.hasher).finalize().into();
-            let good = check.piece_ok && digest == t.meta.pieces[check.piece];
+            let good = check.piece_ok && meta.pieces.get(check.piece) == Some(&digest);
             t.set_verified(check.piece, good);
             check.piece += 1;
             check.offset = 0;

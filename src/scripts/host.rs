@@ -17,6 +17,7 @@ use crate::registry::Registry;
 pub const EVENTS: &[&str] = &[
     "torrent-added",
     "torrent-started",
+    "torrent-metadata",
     "torrent-stopped",
     "torrent-completed",
     "torrent-removed",

@@ -424,10 +424,10 @@ impl Scripts {
                 put("id", int(*id));
                 if let Ok(reg) = self.host.registry.try_borrow() {
                     if let Some(t) = reg.torrents().get(*id) {
-                        put("hash", t.meta.hash_hex().into());
+                        put("hash", t.hash_hex().into());
                         put(
                             "name",
-                            String::from_utf8_lossy(&t.meta.name).into_owned().into(),
+                            String::from_utf8_lossy(&t.name()).into_owned().into(),
                         );
                     }
                 }
@@ -436,6 +436,10 @@ impl Scripts {
             Event::Started { id } => {
                 put("id", int(*id));
                 "torrent-started"
+            }
+            Event::Metadata { id } => {
+                put("id", int(*id));
+                "torrent-metadata"
             }
             Event::Stopped { id } => {
                 put("id", int(*id));

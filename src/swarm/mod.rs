@@ -16,6 +16,8 @@ mod peer;
 mod session;
 mod suspects;
 
+pub use session::Stage;
+
 pub use peer::{Dial, Source, Transport};
 use peer::{Peer, PexLink};
 use suspects::Suspects;
@@ -342,9 +344,9 @@ impl Swarm {
         let s = Session::new(t, self.instances + 1, self.limits.max_partial_bytes, now)?;
         self.instances += 1;
         self.by_instance.insert(s.instance, t.id);
-        self.by_hash.insert(t.meta.info_hash, t.id);
+        self.by_hash.insert(t.info_hash, t.id);
         self.by_req2
-            .insert(mse::req2_hash(&t.meta.info_hash), t.meta.info_hash);
+            .insert(mse::req2_hash(&t.info_hash), t.info_hash);
         self.sessions.insert(t.id, s);
         info!("torrent {}: session started", t.id);
         Some(())
@@ -369,6 +371,78 @@ impl Swarm {
         info!("torrent {id}: session stopped");
     }
 
+    /// Where torrent `id`'s session is, if it runs.
+    pub fn stage(&self, id: u64) -> Option<Stage> {
+        self.sessions.get(&id).map(Session::stage)
+    }
+
+    /// Torrent `id`'s metadata arrived (`t` has it): its peers learn the
+    /// geometry, and what they said they have is checked against it (a
+    /// peer that lied is closed). Nothing moves until its data is checked
+    /// ([`Swarm::set_pieces`]). `false` if `t` has no metadata or its
+    /// session does not run.
+    pub fn set_geometry(&mut self, t: &Torrent) -> bool {
+        let Some(s) = self.sessions.get_mut(&t.id) else {
+            return false;
+        };
+        if !s.set_geometry(t) {
+            return false;
+        }
+        let Some(g) = s.geometry else {
+            return false;
+        };
+        let mut failed = Vec::new();
+        for k in s.peers.clone() {
+            let Some(p) = self.peers.get_mut(k.0) else {
+                continue;
+            };
+            if p.conn.handshake().is_none() || p.dialing {
+                continue;
+            }
+            match p.conn.set_geometry(g) {
+                Ok(()) => s.count_peer(&p.conn, &mut p.has),
+                Err(e) => failed.push((k.0, e)),
+            }
+        }
+        for (k, e) in failed {
+            self.close(k, &e.to_string());
+        }
+        true
+    }
+
+    /// Torrent `id`'s data is checked (`t` says which pieces are good): its
+    /// pieces move. Peers hear what we have (as `have`s: a bitfield may
+    /// only come first) and are counted by the picker. `false` if its
+    /// geometry is beyond this engine (the session then stays idle).
+    pub fn set_pieces(&mut self, t: &Torrent, now: Instant) -> bool {
+        let Some(s) = self.sessions.get_mut(&t.id) else {
+            return false;
+        };
+        if !s.set_pieces(t) {
+            return false;
+        }
+        let have: Vec<u32> = s
+            .have_bitfield()
+            .map(|b| b.iter_set().map(|i| i as u32).collect())
+            .unwrap_or_default();
+        for k in s.peers.clone() {
+            let Some(p) = self.peers.get_mut(k.0) else {
+                continue;
+            };
+            if p.conn.handshake().is_none() || p.dialing {
+                continue;
+            }
+            for &piece in &have {
+                p.conn.have(piece, now);
+            }
+            s.count_peer(&p.conn, &mut p.has);
+            s.update_interest(&mut p.conn, &p.has, now);
+        }
+        s.choker.force();
+        self.request_more_all(t.id, now);
+        true
+    }
+
     /// Addresses learned for torrent `id` (from a tracker, PEX...).
     pub fn add_peers(&mut self, id: u64, addrs: &[SocketAddr], source: Source) {
         if let Some(s) = self.sessions.get_mut(&id) {
@@ -389,7 +463,7 @@ impl Swarm {
             swarm_rate: s.swarm.rate(now),
             downloaded: s.downloaded,
             uploaded: s.uploaded,
-            left: s.picker.missing_bytes(),
+            left: s.missing_bytes(),
             ..Stats::default()
         };
         for p in s.peers.iter().filter_map(|k| self.peers.get(k.0)) {
@@ -413,7 +487,7 @@ impl Swarm {
         let Some(s) = self.sessions.get(&id) else {
             return Vec::new();
         };
-        let pieces = s.picker.have_bitfield().len().max(1) as f64;
+        let pieces = s.geometry.map_or(1, |g| g.pieces().max(1)) as f64;
         s.peers
             .iter()
             .filter_map(|k| self.peers.get(k.0))
@@ -674,7 +748,7 @@ impl Swarm {
             )?;
         }
         for b in p.conn.take_dropped_requests() {
-            s.picker.requests_dropped(PeerKey(key), &[b]);
+            s.requests_dropped(PeerKey(key), &[b]);
         }
         s.update_interest(&mut p.conn, &p.has, now);
         s.request_more(
@@ -685,7 +759,7 @@ impl Swarm {
             &mut self.rng,
             now,
         );
-        let both_seeds = s.picker.is_complete() && p.conn.peer_is_seed();
+        let both_seeds = s.is_complete() && p.conn.peer_is_seed();
         self.apply(id, effects, now);
         for (ext, payload) in extended {
             self.extended(key, id, ext, &payload, now);
@@ -1136,14 +1210,15 @@ impl Swarm {
 
     /// Whether the piece picker of `id` has everything.
     pub fn is_complete(&self, id: u64) -> bool {
-        self.sessions
-            .get(&id)
-            .is_some_and(|s| s.picker.is_complete())
+        self.sessions.get(&id).is_some_and(|s| s.is_complete())
     }
 
     /// The picker of `id` (tests and status).
     pub fn picker(&self, id: u64) -> Option<&Picker> {
-        self.sessions.get(&id).map(|s| &s.picker)
+        self.sessions
+            .get(&id)
+            .and_then(|s| s.pieces.as_ref())
+            .map(|p| &p.picker)
     }
 }
 

@@ -46,43 +46,21 @@ pub(super) enum ServeError {
     Peer(PeerError),
 }
 
-pub(super) struct Session {
-    pub id: u64,
-    /// This run of the torrent: the disk thread's answers name it, so that
-    /// those for an earlier run are told apart.
-    pub instance: u64,
-    pub info_hash: [u8; 20],
-    /// BEP 27: peers come from the tracker only (no peer exchange).
-    pub private: bool,
-    geometry: Geometry,
+/// What a session has once its metadata is known and its data checked:
+/// the pieces to pick, check, write and serve.
+pub(super) struct Pieces {
     hashes: Vec<[u8; 20]>,
     pub picker: Picker,
     storage: Storage,
     /// The files, shared with the pieces sent to the disk thread.
     files: Arc<Files>,
-    pub choker: Choker,
-    pub peers: Vec<PeerKey>,
-    candidates: VecDeque<(SocketAddr, Source)>,
-    known: HashSet<SocketAddr>,
-    pub down: RateMeter,
-    pub up: RateMeter,
-    pub swarm: RateMeter,
-    pub downloaded: u64,
-    pub uploaded: u64,
-    /// `downloaded` and `uploaded` when last taken by the owner.
-    pub reported: (u64, u64),
 }
 
-impl Session {
-    /// Session `instance` for `t`, or `None` if its geometry is out of
-    /// bounds.
-    pub fn new(
-        t: &Torrent,
-        instance: u64,
-        max_partial_bytes: u64,
-        now: Instant,
-    ) -> Option<Session> {
-        let meta = &t.meta;
+impl Pieces {
+    /// The pieces of `t` (its metainfo known), those verified marked had;
+    /// `None` if its geometry is beyond this engine.
+    fn new(t: &Torrent, max_partial_bytes: u64) -> Option<Pieces> {
+        let meta = t.meta.as_ref()?;
         let geometry = meta.geometry;
         let mut have = Bitfield::new(geometry.pieces() as usize);
         for (i, v) in t.verified.iter().enumerate() {
@@ -98,16 +76,76 @@ impl Session {
             layout: layout.clone(),
             paths: paths.clone(),
         });
-        Some(Session {
-            id: t.id,
-            instance,
-            info_hash: meta.info_hash,
-            private: meta.private,
-            geometry,
+        Some(Pieces {
             hashes: meta.pieces.clone(),
             picker,
             storage: Storage::new(layout, paths),
             files,
+        })
+    }
+}
+
+/// Where a session is: known by its info hash alone, its geometry known
+/// while its data is checked, or moving data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// No metadata yet: peers are dialled and greeted, nothing more.
+    Fetching,
+    /// The metadata arrived and the data in the folder is being checked:
+    /// peers stay, nothing is requested or served.
+    Checking,
+    /// Pieces are requested and served.
+    Moving,
+}
+
+pub(super) struct Session {
+    pub id: u64,
+    /// This run of the torrent: the disk thread's answers name it, so that
+    /// those for an earlier run are told apart.
+    pub instance: u64,
+    pub info_hash: [u8; 20],
+    /// BEP 27: peers come from the tracker only (no peer exchange).
+    pub private: bool,
+    /// The torrent's geometry, once its metadata is known.
+    pub geometry: Option<Geometry>,
+    /// Its pieces, once its data is checked.
+    pub pieces: Option<Pieces>,
+    max_partial_bytes: u64,
+    pub choker: Choker,
+    pub peers: Vec<PeerKey>,
+    candidates: VecDeque<(SocketAddr, Source)>,
+    known: HashSet<SocketAddr>,
+    pub down: RateMeter,
+    pub up: RateMeter,
+    pub swarm: RateMeter,
+    pub downloaded: u64,
+    pub uploaded: u64,
+    /// `downloaded` and `uploaded` when last taken by the owner.
+    pub reported: (u64, u64),
+}
+
+impl Session {
+    /// Session `instance` for `t`: with its pieces when its metainfo is
+    /// known (its data checked), else by its info hash alone. `None` if
+    /// its geometry is out of bounds.
+    pub fn new(
+        t: &Torrent,
+        instance: u64,
+        max_partial_bytes: u64,
+        now: Instant,
+    ) -> Option<Session> {
+        let pieces = match &t.meta {
+            Some(_) => Some(Pieces::new(t, max_partial_bytes)?),
+            None => None,
+        };
+        Some(Session {
+            id: t.id,
+            instance,
+            info_hash: t.info_hash,
+            private: t.is_private(),
+            geometry: t.meta.as_ref().map(|m| m.geometry),
+            pieces,
+            max_partial_bytes,
             choker: Choker::new(now),
             peers: Vec::new(),
             candidates: VecDeque::new(),
@@ -140,12 +178,70 @@ impl Session {
         self.candidates.pop_front()
     }
 
+    /// Where the session is.
+    pub fn stage(&self) -> Stage {
+        match (&self.geometry, &self.pieces) {
+            (None, _) => Stage::Fetching,
+            (Some(_), None) => Stage::Checking,
+            (Some(_), Some(_)) => Stage::Moving,
+        }
+    }
+
+    /// The metadata arrived: the torrent's geometry. `false` if it is
+    /// beyond this engine.
+    pub fn set_geometry(&mut self, t: &Torrent) -> bool {
+        let Some(meta) = &t.meta else {
+            return false;
+        };
+        self.private = meta.private;
+        self.geometry = Some(meta.geometry);
+        true
+    }
+
+    /// The data is checked: the pieces of `t` to move. `false` if its
+    /// geometry is beyond this engine.
+    pub fn set_pieces(&mut self, t: &Torrent) -> bool {
+        self.pieces = Pieces::new(t, self.max_partial_bytes);
+        self.pieces.is_some()
+    }
+
     /// A peer's handshake is done: tell it what we have.
     pub fn attach(&mut self, conn: &mut PeerConn, has: &mut Bitfield) {
-        *has = Bitfield::new(self.geometry.pieces() as usize);
-        let ours = self.picker.have_bitfield();
-        let bits = (ours.count() > 0).then(|| ours.as_bytes());
+        *has = Bitfield::new(self.geometry.map_or(0, |g| g.pieces() as usize));
+        let bits = self.pieces.as_ref().and_then(|p| {
+            let ours = p.picker.have_bitfield();
+            (ours.count() > 0).then(|| ours.as_bytes())
+        });
         conn.attach(self.geometry, bits);
+    }
+
+    /// The peer's pieces, once its connection knows the geometry, as the
+    /// picker counts them.
+    pub fn count_peer(&mut self, conn: &PeerConn, has: &mut Bitfield) {
+        let Some(g) = self.geometry else {
+            return;
+        };
+        if let Some(theirs) = Bitfield::from_bytes(conn.peer_bitfield(), g.pieces() as usize) {
+            *has = theirs;
+            if let Some(p) = &mut self.pieces {
+                p.picker.peer_bitfield(has);
+            }
+        }
+    }
+
+    /// Whether we have every piece.
+    pub fn is_complete(&self) -> bool {
+        self.pieces.as_ref().is_some_and(|p| p.picker.is_complete())
+    }
+
+    /// Bytes still missing (unknown before the data is checked: 0).
+    pub fn missing_bytes(&self) -> u64 {
+        self.pieces.as_ref().map_or(0, |p| p.picker.missing_bytes())
+    }
+
+    /// The pieces we have, once known.
+    pub fn have_bitfield(&self) -> Option<&Bitfield> {
+        self.pieces.as_ref().map(|p| p.picker.have_bitfield())
     }
 
     /// One message from peer `key` (already checked by its connection).
@@ -158,20 +254,27 @@ impl Session {
         now: Instant,
         fx: &mut Effects,
     ) -> Result<(), PeerError> {
+        if let Message::Interested | Message::NotInterested = msg {
+            self.choker.force();
+        }
+        // Before the geometry the connection keeps what the peer has.
+        let (Some(g), Some(p)) = (self.geometry, self.pieces.as_mut()) else {
+            return Ok(());
+        };
         match msg {
             Message::Bitfield(bits) => {
-                let theirs = Bitfield::from_bytes(bits, self.geometry.pieces() as usize)
+                let theirs = Bitfield::from_bytes(bits, g.pieces() as usize)
                     .ok_or(PeerError::BadBitfield("wrong size"))?;
                 if has.count() == 0 {
                     *has = theirs;
-                    self.picker.peer_bitfield(has);
+                    p.picker.peer_bitfield(has);
                 } else {
                     // A late one (the connection allows it): only new
                     // pieces count, availability being a plain count.
                     for i in theirs.iter_set() {
                         if !has.get(i) {
                             has.set(i, true);
-                            self.picker.peer_have(i as u32);
+                            p.picker.peer_have(i as u32);
                         }
                     }
                 }
@@ -179,10 +282,9 @@ impl Session {
             // Counted once per piece: availability is a plain count.
             Message::Have(i) if !has.get(i as usize) => {
                 has.set(i as usize, true);
-                self.picker.peer_have(i);
-                self.swarm.add(self.geometry.piece_size(i), now);
+                p.picker.peer_have(i);
+                self.swarm.add(g.piece_size(i), now);
             }
-            Message::Interested | Message::NotInterested => self.choker.force(),
             Message::Piece { piece, begin, data } => {
                 let len = data.len() as u64;
                 self.downloaded += len;
@@ -197,41 +299,27 @@ impl Session {
                     piece,
                     data,
                     contributors,
-                } = self.picker.block_received(key, block, data)
+                } = p.picker.block_received(key, block, data)
                 {
-                    self.finish_piece(piece, data, contributors, fx);
+                    finish_piece(p, self.instance, piece, data, contributors, fx);
                 }
-                fx.cancels.extend(self.picker.take_cancels());
+                fx.cancels.extend(p.picker.take_cancels());
             }
             _ => {}
         }
         Ok(())
     }
 
-    /// A piece whose last block arrived goes to the disk thread, which
-    /// hashes it and writes it if good (see [`Session::piece_checked`]).
-    fn finish_piece(&mut self, piece: u32, data: Vec<u8>, from: Vec<PeerKey>, fx: &mut Effects) {
-        let Some(expected) = self.hashes.get(piece as usize).copied() else {
-            self.picker.piece_failed(piece);
-            return;
-        };
-        let job = PieceJob {
-            session: self.instance,
-            piece,
-            data,
-            expected,
-            files: Arc::clone(&self.files),
-        };
-        fx.finished.push((job, from));
-    }
-
     /// The disk thread's answer for `piece`: verified and written, failed
     /// its hash (fetched again; the owner strikes its senders), or not
     /// written.
     pub fn piece_checked(&mut self, done: PieceDone, fx: &mut Effects) {
+        let Some(p) = self.pieces.as_mut() else {
+            return;
+        };
         match done.outcome {
             Outcome::Written => {
-                self.picker.piece_verified(done.piece);
+                p.picker.piece_verified(done.piece);
                 fx.verified.push(done.piece);
             }
             Outcome::BadHash => {
@@ -240,28 +328,38 @@ impl Session {
                     self.id,
                     done.piece
                 );
-                self.picker.piece_failed(done.piece);
+                p.picker.piece_failed(done.piece);
             }
             Outcome::Failed(e) => {
-                self.picker.piece_failed(done.piece);
+                p.picker.piece_failed(done.piece);
                 fx.storage_error = Some(e);
             }
         }
-        self.picker.recycle(done.data);
+        p.picker.recycle(done.data);
     }
 
     /// Whether the peer has a piece we lack.
     fn wants_from(&self, has: &Bitfield) -> bool {
-        let ours = self.picker.have_bitfield().as_bytes();
+        let Some(ours) = self.have_bitfield() else {
+            return false;
+        };
         has.as_bytes()
             .iter()
-            .zip(ours)
+            .zip(ours.as_bytes())
             .any(|(theirs, ours)| theirs & !ours != 0)
     }
 
     pub fn update_interest(&self, conn: &mut PeerConn, has: &Bitfield, now: Instant) {
-        let want = !self.picker.is_complete() && self.wants_from(has);
+        let want = !self.is_complete() && self.wants_from(has);
         conn.set_interested(want, now);
+    }
+
+    /// Requests the peer dropped by choking us are free to be asked of
+    /// others.
+    pub fn requests_dropped(&mut self, key: PeerKey, blocks: &[Block]) {
+        if let Some(p) = &mut self.pieces {
+            p.picker.requests_dropped(key, blocks);
+        }
     }
 
     /// Keeps enough requests in flight to fill the link to this peer.
@@ -274,6 +372,9 @@ impl Session {
         rng: &mut fastrand::Rng,
         now: Instant,
     ) {
+        let Some(p) = &mut self.pieces else {
+            return;
+        };
         if conn.peer_choking() || !conn.am_interested() {
             return;
         }
@@ -283,7 +384,7 @@ impl Session {
             return;
         }
         let mut blocks = Vec::new();
-        self.picker
+        p.picker
             .pick(key, has, target - outstanding, rng, &mut blocks);
         for b in blocks {
             conn.request(b, now);
@@ -301,14 +402,18 @@ impl Session {
         let Some(b) = conn.next_peer_request() else {
             return Ok(());
         };
-        if !self.picker.have_bitfield().get(b.piece as usize) {
+        let Some(p) = self
+            .pieces
+            .as_mut()
+            .filter(|p| p.picker.have_bitfield().get(b.piece as usize))
+        else {
             return Err(ServeError::Peer(PeerError::OutOfRange(
                 "request for a piece we do not have",
             )));
-        }
+        };
         // Straight from disk into the output (a failed read queues
         // nothing).
-        let storage = &mut self.storage;
+        let storage = &mut p.storage;
         conn.serve_piece(b, now, |buf| storage.read(b.piece, b.begin, buf))
             .map_err(ServeError::Storage)?;
         let len = b.length as u64;
@@ -319,10 +424,12 @@ impl Session {
     }
 
     pub fn peer_gone(&mut self, key: PeerKey, has: &Bitfield) {
-        if has.len() == self.geometry.pieces() as usize {
-            self.picker.peer_left(has);
+        if let (Some(g), Some(p)) = (self.geometry, &mut self.pieces) {
+            if has.len() == g.pieces() as usize {
+                p.picker.peer_left(has);
+            }
+            p.picker.peer_gone(key);
         }
-        self.picker.peer_gone(key);
         self.peers.retain(|k| *k != key);
         self.choker.force();
     }
@@ -344,7 +451,7 @@ impl Session {
                 unchoked: !p.conn.am_choking(),
             })
             .collect();
-        let seeding = self.picker.is_complete();
+        let seeding = self.is_complete();
         for (key, unchoke) in self.choker.rechoke(&infos, seeding, now, rng) {
             if let Some(p) = peers.get_mut(key.0) {
                 if unchoke {
@@ -355,4 +462,28 @@ impl Session {
             }
         }
     }
+}
+
+/// A piece whose last block arrived goes to the disk thread, which hashes
+/// it and writes it if good (see [`Session::piece_checked`]).
+fn finish_piece(
+    p: &mut Pieces,
+    instance: u64,
+    piece: u32,
+    data: Vec<u8>,
+    from: Vec<PeerKey>,
+    fx: &mut Effects,
+) {
+    let Some(expected) = p.hashes.get(piece as usize).copied() else {
+        p.picker.piece_failed(piece);
+        return;
+    };
+    let job = PieceJob {
+        session: instance,
+        piece,
+        data,
+        expected,
+        files: Arc::clone(&p.files),
+    };
+    fx.finished.push((job, from));
 }

@@ -52,7 +52,9 @@ fn metainfo(data: &[Vec<u8>]) -> Metainfo {
 fn torrent(meta: &Metainfo, dir: &Path, complete: bool) -> Torrent {
     Torrent {
         id: 1,
-        meta: meta.clone(),
+        info_hash: meta.info_hash,
+        meta: Some(meta.clone()),
+        hints: Default::default(),
         saved_path: dir.join("x.torrent"),
         directory: dir.to_path_buf(),
         running: true,
@@ -533,4 +535,92 @@ fn an_mse_handshake_for_one_torrent_cannot_open_another() {
     let key = run(a.info_hash, &mut seeder, 7001);
     assert_eq!(seeder.poll_close(), None);
     assert!(seeder.peers[key].link.is_encrypted());
+}
+
+/// A torrent known by its info hash alone: as `torrent` made it before its
+/// metadata arrived.
+fn pending(meta: &Metainfo, dir: &Path) -> Torrent {
+    Torrent {
+        meta: None,
+        phase: Phase::FetchingMetadata,
+        verified: Vec::new(),
+        ..torrent(meta, dir, false)
+    }
+}
+
+#[test]
+fn a_session_without_metadata_greets_peers_then_gains_geometry_and_downloads() {
+    let data = files();
+    let meta = metainfo(&data);
+    let mut now = Instant::now();
+    let Pair {
+        mut seeder,
+        mut leecher,
+        dirs: [_seed_dir, leech_dir],
+    } = pair(Manners::default(), Manners::default(), now);
+    // The leecher knows the torrent by its info hash alone.
+    leecher.stop(1);
+    leecher
+        .start(&pending(&meta, leech_dir.path()), now)
+        .unwrap();
+    assert_eq!(leecher.stage(1), Some(Stage::Fetching));
+    leecher.add_peers(1, &[addr(1000)], Source::Tracker);
+    let Dial { key: k, .. } = leecher.poll_dial(now).unwrap();
+    leecher.dialed(k, true, now);
+    let from = seeder.accept(addr(2000), Transport::Tcp, now).unwrap();
+    pump(&mut leecher, k, &mut seeder, from, &mut now);
+    // Handshakes done, the seeder's bitfield held: nothing requested.
+    assert_eq!(leecher.stats(1, now).unwrap().peers, 1);
+    assert_eq!(leecher.stats(1, now).unwrap().downloaded, 0);
+    assert!(leecher.picker(1).is_none());
+
+    // The metadata arrives: the geometry first (the data being checked),
+    // then the pieces once the check found nothing.
+    let checking = Torrent {
+        phase: Phase::Checking,
+        verified: vec![false; meta.pieces.len()],
+        ..torrent(&meta, leech_dir.path(), false)
+    };
+    assert!(leecher.set_geometry(&checking));
+    assert_eq!(leecher.stage(1), Some(Stage::Checking));
+    assert_eq!(leecher.stats(1, now).unwrap().peers, 1, "the peer stays");
+    assert!(leecher.set_pieces(&torrent(&meta, leech_dir.path(), false), now));
+    assert_eq!(leecher.stage(1), Some(Stage::Moving));
+    pump(&mut leecher, k, &mut seeder, from, &mut now);
+    assert!(leecher.is_complete(1));
+    for (i, d) in data.iter().enumerate() {
+        let got = std::fs::read(leech_dir.path().join("multi").join(format!("f{i}"))).unwrap();
+        assert!(got == *d, "file {i} differs");
+    }
+}
+
+#[test]
+fn a_peer_whose_early_bitfield_does_not_fit_the_geometry_is_closed() {
+    let data = files();
+    let meta = metainfo(&data);
+    let now = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = swarm(9);
+    s.start(&pending(&meta, dir.path()), now).unwrap();
+    let k = s.accept(addr(3000), Transport::Tcp, now).unwrap();
+    let mut bytes = Vec::new();
+    crate::peer::wire::write_handshake(
+        &mut bytes,
+        &Handshake {
+            reserved: [0; 8],
+            info_hash: meta.info_hash,
+            peer_id: [7; 20],
+        },
+    );
+    // Five pieces: one byte of bitfield would do; two is a lie.
+    crate::peer::wire::write_message(&mut bytes, &Message::Bitfield(&[0xff, 0xff]));
+    s.receive(k, &bytes, now);
+    assert_eq!(s.poll_close(), None, "unknown geometry: held, not judged");
+    let checking = Torrent {
+        phase: Phase::Checking,
+        verified: vec![false; meta.pieces.len()],
+        ..torrent(&meta, dir.path(), false)
+    };
+    assert!(s.set_geometry(&checking));
+    assert_eq!(s.poll_close(), Some(k));
 }
