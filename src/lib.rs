@@ -1,22 +1,24 @@
 //! tripcd: a daemon speaking the bencoded Unix-socket IPC protocol of the
 //! Transmission BitTorrent client (versions 1 and 2).
 //!
-//! Layers, each knowing only the ones above it in this list:
+//! Layers, each knowing only the ones above it in this list (the README's
+//! Design section says what each owns; `.ci/layers.py` checks the order):
 //! - [`codec`]: frames and bencode, pure functions over bytes;
-//! - [`message`]: the version 2 message and the version handshake;
-//! - [`reply`]: what a handler answers;
+//! - [`message`], [`reply`]: the IPC message, what a handler answers;
+//! - [`engine`]: piece geometry, storage, piece picking, choking, rates;
 //! - [`registry`]: settings, torrents and their persistence;
-//! - [`engine`]: pieces, storage, piece picking, choking, rates;
 //! - [`peer`]: the peer wire protocol and one connection's state;
-//! - [`tracker`]: HTTP tracker announces (sans-IO) and their worker;
+//! - [`tracker`]: announces and scrapes (sans-IO) and their worker;
 //! - [`swarm`]: every running torrent's peers, sans-IO;
+//! - [`core`]: the torrent core: registry, swarm, trackers, verification;
 //! - [`status`]: the protocol's view of a torrent;
-//! - [`session`]: one connection's protocol state, bytes in, bytes out;
 //! - [`commands`]: the table of keys and the built-in handlers;
 //! - [`scripts`]: Rhai scripts: keys, hooks, host functions;
 //! - [`config`]: every option and its default;
 //! - [`service`]: runs messages against the table, handlers and scripts;
-//! - [`server`]: the sans-IO core: sessions and the order of a loop turn;
+//! - [`session`]: one IPC connection's protocol state, bytes in, bytes out;
+//! - [`front`]: client connections of any front, the IPC one;
+//! - [`server`]: every front's clients, the commit rule, a turn's order;
 //! - [`reactor`]: the mio event loop, the only part touching sockets;
 //! - [`daemon`]: start-up and shutdown around the reactor.
 
