@@ -9,6 +9,8 @@
 //! - [`engine`]: pieces, storage, piece picking, choking, rates;
 //! - [`peer`]: the peer wire protocol and one connection's state;
 //! - [`tracker`]: HTTP tracker announces (sans-IO) and their worker;
+//! - [`http`]: the RPC front's HTTP/1.1 server connection, guards and
+//!   web interface files (sans-IO);
 //! - [`swarm`]: every running torrent's peers, sans-IO;
 //! - [`status`]: the protocol's view of a torrent;
 //! - [`session`]: one connection's protocol state, bytes in, bytes out;
@@ -27,6 +29,7 @@ pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod engine;
+pub mod http;
 pub mod message;
 pub mod notify;
 pub mod peer;
