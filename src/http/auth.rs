@@ -12,9 +12,9 @@
 //! at most [`KDF_BURST`] evaluations at once, then one per
 //! [`KDF_REFILL`] (0.5% of the loop here), and gets `429` past that.
 //!
-//! Transmission's own stored form, `{` + hex SHA-1 of password and salt
-//! + salt (settings.json's `rpc-password` once Transmission has run), is
-//! accepted too: it verifies in one SHA-1.
+//! Transmission's own stored form (settings.json's `rpc-password` once
+//! Transmission has run: `{`, the hex SHA-1 of password and salt, then
+//! the salt) is accepted too: it verifies in one SHA-1.
 
 use std::collections::VecDeque;
 use std::fmt;

@@ -136,8 +136,7 @@ impl Default for Limits {
 impl Limits {
     /// The deadline for a body of `len` bytes whose head ended at `start`.
     fn body_deadline(&self, start: Instant, len: usize) -> Instant {
-        let rate = self.body_min_rate.max(1);
-        let secs = u64::try_from(len).unwrap_or(u64::MAX) / rate;
+        let secs = u64::try_from(len).unwrap_or(u64::MAX) / self.body_min_rate.max(1);
         start + self.body_grace + Duration::from_secs(secs.min(86_400))
     }
 }
@@ -224,8 +223,15 @@ pub struct HttpConn {
 }
 
 impl HttpConn {
-    /// A connection accepted at `now`.
+    /// A connection accepted at `now`. Limits of zero that would stall
+    /// it (no request in flight, no header, no rate) are raised to one.
     pub fn new(limits: Limits, now: Instant) -> HttpConn {
+        let limits = Limits {
+            max_in_flight: limits.max_in_flight.max(1),
+            max_headers: limits.max_headers.max(1),
+            body_min_rate: limits.body_min_rate.max(1),
+            ..limits
+        };
         HttpConn {
             limits,
             input: Vec::new(),
@@ -322,7 +328,10 @@ impl HttpConn {
     /// Answers the oldest polled request not yet answered. Its bytes go
     /// out once every earlier response has. `NoRequest` when every
     /// polled request is already answered (the owner's mistake; nothing
-    /// is queued).
+    /// is queued). Answering makes room, so pipelined requests behind it
+    /// may be parsed now: poll again. One that is malformed closes the
+    /// connection as in [`receive`](Self::receive), seen through
+    /// [`error`](Self::error) rather than returned.
     pub fn respond(&mut self, response: Response) -> Result<(), HttpError> {
         if self.unanswered == 0 {
             return Err(HttpError::NoRequest);
@@ -337,7 +346,9 @@ impl HttpConn {
             slot.state = SlotState::Ready(response);
         }
         self.flush();
-        self.pump()
+        // A refusal found now is queued and kept in `error`.
+        let _ = self.pump();
+        Ok(())
     }
 
     /// Bytes to write to the client.

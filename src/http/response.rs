@@ -11,7 +11,6 @@ use std::fmt;
 /// The status line's reason phrase for the codes this server sends.
 pub fn reason(status: u16) -> &'static str {
     match status {
-        100 => "Continue",
         200 => "OK",
         204 => "No Content",
         301 => "Moved Permanently",
@@ -131,11 +130,13 @@ pub struct Response {
 }
 
 impl Response {
-    /// A response with `status` (clamped to 100..=999), no headers and an
-    /// empty body.
+    /// A response with `status`, no headers and an empty body. A final
+    /// response is 2xx to 5xx: other codes are clamped into that range
+    /// (the connection sends `100 Continue` itself; a 1xx here would
+    /// leave the client waiting for the real answer).
     pub fn new(status: u16) -> Response {
         Response {
-            status: status.clamp(100, 999),
+            status: status.clamp(200, 599),
             headers: Vec::new(),
             body: Vec::new(),
             close: false,
@@ -212,7 +213,7 @@ impl Response {
 
     /// Whether this status carries no body (and no `Content-Length`).
     fn bodyless(&self) -> bool {
-        self.status < 200 || self.status == 204 || self.status == 304
+        self.status == 204 || self.status == 304
     }
 
     /// Appends the response as it goes on the wire: only the head for a
