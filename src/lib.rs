@@ -9,6 +9,8 @@
 //! - [`registry`]: settings, torrents and their persistence;
 //! - [`peer`]: the peer wire protocol and one connection's state;
 //! - [`tracker`]: announces and scrapes (sans-IO) and their worker;
+//! - [`http`]: the RPC front's HTTP/1.1 server connection, guards and
+//!   web interface files (sans-IO);
 //! - [`swarm`]: every running torrent's peers, sans-IO;
 //! - [`core`]: the torrent core: registry, swarm, trackers, verification;
 //! - [`status`]: the protocol's view of a torrent;
@@ -31,6 +33,7 @@ pub mod core;
 pub mod daemon;
 pub mod engine;
 pub mod front;
+pub mod http;
 pub mod message;
 pub mod notify;
 pub mod peer;
