@@ -2,6 +2,7 @@
 //! state machine, and the MSE/PE encryption handshake. Nothing here
 //! touches a socket.
 
+pub mod fast;
 pub mod mse;
 pub mod pex;
 pub mod wire;
