@@ -9,6 +9,7 @@
 //! - [`engine`]: pieces, storage, piece picking, choking, rates;
 //! - [`peer`]: the peer wire protocol and one connection's state;
 //! - [`tracker`]: HTTP tracker announces (sans-IO) and their worker;
+//! - [`lpd`]: local peer discovery (BEP 14), sans-IO;
 //! - [`swarm`]: every running torrent's peers, sans-IO;
 //! - [`status`]: the protocol's view of a torrent;
 //! - [`session`]: one connection's protocol state, bytes in, bytes out;
@@ -27,6 +28,7 @@ pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod engine;
+pub mod lpd;
 pub mod message;
 pub mod notify;
 pub mod peer;
