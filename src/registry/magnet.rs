@@ -199,8 +199,7 @@ impl Magnet {
         if self.trackers.len() >= MAX_TRACKERS {
             return;
         }
-        let Some(url) = percent_decode(value, false).and_then(|b| String::from_utf8(b).ok())
-        else {
+        let Some(url) = percent_decode(value, false).and_then(|b| String::from_utf8(b).ok()) else {
             return;
         };
         if usable_tracker(&url) && !self.trackers.contains(&url) {
@@ -459,10 +458,7 @@ mod tests {
         ] {
             let m = parse(&format!("magnet:?xt=urn:btih:{xt}")).unwrap();
             assert_eq!(m.info_hash, hash(), "{xt}");
-            assert_eq!(
-                (m.name, m.trackers.len(), m.peers.len()),
-                (None, 0, 0)
-            );
+            assert_eq!((m.name, m.trackers.len(), m.peers.len()), (None, 0, 0));
         }
         // Scheme, urn prefix and keys in any case; a numbered key; escapes
         // in xt.
@@ -493,7 +489,10 @@ mod tests {
     #[test]
     fn refusals_name_their_reason() {
         let cases: Vec<(String, MagnetError)> = vec![
-            ("http://example.com/?xt=urn:btih:x".into(), MagnetError::NotMagnet),
+            (
+                "http://example.com/?xt=urn:btih:x".into(),
+                MagnetError::NotMagnet,
+            ),
             ("magnet:xt=urn:btih:x".into(), MagnetError::NotMagnet),
             ("magnet".into(), MagnetError::NotMagnet),
             ("".into(), MagnetError::NotMagnet),
@@ -549,10 +548,7 @@ mod tests {
             "BitTorrent v2 (btmh) magnets are not supported"
         );
         let long = format!("magnet:?xt=urn:btih:{HEX}&dn={}", "a".repeat(MAX_URI_LEN));
-        assert_eq!(
-            parse(&long),
-            Err(MagnetError::TooLong { len: long.len() })
-        );
+        assert_eq!(parse(&long), Err(MagnetError::TooLong { len: long.len() }));
     }
 
     #[test]
@@ -561,7 +557,10 @@ mod tests {
         for uri in [
             format!("magnet:?xt={btmh}&xt=urn:btih:{HEX}"),
             format!("magnet:?xt=urn:btih:{HEX}&xt={btmh}"),
-            format!("magnet:?xt=urn:btih:{HEX}&xt=urn:btih:{}", HEX.to_uppercase()),
+            format!(
+                "magnet:?xt=urn:btih:{HEX}&xt=urn:btih:{}",
+                HEX.to_uppercase()
+            ),
             format!("magnet:?xt=urn:ed2k:abc&xt=urn:btih:{HEX}&xt=urn:sha1:xyz"),
             format!("magnet:?xt=urn:btmh:garbage&xt=urn:btih:{HEX}"),
         ] {
@@ -635,7 +634,10 @@ mod tests {
             info_hash: hash(),
             name: Some("a b/ü&=+".into()),
             trackers: vec!["udp://t.example:80/announce?x=1&y=2".into()],
-            peers: vec!["[2001:db8::1]:80".parse().unwrap(), "1.2.3.4:5".parse().unwrap()],
+            peers: vec![
+                "[2001:db8::1]:80".parse().unwrap(),
+                "1.2.3.4:5".parse().unwrap(),
+            ],
         };
         assert_eq!(
             m.to_uri(),
