@@ -3,6 +3,7 @@
 //! touches a socket.
 
 pub mod fast;
+pub mod metadata;
 pub mod mse;
 pub mod pex;
 pub mod wire;
