@@ -29,7 +29,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::time::{Duration, Instant};
 
 use crate::registry::metainfo::{hex, parse_hash};
@@ -451,7 +451,14 @@ impl Lpd {
         if ours || ip.is_unspecified() || ip.is_multicast() {
             return;
         }
-        let addr = SocketAddr::new(ip, a.port);
+        let addr = match (from, ip) {
+            // A link-local neighbour is reached through the interface it
+            // came in on.
+            (SocketAddr::V6(f), IpAddr::V6(v6)) => {
+                SocketAddr::V6(SocketAddrV6::new(v6, a.port, 0, f.scope_id()))
+            }
+            _ => SocketAddr::new(ip, a.port),
+        };
         for info_hash in a.info_hashes {
             let wanted = self.torrents.get(&info_hash).is_some_and(|e| !e.private);
             if wanted && self.events.len() < MAX_EVENTS {
@@ -765,6 +772,20 @@ mod tests {
                 info_hash: A,
                 addr: "10.0.0.2:51413".parse().unwrap()
             })
+        );
+        // A link-local source keeps its interface.
+        let link: SocketAddr = "[fe80::7%3]:6771".parse().unwrap();
+        l.handle_datagram(link, &d, t);
+        let Some(LpdEvent::Peer {
+            addr: SocketAddr::V6(v6),
+            ..
+        }) = l.poll_event()
+        else {
+            panic!("an IPv6 peer");
+        };
+        assert_eq!(
+            (v6.ip().segments()[0], v6.port(), v6.scope_id()),
+            (0xfe80, 51413, 3)
         );
         // Garbage is dropped.
         l.handle_datagram(from, b"\x00\xffjunk", t);
