@@ -69,7 +69,10 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(a.port, 6881);
             assert!(!a.info_hashes.is_empty());
             for h in &a.info_hashes {
-                assert!(set.iter().any(|(s, p)| s == h && !p), "only public torrents");
+                assert!(
+                    set.iter().any(|(s, p)| s == h && !p),
+                    "only public torrents"
+                );
             }
             out.clear();
         }

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 use sha1::{Digest, Sha1};
 use tripcd::peer::metadata::{
-    answer_request, piece_count, piece_len, FetchEvent, MetadataFetch, MetadataMessage,
-    ServeLimit, MAX_METADATA_SIZE, MAX_OUTSTANDING, MAX_PIECES, PIECE_SIZE,
+    answer_request, piece_count, piece_len, FetchEvent, MetadataFetch, MetadataMessage, ServeLimit,
+    MAX_METADATA_SIZE, MAX_OUTSTANDING, MAX_PIECES, PIECE_SIZE,
 };
 
 struct Info {
@@ -92,7 +92,8 @@ impl Run<'_> {
             3 => {
                 let piece = u32::from(a) % (piece_count(real) as u32 + 1);
                 let mut bytes = piece_of(&self.info.bytes, piece).to_vec();
-                if let Some(x) = bytes.get_mut(usize::from(b) * 64 % bytes.len().max(1)) {
+                let at = usize::from(b) * 64 % bytes.len().max(1);
+                if let Some(x) = bytes.get_mut(at) {
                     *x ^= 1 | b;
                 }
                 self.data(peer, piece, real, &bytes);
@@ -107,7 +108,9 @@ impl Run<'_> {
                 self.f.peer_gone(peer);
                 self.refused.remove(&peer);
             }
-            7 => self.tick(Duration::from_millis(u64::from(a) * 250 + u64::from(b) * 64_000)),
+            7 => self.tick(Duration::from_millis(
+                u64::from(a) * 250 + u64::from(b) * 64_000,
+            )),
             _ => self.serve(peer, a, b),
         }
     }
@@ -116,11 +119,21 @@ impl Run<'_> {
     /// as if the peer had sent it.
     fn serve(&mut self, peer: usize, a: u8, b: u8) {
         let mut limit = ServeLimit::new();
-        let msg = answer_request(Some(&self.info.bytes), b & 1 == 1, u32::from(a % 8), &mut limit, self.now);
+        let msg = answer_request(
+            Some(&self.info.bytes),
+            b & 1 == 1,
+            u32::from(a % 8),
+            &mut limit,
+            self.now,
+        );
         let mut payload = Vec::new();
         msg.encode(&mut payload);
         match MetadataMessage::parse(&payload) {
-            Ok(Some(MetadataMessage::Data { piece, total_size, data })) => {
+            Ok(Some(MetadataMessage::Data {
+                piece,
+                total_size,
+                data,
+            })) => {
                 assert_eq!(data, piece_of(&self.info.bytes, piece));
                 let data = data.to_vec();
                 self.data(peer, piece, total_size, &data);
@@ -147,7 +160,10 @@ impl Run<'_> {
         self.now += by;
         if self.f.poll_timeout().is_some_and(|t| t <= self.now) {
             self.f.handle_timeout(self.now);
-            assert!(self.f.poll_timeout().is_none_or(|t| t > self.now), "timer would spin");
+            assert!(
+                self.f.poll_timeout().is_none_or(|t| t > self.now),
+                "timer would spin"
+            );
         }
     }
 
