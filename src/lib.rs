@@ -11,6 +11,7 @@
 //! - [`tracker`]: announces and scrapes (sans-IO) and their worker;
 //! - [`http`]: the RPC front's HTTP/1.1 server connection, guards and
 //!   web interface files (sans-IO);
+//! - [`lpd`]: local peer discovery (BEP 14), sans-IO;
 //! - [`swarm`]: every running torrent's peers, sans-IO;
 //! - [`core`]: the torrent core: registry, swarm, trackers, verification;
 //! - [`status`]: the protocol's view of a torrent;
@@ -34,6 +35,7 @@ pub mod daemon;
 pub mod engine;
 pub mod front;
 pub mod http;
+pub mod lpd;
 pub mod message;
 pub mod notify;
 pub mod peer;

@@ -3,6 +3,8 @@
 //! touches a socket.
 
 pub mod extension;
+pub mod fast;
+pub mod metadata;
 pub mod mse;
 pub mod pex;
 pub mod wire;
