@@ -213,8 +213,9 @@ fn a_leecher_dialling_a_seeder_gets_everything_in_plaintext() {
     assert_eq!(st.downloaded, total());
     let to_leecher = rec[0].to_dialer.concat();
     let to_leecher = messages(&to_leecher);
+    // Both speak the fast extension: a seed says have_all (BEP 6).
     assert!(
-        matches!(to_leecher[0], Message::Bitfield(_)),
+        matches!(to_leecher[0], Message::HaveAll),
         "{:?}",
         to_leecher[0]
     );

@@ -108,6 +108,16 @@ pub fn check_sent(
                 }
                 assert_eq!(bits[bits.len() - 1] & t.spare_mask(), 0);
             }
+            Message::HaveAll => {
+                assert!(first, "have_all stands for the bitfield");
+                assert!(have.iter().all(|h| *h), "have_all from a seed only");
+            }
+            Message::HaveNone => {
+                assert!(first, "have_none stands for the bitfield");
+                assert!(!have.iter().any(|h| *h), "have_none with nothing only");
+            }
+            Message::AllowedFast(i) => assert!(i < t.shape.pieces(), "allowed fast {i}"),
+            Message::RejectRequest(b) => assert!(t.valid(&b), "{m:?} outside the torrent"),
             Message::Have(i) => assert!(i < t.shape.pieces(), "have {i}"),
             Message::Request(b) | Message::Cancel(b) => {
                 assert!(t.valid(&b), "{m:?} outside the torrent");
@@ -132,7 +142,9 @@ pub fn check_sent(
                     PexMessage::parse(payload).expect("our peer exchange parses");
                 }
             }
-            Message::Unknown { .. } | Message::Port(_) => panic!("we never send {m:?}"),
+            Message::Unknown { .. } | Message::Port(_) | Message::SuggestPiece(_) => {
+                panic!("we never send {m:?}")
+            }
             _ => {}
         }
         first &= matches!(m, Message::Extended { .. } | Message::KeepAlive);

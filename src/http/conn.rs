@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use crate::codec::outbuf::OutBuf;
 
 use super::chunked::Chunked;
+use super::error::HttpError;
 use super::request::{parse_head, Framing, Head, Method, Request, Version};
 use super::response::{HttpDate, Response, CONTINUE};
-use super::error::HttpError;
 
 /// Largest request head (request line and header fields). Browsers send
 /// under 2 KiB, but every cookie set for `localhost` by any other local

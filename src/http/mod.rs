@@ -16,8 +16,8 @@
 
 pub mod auth;
 pub mod chunked;
-pub mod error;
 pub mod conn;
+pub mod error;
 pub mod files;
 pub mod guard;
 pub mod request;
@@ -25,7 +25,6 @@ pub mod response;
 
 #[cfg(test)]
 mod tests;
-
 
 pub use auth::PasswordHash;
 pub use conn::{HttpConn, Limits};

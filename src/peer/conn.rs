@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use crate::codec::outbuf::OutBuf;
 use crate::engine::geometry::{BlockError, Geometry};
 
+use super::fast::{self, ALLOWED_FAST_COUNT, MAX_ALLOWED_FAST};
+
 use super::wire::{
     parse_handshake, reserve_piece, split_message, write_handshake, write_message, Block,
     Handshake, Message, WireError, HANDSHAKE_LEN, MAX_REQUEST_LEN,
@@ -80,6 +82,13 @@ pub enum PeerError {
     BothSeeds,
     /// Already connected to this peer (same peer id) for the torrent.
     Duplicate,
+    /// A fast extension message (BEP 6) from a peer that did not offer
+    /// the extension.
+    FastNotOffered,
+    /// `have_all` or `have_none` anywhere but first (BEP 6).
+    LatePieceSet,
+    /// A `reject_request` for a block never requested (BEP 6).
+    UnrequestedReject(Block),
 }
 
 impl fmt::Display for PeerError {
@@ -103,6 +112,15 @@ impl fmt::Display for PeerError {
             PeerError::OutputOverflow => write!(f, "over {MAX_OUTPUT} bytes unread"),
             PeerError::BothSeeds => f.write_str("both are seeds"),
             PeerError::Duplicate => f.write_str("already connected to this peer"),
+            PeerError::FastNotOffered => {
+                f.write_str("a fast extension message, the extension not offered")
+            }
+            PeerError::LatePieceSet => f.write_str("have_all or have_none after other messages"),
+            PeerError::UnrequestedReject(b) => write!(
+                f,
+                "rejected a block never requested (piece {} offset {} length {})",
+                b.piece, b.begin, b.length
+            ),
         }
     }
 }
@@ -180,10 +198,23 @@ struct Exchange {
     last_piece_wanted: bool,
     /// Piece payload bytes received.
     downloaded: u64,
-    /// Before the geometry is known: the peer's bitfield as received, and
-    /// its `have`s, checked once it is.
+    /// Both sides offered the fast extension (BEP 6).
+    fast: bool,
+    /// Requests we will not serve, to answer with `reject_request` (fast
+    /// extension only; at most one queue's worth).
+    to_reject: Vec<Block>,
+    /// Pieces the peer lets us request while it chokes us.
+    allowed_in: Vec<u32>,
+    /// Pieces we let the peer request while we choke it.
+    allowed_out: Vec<u32>,
+    /// We computed the peer's allowed-fast set (it is done once).
+    allowed_given: bool,
+    /// Before the geometry is known: the peer's bitfield as received (or
+    /// `have_all`), its `have`s and `allowed_fast`s, checked once it is.
     early_bitfield: Option<Vec<u8>>,
+    early_all: bool,
     early_haves: Vec<u32>,
+    early_allowed: Vec<u32>,
 }
 
 impl Exchange {
@@ -202,15 +233,23 @@ impl Exchange {
             dropped: Vec::new(),
             last_piece_wanted: true,
             downloaded: 0,
+            fast: false,
+            to_reject: Vec::new(),
+            allowed_in: Vec::new(),
+            allowed_out: Vec::new(),
+            allowed_given: false,
             early_bitfield: None,
+            early_all: false,
             early_haves: Vec::new(),
+            early_allowed: Vec::new(),
         }
     }
 
     /// What a message changes while the torrent's geometry is unknown
     /// (its metadata is being fetched): what the peer has is kept to be
-    /// checked later; it cannot have been asked for anything.
-    fn update_early(&mut self, msg: &Message<'_>) -> Result<(), PeerError> {
+    /// checked later; it cannot have been asked for anything, and we
+    /// choke it.
+    fn update_early(&mut self, msg: &Message<'_>, first: bool) -> Result<(), PeerError> {
         match *msg {
             Message::Have(i) => {
                 if self.early_haves.len() < MAX_EARLY_HAVES {
@@ -226,6 +265,18 @@ impl Exchange {
                 Some(_) => return Err(PeerError::BadBitfield("its size changed")),
                 None => self.early_bitfield = Some(bits.to_vec()),
             },
+            Message::HaveAll | Message::HaveNone => {
+                self.piece_set_first(first)?;
+                self.early_all = matches!(msg, Message::HaveAll);
+            }
+            Message::AllowedFast(i) => {
+                self.need_fast()?;
+                if self.early_allowed.len() < MAX_ALLOWED_FAST {
+                    self.early_allowed.push(i);
+                }
+            }
+            Message::SuggestPiece(_) => self.need_fast()?,
+            Message::RejectRequest(b) => self.rejected(b)?,
             Message::Piece { piece, begin, data } => {
                 return Err(PeerError::Unrequested(Block {
                     piece,
@@ -233,44 +284,9 @@ impl Exchange {
                     length: data.len() as u32,
                 }))
             }
-            // We choke it until we have data: requests are dropped.
-            Message::Request(_) => {}
+            Message::Request(b) => self.refuse(b),
+            Message::Cancel(b) => self.peer_cancel(b),
             _ => self.update_choking(msg),
-        }
-        Ok(())
-    }
-
-    fn update_choking(&mut self, msg: &Message<'_>) {
-        match msg {
-            Message::Choke => {
-                self.peer_choking = true;
-                // BEP 3: choking discards our outstanding requests. A block
-                // already on its way is still tolerated, as for a cancel.
-                for b in self.requested.drain() {
-                    remember(&mut self.cancelled, b);
-                    self.dropped.push(b);
-                }
-            }
-            Message::Unchoke => self.peer_choking = false,
-            Message::Interested => self.peer_interested = true,
-            Message::NotInterested => self.peer_interested = false,
-            _ => {}
-        }
-    }
-
-    /// The geometry is known: what the peer said it has before is checked
-    /// against it.
-    fn check_early(&mut self, g: &Geometry) -> Result<(), PeerError> {
-        self.have = vec![0; (g.pieces() as usize).div_ceil(8)];
-        self.have_count = 0;
-        if let Some(bits) = self.early_bitfield.take() {
-            self.bitfield(&bits, true, g)?;
-        }
-        for i in std::mem::take(&mut self.early_haves) {
-            if i >= g.pieces() {
-                return Err(PeerError::OutOfRange("have index"));
-            }
-            self.set_have(i);
         }
         Ok(())
     }
@@ -289,10 +305,13 @@ impl Exchange {
                 self.set_have(i);
             }
             Message::Bitfield(bits) => self.bitfield(bits, first, g)?,
-            Message::Request(b) => self.peer_request(b, g)?,
-            Message::Cancel(b) if self.peer_requested.remove(&b) => {
-                self.peer_requests.retain(|r| *r != b);
+            Message::HaveAll => {
+                self.piece_set_first(first)?;
+                self.set_all(g);
             }
+            Message::HaveNone => self.piece_set_first(first)?,
+            Message::Request(b) => self.peer_request(b, g)?,
+            Message::Cancel(b) => self.peer_cancel(b),
             Message::Piece { piece, begin, data } => {
                 let b = Block {
                     piece,
@@ -305,9 +324,105 @@ impl Exchange {
                 }
                 self.downloaded += data.len() as u64;
             }
+            Message::RejectRequest(b) => self.rejected(b)?,
+            Message::AllowedFast(i) => self.allowed_fast(i, g)?,
+            Message::SuggestPiece(i) => {
+                // Advice, not acted on: the picker stays rarest first.
+                self.need_fast()?;
+                if i >= g.pieces() {
+                    return Err(PeerError::OutOfRange("suggested piece"));
+                }
+            }
             _ => {}
         }
         Ok(())
+    }
+
+    fn update_choking(&mut self, msg: &Message<'_>) {
+        match msg {
+            Message::Choke => {
+                self.peer_choking = true;
+                // BEP 3: choking discards our outstanding requests (a block
+                // already on its way is still tolerated, as for a cancel).
+                // With the fast extension they stay, each to be answered
+                // by its piece or a reject (BEP 6).
+                if !self.fast {
+                    for b in self.requested.drain() {
+                        remember(&mut self.cancelled, b);
+                        self.dropped.push(b);
+                    }
+                }
+            }
+            Message::Unchoke => self.peer_choking = false,
+            Message::Interested => self.peer_interested = true,
+            Message::NotInterested => self.peer_interested = false,
+            _ => {}
+        }
+    }
+
+    fn need_fast(&self) -> Result<(), PeerError> {
+        if self.fast {
+            Ok(())
+        } else {
+            Err(PeerError::FastNotOffered)
+        }
+    }
+
+    /// `have_all` and `have_none` stand for the bitfield: first or never.
+    fn piece_set_first(&self, first: bool) -> Result<(), PeerError> {
+        self.need_fast()?;
+        if first {
+            Ok(())
+        } else {
+            Err(PeerError::LatePieceSet)
+        }
+    }
+
+    fn set_all(&mut self, g: &Geometry) {
+        for i in 0..g.pieces() {
+            self.set_have(i);
+        }
+    }
+
+    fn allowed_fast(&mut self, i: u32, g: &Geometry) -> Result<(), PeerError> {
+        self.need_fast()?;
+        if i >= g.pieces() {
+            return Err(PeerError::OutOfRange("allowed fast piece"));
+        }
+        if self.allowed_in.len() < MAX_ALLOWED_FAST && !self.allowed_in.contains(&i) {
+            self.allowed_in.push(i);
+        }
+        Ok(())
+    }
+
+    /// The peer will not serve `b`: it is free to be asked of others. A
+    /// reject for a block we never asked for (or cancelled) breaks BEP 6.
+    fn rejected(&mut self, b: Block) -> Result<(), PeerError> {
+        self.need_fast()?;
+        if self.requested.remove(&b) {
+            self.dropped.push(b);
+            Ok(())
+        } else if self.cancelled.contains(&b) {
+            Ok(())
+        } else {
+            Err(PeerError::UnrequestedReject(b))
+        }
+    }
+
+    /// A request we will not serve: rejected under the fast extension,
+    /// dropped otherwise (common practice).
+    fn refuse(&mut self, b: Block) {
+        if self.fast && self.to_reject.len() < MAX_PEER_REQUESTS {
+            self.to_reject.push(b);
+        }
+    }
+
+    fn peer_cancel(&mut self, b: Block) {
+        if self.peer_requested.remove(&b) {
+            self.peer_requests.retain(|r| *r != b);
+            // BEP 6: a cancelled request is answered too.
+            self.refuse(b);
+        }
     }
 
     fn bitfield(&mut self, bits: &[u8], first: bool, g: &Geometry) -> Result<(), PeerError> {
@@ -333,11 +448,19 @@ impl Exchange {
 
     fn peer_request(&mut self, b: Block, g: &Geometry) -> Result<(), PeerError> {
         check_block(g, &b)?;
-        if self.am_choking {
-            // Common practice: requests while choked are dropped.
+        // While we choke it, only a starting peer's allowed-fast pieces
+        // are served (BEP 6).
+        let allowed =
+            self.allowed_out.contains(&b.piece) && (self.have_count as usize) < ALLOWED_FAST_COUNT;
+        if self.am_choking && !allowed {
+            self.refuse(b);
             return Ok(());
         }
         if self.peer_requests.len() >= MAX_PEER_REQUESTS {
+            if self.fast {
+                self.refuse(b);
+                return Ok(());
+            }
             return Err(PeerError::TooManyRequests);
         }
         if self.peer_requested.insert(b) {
@@ -354,6 +477,29 @@ impl Exchange {
                 self.have_count += 1;
             }
         }
+    }
+
+    /// The geometry is known: what the peer said it has before is checked
+    /// against it.
+    fn check_early(&mut self, g: &Geometry) -> Result<(), PeerError> {
+        self.have = vec![0; (g.pieces() as usize).div_ceil(8)];
+        self.have_count = 0;
+        if let Some(bits) = self.early_bitfield.take() {
+            self.bitfield(&bits, true, g)?;
+        }
+        if self.early_all {
+            self.set_all(g);
+        }
+        for i in std::mem::take(&mut self.early_haves) {
+            if i >= g.pieces() {
+                return Err(PeerError::OutOfRange("have index"));
+            }
+            self.set_have(i);
+        }
+        for i in std::mem::take(&mut self.early_allowed) {
+            self.allowed_fast(i, g)?;
+        }
+        Ok(())
     }
 }
 
@@ -470,8 +616,24 @@ impl PeerConn {
             self.x.have_count = 0;
         }
         self.geometry = geometry;
-        if let Some(bits) = our_bitfield {
-            write_message(self.output.tail(), &Message::Bitfield(bits));
+        self.x.fast = match (&self.ours, &self.theirs) {
+            (Some(o), Some(t)) => fast::offers_fast(&o.reserved) && fast::offers_fast(&t.reserved),
+            _ => false,
+        };
+        // With the fast extension, have_all and have_none stand in for the
+        // bitfield (and say "nothing" where we would stay silent).
+        let all = match (our_bitfield, geometry) {
+            (Some(bits), Some(g)) => bits.iter().map(|b| b.count_ones()).sum::<u32>() == g.pieces(),
+            _ => false,
+        };
+        let first = match our_bitfield {
+            _ if self.x.fast && all => Some(Message::HaveAll),
+            None if self.x.fast => Some(Message::HaveNone),
+            Some(bits) => Some(Message::Bitfield(bits)),
+            None => None,
+        };
+        if let Some(m) = first {
+            write_message(self.output.tail(), &m);
         }
         if self.stage == Stage::Pending {
             self.stage = Stage::Open { first: true };
@@ -514,7 +676,10 @@ impl PeerConn {
         }
         match &self.geometry {
             Some(g) => self.x.update(&msg, first, g)?,
-            None => self.x.update_early(&msg)?,
+            None => self.x.update_early(&msg, first)?,
+        }
+        for b in self.x.to_reject.drain(..) {
+            write_message(self.output.tail(), &Message::RejectRequest(b));
         }
         Ok(Some(msg))
     }
@@ -616,10 +781,62 @@ impl PeerConn {
     pub fn choke(&mut self, now: Instant) {
         if !self.x.am_choking {
             self.x.am_choking = true;
-            self.x.peer_requests.clear();
-            self.x.peer_requested.clear();
             self.send(&Message::Choke, now);
+            // BEP 6: every queued request is answered; those of allowed
+            // fast pieces still will be, with their piece.
+            let queued = std::mem::take(&mut self.x.peer_requests);
+            self.x.peer_requested.clear();
+            for b in queued {
+                if self.x.fast && self.x.allowed_out.contains(&b.piece) {
+                    self.x.peer_requested.insert(b);
+                    self.x.peer_requests.push_back(b);
+                } else if self.x.fast {
+                    self.send(&Message::RejectRequest(b), now);
+                }
+            }
         }
+    }
+
+    /// Both sides speak the fast extension (BEP 6).
+    pub fn is_fast(&self) -> bool {
+        self.x.fast
+    }
+
+    /// Answers a request we will not serve (a piece we lack): a
+    /// `reject_request` under the fast extension. `false` without it,
+    /// where there is no way to say so.
+    pub fn reject(&mut self, b: Block, now: Instant) -> bool {
+        if self.x.fast {
+            self.send(&Message::RejectRequest(b), now);
+        }
+        self.x.fast
+    }
+
+    /// Lets the peer request `pieces` while we choke it (`allowed_fast`,
+    /// BEP 6; nothing without the extension). At most
+    /// [`MAX_ALLOWED_FAST`] in all.
+    pub fn allow_fast(&mut self, pieces: &[u32], now: Instant) {
+        self.x.allowed_given = true;
+        if !self.x.fast {
+            return;
+        }
+        for &i in pieces {
+            if self.x.allowed_out.len() >= MAX_ALLOWED_FAST || self.x.allowed_out.contains(&i) {
+                continue;
+            }
+            self.x.allowed_out.push(i);
+            self.send(&Message::AllowedFast(i), now);
+        }
+    }
+
+    /// Whether we gave the peer its allowed-fast set already.
+    pub fn gave_allowed_fast(&self) -> bool {
+        self.x.allowed_given
+    }
+
+    /// Pieces the peer lets us request while it chokes us.
+    pub fn allowed_fast(&self) -> &[u32] {
+        &self.x.allowed_in
     }
 
     /// Unchokes the peer.
@@ -1119,5 +1336,178 @@ mod tests {
         })
         .unwrap();
         assert!(c.output().ends_with(b"abcd"));
+    }
+
+    fn fast_hs(id: u8) -> Handshake {
+        let mut h = hs(id);
+        fast::set_reserved_bit(&mut h.reserved);
+        h
+    }
+
+    /// A connection whose two sides offered the fast extension (`ours`
+    /// holds what we have: none, all, or some).
+    fn open_fast(t: Instant, ours: Option<&[u8]>) -> (PeerConn, Vec<u8>) {
+        let mut c = PeerConn::outgoing(fast_hs(1), t);
+        let mut theirs = Vec::new();
+        write_handshake(&mut theirs, &fast_hs(2));
+        c.receive(&theirs, t);
+        assert_eq!(c.poll_handshake(), Ok(Some(fast_hs(2))));
+        c.attach(Some(shape()), ours);
+        let out = c.output()[HANDSHAKE_LEN..].to_vec();
+        let n = c.output().len();
+        c.consume_output(n);
+        (c, out)
+    }
+
+    fn sent(c: &mut PeerConn) -> Vec<String> {
+        let out = c.output().to_vec();
+        c.consume_output(out.len());
+        let mut seen = Vec::new();
+        let mut rest = &out[..];
+        while let Ok(Some((m, used))) = split_message(rest, 1 << 20) {
+            seen.push(format!("{m:?}"));
+            rest = &rest[used..];
+        }
+        seen
+    }
+
+    #[test]
+    fn have_all_and_have_none_stand_for_our_bitfield_under_the_fast_extension() {
+        let t = Instant::now();
+        let bits = |m: Message<'_>| {
+            let mut out = Vec::new();
+            write_message(&mut out, &m);
+            out
+        };
+        assert_eq!(open_fast(t, None).1, bits(Message::HaveNone));
+        assert_eq!(open_fast(t, Some(&[0xF8])).1, bits(Message::HaveAll));
+        assert_eq!(
+            open_fast(t, Some(&[0xA0])).1,
+            bits(Message::Bitfield(&[0xA0]))
+        );
+        assert!(open_fast(t, None).0.is_fast());
+        assert!(!open(t).is_fast(), "one side did not offer it");
+    }
+
+    #[test]
+    fn the_fast_extensions_rules_are_enforced() {
+        let t = Instant::now();
+        let (mut c, _) = open_fast(t, None);
+        feed(&mut c, &[Message::HaveAll], t).unwrap();
+        assert!(c.peer_is_seed());
+        assert_eq!(
+            feed(&mut c, &[Message::HaveNone], t),
+            Err(PeerError::LatePieceSet)
+        );
+        let (mut c, _) = open_fast(t, None);
+        assert_eq!(
+            feed(&mut c, &[Message::Have(1), Message::HaveAll], t),
+            Err(PeerError::LatePieceSet),
+            "have_all after a have"
+        );
+        let (mut c, _) = open_fast(t, None);
+        assert_eq!(
+            feed(&mut c, &[Message::RejectRequest(block(0, 0, 16384))], t),
+            Err(PeerError::UnrequestedReject(block(0, 0, 16384)))
+        );
+        let (mut c, _) = open_fast(t, None);
+        assert_eq!(
+            feed(&mut c, &[Message::AllowedFast(5)], t),
+            Err(PeerError::OutOfRange("allowed fast piece"))
+        );
+        for m in [
+            Message::HaveAll,
+            Message::HaveNone,
+            Message::AllowedFast(0),
+            Message::SuggestPiece(0),
+            Message::RejectRequest(block(0, 0, 16384)),
+        ] {
+            assert_eq!(
+                feed(&mut open(t), &[m], t),
+                Err(PeerError::FastNotOffered),
+                "{m:?} without the extension"
+            );
+        }
+    }
+
+    #[test]
+    fn with_the_fast_extension_every_request_is_answered() {
+        let t = Instant::now();
+        let (mut c, _) = open_fast(t, Some(&[0xF8]));
+        // Choked: rejected at once.
+        feed(&mut c, &[Message::Request(block(1, 0, 16384))], t).unwrap();
+        assert_eq!(
+            sent(&mut c),
+            ["RejectRequest(Block { piece: 1, begin: 0, length: 16384 })"]
+        );
+        // Unchoked: queued; choking answers the queue with rejects.
+        c.unchoke(t);
+        feed(&mut c, &[Message::Request(block(2, 0, 16384))], t).unwrap();
+        assert_eq!(c.peer_request_count(), 1);
+        c.choke(t);
+        assert_eq!(
+            sent(&mut c),
+            [
+                "Unchoke",
+                "Choke",
+                "RejectRequest(Block { piece: 2, begin: 0, length: 16384 })"
+            ]
+        );
+        assert_eq!(c.peer_request_count(), 0);
+        // A cancelled request is answered too.
+        c.unchoke(t);
+        feed(&mut c, &[Message::Request(block(3, 0, 16384))], t).unwrap();
+        feed(&mut c, &[Message::Cancel(block(3, 0, 16384))], t).unwrap();
+        assert_eq!(
+            sent(&mut c),
+            [
+                "Unchoke",
+                "RejectRequest(Block { piece: 3, begin: 0, length: 16384 })"
+            ]
+        );
+        // An allowed-fast piece is served while choked, to a starting peer.
+        c.choke(t);
+        c.allow_fast(&[4], t);
+        sent(&mut c);
+        feed(&mut c, &[Message::Request(block(4, 0, 10))], t).unwrap();
+        assert_eq!(c.peer_request_count(), 1, "allowed fast");
+        assert!(sent(&mut c).is_empty());
+    }
+
+    #[test]
+    fn with_the_fast_extension_a_choke_keeps_our_requests_until_rejected() {
+        let t = Instant::now();
+        let (mut c, _) = open_fast(t, None);
+        feed(
+            &mut c,
+            &[Message::HaveAll, Message::Unchoke, Message::AllowedFast(2)],
+            t,
+        )
+        .unwrap();
+        c.request(block(0, 0, 16384), t);
+        c.request(block(0, 16384, 16384), t);
+        feed(&mut c, &[Message::Choke], t).unwrap();
+        assert_eq!(c.outstanding(), 2, "not discarded by the choke");
+        assert!(c.take_dropped_requests().is_empty());
+        feed(&mut c, &[Message::RejectRequest(block(0, 0, 16384))], t).unwrap();
+        assert_eq!(c.outstanding(), 1);
+        assert_eq!(c.take_dropped_requests(), vec![block(0, 0, 16384)]);
+        assert_eq!(c.allowed_fast(), &[2]);
+    }
+
+    #[test]
+    fn a_magnets_peer_may_send_have_all_before_the_geometry_is_known() {
+        let t = Instant::now();
+        let mut c = PeerConn::outgoing(fast_hs(1), t);
+        let mut theirs = Vec::new();
+        write_handshake(&mut theirs, &fast_hs(2));
+        c.receive(&theirs, t);
+        c.poll_handshake().unwrap();
+        c.attach(None, None);
+        feed(&mut c, &[Message::HaveAll, Message::AllowedFast(3)], t).unwrap();
+        assert!(!c.peer_is_seed(), "nothing to count against yet");
+        c.set_geometry(shape()).unwrap();
+        assert!(c.peer_is_seed());
+        assert_eq!(c.allowed_fast(), &[3]);
     }
 }

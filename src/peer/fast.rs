@@ -1,10 +1,7 @@
-//! The fast extension (BEP 6) as pure functions: the reserved bit, the
-//! five messages' codec, and the canonical allowed-fast set.
-//!
-//! The messages are to become variants of [`super::wire::Message`]; until
-//! then [`FastMessage::parse`] takes the id and body that
-//! [`super::wire::split_message`] reports as `Message::Unknown`, and
-//! [`FastMessage::write`] appends a whole message.
+//! The fast extension (BEP 6): the reserved bit and the canonical
+//! allowed-fast set, as pure functions. Its five messages are variants of
+//! [`super::wire::Message`]; the connection ([`super::conn`]) enforces
+//! its rules.
 //!
 //! # Rules the connection must enforce once both sides set the bit
 //!
@@ -48,24 +45,11 @@ use std::net::IpAddr;
 
 use sha1::{Digest, Sha1};
 
-use super::wire::{Block, WireError};
-
 /// The byte of the handshake's reserved field that holds the bit.
 pub const RESERVED_BYTE: usize = 7;
 /// The fast extension's bit in [`RESERVED_BYTE`] (BEP 6:
 /// `reserved[7] |= 0x04`).
 pub const RESERVED_BIT: u8 = 0x04;
-
-/// Message id of `suggest_piece`.
-pub const SUGGEST_PIECE: u8 = 0x0D;
-/// Message id of `have_all`.
-pub const HAVE_ALL: u8 = 0x0E;
-/// Message id of `have_none`.
-pub const HAVE_NONE: u8 = 0x0F;
-/// Message id of `reject_request`.
-pub const REJECT_REQUEST: u8 = 0x10;
-/// Message id of `allowed_fast`.
-pub const ALLOWED_FAST: u8 = 0x11;
 
 /// How many pieces we let a choked peer fetch: libtorrent's default
 /// (`allowed_fast_set_size`). BEP 6 suggests 10, but every piece of the
@@ -94,85 +78,6 @@ pub fn set_reserved_bit(reserved: &mut [u8; 8]) {
 /// on only when both handshakes do).
 pub fn offers_fast(reserved: &[u8; 8]) -> bool {
     reserved[RESERVED_BYTE] & RESERVED_BIT != 0
-}
-
-/// One fast extension message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FastMessage {
-    /// Id 0x0D: "you might like this piece".
-    SuggestPiece(u32),
-    /// Id 0x0E: the sender has every piece (instead of a bitfield).
-    HaveAll,
-    /// Id 0x0F: the sender has no piece (instead of a bitfield).
-    HaveNone,
-    /// Id 0x10: the sender will not serve this request.
-    RejectRequest(Block),
-    /// Id 0x11: the receiver may request this piece while choked.
-    AllowedFast(u32),
-}
-
-impl FastMessage {
-    /// The message id.
-    pub fn id(&self) -> u8 {
-        match self {
-            FastMessage::SuggestPiece(_) => SUGGEST_PIECE,
-            FastMessage::HaveAll => HAVE_ALL,
-            FastMessage::HaveNone => HAVE_NONE,
-            FastMessage::RejectRequest(_) => REJECT_REQUEST,
-            FastMessage::AllowedFast(_) => ALLOWED_FAST,
-        }
-    }
-
-    /// Reads the message of id `id` whose bytes after the id are `body`:
-    /// `None` if `id` is not one of the five, an error if the length is
-    /// not the message's fixed length.
-    pub fn parse(id: u8, body: &[u8]) -> Result<Option<FastMessage>, WireError> {
-        let want = match id {
-            SUGGEST_PIECE | ALLOWED_FAST => 4,
-            HAVE_ALL | HAVE_NONE => 0,
-            REJECT_REQUEST => 12,
-            _ => return Ok(None),
-        };
-        if body.len() != want {
-            return Err(WireError::BadLength {
-                id,
-                len: body.len().saturating_add(1),
-            });
-        }
-        let word = |at: usize| {
-            let mut x = [0u8; 4];
-            if let Some(b) = body.get(at..at + 4) {
-                x.copy_from_slice(b);
-            }
-            u32::from_be_bytes(x)
-        };
-        Ok(Some(match id {
-            SUGGEST_PIECE => FastMessage::SuggestPiece(word(0)),
-            ALLOWED_FAST => FastMessage::AllowedFast(word(0)),
-            HAVE_ALL => FastMessage::HaveAll,
-            HAVE_NONE => FastMessage::HaveNone,
-            _ => FastMessage::RejectRequest(Block {
-                piece: word(0),
-                begin: word(4),
-                length: word(8),
-            }),
-        }))
-    }
-
-    /// Appends the whole message (length prefix, id, body).
-    pub fn write(&self, out: &mut Vec<u8>) {
-        let words: &[u32] = match self {
-            FastMessage::SuggestPiece(i) | FastMessage::AllowedFast(i) => &[*i],
-            FastMessage::HaveAll | FastMessage::HaveNone => &[],
-            FastMessage::RejectRequest(b) => &[b.piece, b.begin, b.length],
-        };
-        let len = 1 + 4 * words.len() as u32;
-        out.extend_from_slice(&len.to_be_bytes());
-        out.push(self.id());
-        for w in words {
-            out.extend_from_slice(&w.to_be_bytes());
-        }
-    }
 }
 
 /// The canonical allowed-fast set of BEP 6: the first `k` distinct
@@ -281,65 +186,6 @@ mod tests {
         big.dedup();
         assert_eq!(big.len(), MAX_ALLOWED_FAST);
         assert_eq!(allowed_fast_set(ip, &hash, 1313, 0), Vec::<u32>::new());
-    }
-
-    #[test]
-    fn messages_have_exact_bytes_and_round_trip() {
-        let block = Block {
-            piece: 1,
-            begin: 0x4000,
-            length: 0x4000,
-        };
-        let cases = [
-            (
-                FastMessage::SuggestPiece(7),
-                vec![0, 0, 0, 5, 0x0D, 0, 0, 0, 7],
-            ),
-            (FastMessage::HaveAll, vec![0, 0, 0, 1, 0x0E]),
-            (FastMessage::HaveNone, vec![0, 0, 0, 1, 0x0F]),
-            (
-                FastMessage::RejectRequest(block),
-                vec![0, 0, 0, 13, 0x10, 0, 0, 0, 1, 0, 0, 0x40, 0, 0, 0, 0x40, 0],
-            ),
-            (
-                FastMessage::AllowedFast(0x01020304),
-                vec![0, 0, 0, 5, 0x11, 1, 2, 3, 4],
-            ),
-        ];
-        for (msg, bytes) in cases {
-            let mut out = Vec::new();
-            msg.write(&mut out);
-            assert_eq!(out, bytes, "{msg:?}");
-            // What split_message hands over as an unknown id.
-            let (m, used) = super::super::wire::split_message(&out, 1 << 10)
-                .unwrap()
-                .unwrap();
-            assert_eq!(used, out.len());
-            assert_eq!(m, super::super::wire::Message::Unknown { id: msg.id() });
-            assert_eq!(FastMessage::parse(out[4], &out[5..]), Ok(Some(msg)));
-        }
-    }
-
-    #[test]
-    fn wrong_lengths_are_refused_and_other_ids_left_alone() {
-        for (id, len) in [
-            (SUGGEST_PIECE, 3usize),
-            (SUGGEST_PIECE, 5),
-            (HAVE_ALL, 1),
-            (HAVE_NONE, 4),
-            (REJECT_REQUEST, 11),
-            (REJECT_REQUEST, 13),
-            (ALLOWED_FAST, 0),
-        ] {
-            assert_eq!(
-                FastMessage::parse(id, &vec![0; len]),
-                Err(WireError::BadLength { id, len: len + 1 }),
-                "id {id} body {len}"
-            );
-        }
-        for id in [0u8, 7, 9, 0x0C, 0x12, 20, 255] {
-            assert_eq!(FastMessage::parse(id, &[1, 2, 3, 4]), Ok(None));
-        }
     }
 
     #[test]

@@ -64,8 +64,18 @@ pub enum Message<'a> {
     },
     /// Id 8.
     Cancel(Block),
-    /// Id 9: the sender's DHT port (read and ignored: no DHT here).
+    /// Id 9: the sender's DHT port (BEP 5).
     Port(u16),
+    /// Id 0x0D (BEP 6): "you might like this piece".
+    SuggestPiece(u32),
+    /// Id 0x0E (BEP 6): the sender has every piece (instead of a bitfield).
+    HaveAll,
+    /// Id 0x0F (BEP 6): the sender has no piece (instead of a bitfield).
+    HaveNone,
+    /// Id 0x10 (BEP 6): the sender will not serve this request.
+    RejectRequest(Block),
+    /// Id 0x11 (BEP 6): the receiver may request this piece while choked.
+    AllowedFast(u32),
     /// Id 20: the extension protocol of BEP 10 (used by PEX later).
     Extended {
         /// Extended message id.
@@ -210,6 +220,11 @@ pub fn split_message(
         }
         8 => fixed(13).map(|()| Message::Cancel(block()))?,
         9 => fixed(3).map(|()| Message::Port(u16::from_be_bytes([body[1], body[2]])))?,
+        0x0D => fixed(5).map(|()| Message::SuggestPiece(u32_at(body, 1)))?,
+        0x0E => fixed(1).map(|()| Message::HaveAll)?,
+        0x0F => fixed(1).map(|()| Message::HaveNone)?,
+        0x10 => fixed(13).map(|()| Message::RejectRequest(block()))?,
+        0x11 => fixed(5).map(|()| Message::AllowedFast(u32_at(body, 1)))?,
         20 => {
             if len < 2 {
                 return Err(WireError::BadLength { id, len });
@@ -261,6 +276,17 @@ pub fn write_message(out: &mut Vec<u8>, msg: &Message<'_>) {
             header(out, 3, 9);
             out.extend_from_slice(&p.to_be_bytes());
         }
+        Message::SuggestPiece(i) => {
+            header(out, 5, 0x0D);
+            out.extend_from_slice(&i.to_be_bytes());
+        }
+        Message::HaveAll => header(out, 1, 0x0E),
+        Message::HaveNone => header(out, 1, 0x0F),
+        Message::RejectRequest(b) => write_block(out, 0x10, b),
+        Message::AllowedFast(i) => {
+            header(out, 5, 0x11);
+            out.extend_from_slice(&i.to_be_bytes());
+        }
         Message::Extended { id, payload } => {
             header(out, 2 + payload.len(), 20);
             out.push(*id);
@@ -308,6 +334,11 @@ mod tests {
             },
             Message::Cancel(b),
             Message::Port(6881),
+            Message::SuggestPiece(9),
+            Message::HaveAll,
+            Message::HaveNone,
+            Message::RejectRequest(b),
+            Message::AllowedFast(0x0102_0304),
             Message::Extended {
                 id: 0,
                 payload: b"d1:md6:ut_pexi1eee",
@@ -351,6 +382,12 @@ mod tests {
             (8, 14),
             (9, 2),
             (7, 8),
+            (0x0D, 4),
+            (0x0E, 2),
+            (0x0F, 5),
+            (0x10, 12),
+            (0x10, 14),
+            (0x11, 1),
         ] {
             let mut b = (len as u32).to_be_bytes().to_vec();
             b.push(id);
@@ -360,6 +397,32 @@ mod tests {
                 Err(WireError::BadLength { id, len }),
                 "id {id} len {len}"
             );
+        }
+    }
+
+    #[test]
+    fn the_fast_extension_has_exact_bytes() {
+        let block = Block {
+            piece: 1,
+            begin: 0x4000,
+            length: 0x4000,
+        };
+        for (msg, bytes) in [
+            (Message::SuggestPiece(7), vec![0, 0, 0, 5, 0x0D, 0, 0, 0, 7]),
+            (Message::HaveAll, vec![0, 0, 0, 1, 0x0E]),
+            (Message::HaveNone, vec![0, 0, 0, 1, 0x0F]),
+            (
+                Message::RejectRequest(block),
+                vec![0, 0, 0, 13, 0x10, 0, 0, 0, 1, 0, 0, 0x40, 0, 0, 0, 0x40, 0],
+            ),
+            (
+                Message::AllowedFast(0x0102_0304),
+                vec![0, 0, 0, 5, 0x11, 1, 2, 3, 4],
+            ),
+        ] {
+            let mut out = Vec::new();
+            write_message(&mut out, &msg);
+            assert_eq!(out, bytes, "{msg:?}");
         }
     }
 

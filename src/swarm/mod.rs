@@ -44,6 +44,15 @@ use session::{ServeError, Session};
 /// The handshake's reserved bit for the extension protocol (BEP 10).
 const EXTENSION_BIT: (usize, u8) = (5, 0x10);
 
+/// The reserved bits of our handshake: the extension protocol (BEP 10)
+/// and the fast extension (BEP 6).
+fn our_reserved() -> [u8; 8] {
+    let mut reserved = [0; 8];
+    reserved[EXTENSION_BIT.0] |= EXTENSION_BIT.1;
+    crate::peer::fast::set_reserved_bit(&mut reserved);
+    reserved
+}
+
 /// What we call ourselves in the extension handshake.
 const CLIENT_NAME: &str = concat!("tripcd ", env!("CARGO_PKG_VERSION"));
 
@@ -587,10 +596,8 @@ impl Swarm {
 
     /// Our handshake for a torrent: the extension protocol offered.
     fn our_handshake(&self, info_hash: [u8; 20]) -> Handshake {
-        let mut reserved = [0; 8];
-        reserved[EXTENSION_BIT.0] |= EXTENSION_BIT.1;
         Handshake {
-            reserved,
+            reserved: our_reserved(),
             info_hash,
             peer_id: self.peer_id,
         }
@@ -738,6 +745,9 @@ impl Swarm {
                 extended.push((id, payload.to_vec()));
                 continue;
             }
+            if let Message::HaveAll | Message::HaveNone | Message::RejectRequest(_) = msg {
+                debug!("peer {}: {msg:?}", p.addr);
+            }
             s.handle(
                 PeerKey(key),
                 msg,
@@ -750,6 +760,7 @@ impl Swarm {
         for b in p.conn.take_dropped_requests() {
             s.requests_dropped(PeerKey(key), &[b]);
         }
+        s.give_allowed_fast(&mut p.conn, &p.has, p.addr.ip(), now);
         s.update_interest(&mut p.conn, &p.has, now);
         s.request_more(
             PeerKey(key),
@@ -1021,10 +1032,8 @@ impl Swarm {
                 if s.peers.len() >= self.limits.max_peers_per_torrent {
                     return Err(PeerError::OutOfRange("peers of this torrent (limit)"));
                 }
-                let mut reserved = [0; 8];
-                reserved[EXTENSION_BIT.0] |= EXTENSION_BIT.1;
                 p.conn.accept(Handshake {
-                    reserved,
+                    reserved: our_reserved(),
                     info_hash: h.info_hash,
                     peer_id: self.peer_id,
                 })?;

@@ -1,7 +1,7 @@
 //! One running torrent: its picker, storage, choker, peers and figures.
 
 use std::collections::{HashSet, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,6 +17,7 @@ use crate::engine::picker::{PeerKey, Picker, Received};
 use crate::engine::rate::RateMeter;
 use crate::engine::storage::{Layout, Storage, StorageError};
 use crate::peer::conn::{PeerConn, PeerError};
+use crate::peer::fast::{allowed_fast_set, ALLOWED_FAST_COUNT};
 use crate::peer::wire::Message;
 use crate::registry::Torrent;
 
@@ -279,6 +280,12 @@ impl Session {
                     }
                 }
             }
+            // Counted like a full bitfield (the connection allows it only
+            // first).
+            Message::HaveAll if has.count() == 0 => {
+                *has = Bitfield::full(g.pieces() as usize);
+                p.picker.peer_bitfield(has);
+            }
             // Counted once per piece: availability is a plain count.
             Message::Have(i) if !has.get(i as usize) => {
                 has.set(i as usize, true);
@@ -354,6 +361,27 @@ impl Session {
         conn.set_interested(want, now);
     }
 
+    /// A fast peer that is interested and has next to nothing gets its
+    /// allowed-fast set (BEP 6), once: the pieces of it we have and it
+    /// lacks, which it may request while we choke it.
+    pub fn give_allowed_fast(&self, conn: &mut PeerConn, has: &Bitfield, ip: IpAddr, now: Instant) {
+        if !conn.is_fast() || !conn.peer_interested() || conn.gave_allowed_fast() {
+            return;
+        }
+        let (Some(g), Some(ours)) = (self.geometry, self.have_bitfield()) else {
+            return;
+        };
+        if has.count() >= ALLOWED_FAST_COUNT {
+            return;
+        }
+        let set = allowed_fast_set(ip, &self.info_hash, g.pieces(), ALLOWED_FAST_COUNT);
+        let give: Vec<u32> = set
+            .into_iter()
+            .filter(|&i| ours.get(i as usize) && !has.get(i as usize))
+            .collect();
+        conn.allow_fast(&give, now);
+    }
+
     /// Requests the peer dropped by choking us are free to be asked of
     /// others.
     pub fn requests_dropped(&mut self, key: PeerKey, blocks: &[Block]) {
@@ -375,9 +403,24 @@ impl Session {
         let Some(p) = &mut self.pieces else {
             return;
         };
-        if conn.peer_choking() || !conn.am_interested() {
+        if !conn.am_interested() {
             return;
         }
+        // Choked, a fast peer's allowed-fast pieces may still be asked
+        // for (BEP 6).
+        let restricted;
+        let has = if !conn.peer_choking() {
+            has
+        } else if conn.allowed_fast().is_empty() {
+            return;
+        } else {
+            let mut only = Bitfield::new(has.len());
+            for &i in conn.allowed_fast() {
+                only.set(i as usize, has.get(i as usize));
+            }
+            restricted = only;
+            &restricted
+        };
         let target = Picker::request_queue_len(meter.rate(now));
         let outstanding = conn.outstanding();
         if outstanding >= target {
@@ -407,6 +450,11 @@ impl Session {
             .as_mut()
             .filter(|p| p.picker.have_bitfield().get(b.piece as usize))
         else {
+            // A fast peer is told; any other has broken the rules.
+            if conn.reject(b, now) {
+                log::debug!("reject_request sent: piece {} (we lack it)", b.piece);
+                return Ok(());
+            }
             return Err(ServeError::Peer(PeerError::OutOfRange(
                 "request for a piece we do not have",
             )));
