@@ -24,6 +24,7 @@ pub const STATUS_TYPES: &[&str] = &[
     "error",
     "error-message",
     "eta",
+    "metadata-percent",
     "peers-downloading",
     "peers-from",
     "peers-total",
@@ -150,6 +151,12 @@ pub fn status_field(t: &Torrent, ty: &str) -> Option<Value> {
             ("tracker", Value::Int(x.peers_from[3].into())),
         ]),
         "eta" => Value::Int(x.eta),
+        // tripcd's own: how much of a magnet's metadata is in.
+        "metadata-percent" => Value::Int(if t.meta.is_some() {
+            100
+        } else {
+            x.metadata_percent.into()
+        }),
         "scrape-seeders" => Value::Int(x.scrape[0]),
         "scrape-leechers" => Value::Int(x.scrape[1]),
         "scrape-completed" => Value::Int(x.scrape[2]),

@@ -199,7 +199,7 @@ impl Core {
             }
             // The metadata arrived: peers stay while the data is checked.
             Some(Stage::Fetching) if wanted && t.meta.is_some() => {
-                self.swarm.set_geometry(t);
+                self.swarm.set_geometry(t, now);
                 self.announcing.set_size(t.id, t.total_size());
                 if moving {
                     self.follow(t, now);
@@ -267,6 +267,9 @@ impl Core {
                     self.report(now);
                     self.events
                         .push_back(CoreEvent::PeerConnected { torrent, addr });
+                }
+                SwarmEvent::MetadataFetched { torrent, info } => {
+                    self.handle_metadata(torrent, &info);
                 }
                 SwarmEvent::PeerDisconnected { torrent, addr } => {
                     debug!("torrent {torrent}: peer {addr} gone");

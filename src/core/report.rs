@@ -46,6 +46,8 @@ pub fn report(swarm: &mut Swarm, reg: &mut Registry, now: Instant) {
         let [incoming, tracker, cache, pex] = st.peers_from;
         x.peers_from = [cache, incoming, pex, tracker];
         x.peer_list = swarm.peer_list(id, now);
+        x.metadata_percent = st.metadata_percent;
+        x.metadata_peers = st.metadata_peers;
         x.eta = if st.left > 0 && st.download_rate >= 1.0 {
             (st.left as f64 / st.download_rate).ceil() as i64
         } else {

@@ -129,8 +129,9 @@ pub struct Metainfo {
     /// `name`); otherwise the single file is called `name`.
     pub multi_file: bool,
     /// The `info` dictionary's bytes exactly as they stand in the file:
-    /// what peers fetch as the torrent's metadata (BEP 9).
-    pub info: Vec<u8>,
+    /// what peers fetch as the torrent's metadata (BEP 9). Shared: the
+    /// swarm serves it without a copy.
+    pub info: std::sync::Arc<[u8]>,
 }
 
 /// Why a metainfo file was refused, in words a person can act on.
@@ -260,7 +261,7 @@ impl Metainfo {
             pieces,
             files,
             multi_file,
-            info: info_bytes.to_vec(),
+            info: info_bytes.into(),
         })
     }
 

@@ -162,6 +162,11 @@ pub struct Transfer {
     pub peers_from: [u32; 4],
     /// Seconds to completion at the current rate, -1 when unknown.
     pub eta: i64,
+    /// How much of the info dictionary is fetched, 0 to 100 (100 once the
+    /// metadata is known).
+    pub metadata_percent: u8,
+    /// Peers offering the metadata while it is fetched.
+    pub metadata_peers: u32,
     /// The tracker in use: tier and position in it.
     pub tracker: Option<(usize, usize)>,
     /// Its last scrape: seeders, leechers, completed downloads (-1 when

@@ -12,6 +12,7 @@
 //! [`Swarm::handle_timeout`] for timers.
 
 mod link;
+mod metadata;
 mod peer;
 mod session;
 mod suspects;
@@ -34,6 +35,7 @@ use crate::engine::disk::{DiskRequest, Outcome, PieceDone};
 use crate::engine::picker::{PeerKey, Picker};
 use crate::peer::conn::{PeerConn, PeerError, MAX_PEER_REQUESTS};
 use crate::peer::extension::{ExtendedHandshake, LocalHandshake, HANDSHAKE_EXT_ID};
+use crate::peer::metadata::{FetchEvent, OUR_UT_METADATA_ID};
 use crate::peer::mse::{self, Policy, Secrets};
 use crate::peer::pex::{PexFlags, PexMessage, PexState, OUR_UT_PEX_ID, UT_PEX};
 use crate::peer::wire::{Handshake, Message};
@@ -51,6 +53,26 @@ fn our_reserved() -> [u8; 8] {
     reserved[EXTENSION_BIT.0] |= EXTENSION_BIT.1;
     crate::peer::fast::set_reserved_bit(&mut reserved);
     reserved
+}
+
+/// Our extension handshake for a peer of session `s`: peer exchange
+/// unless private or off, the metadata exchange unless private, with the
+/// info dictionary's size once known.
+fn extension_handshake(s: &Session, manners: &Manners) -> Vec<u8> {
+    let mut offered = Vec::with_capacity(2);
+    if !s.private && manners.pex {
+        offered.push((UT_PEX, OUR_UT_PEX_ID));
+    }
+    let (metadata, metadata_size) = s.metadata.offer();
+    offered.extend(metadata);
+    LocalHandshake {
+        client: CLIENT_NAME,
+        reqq: MAX_PEER_REQUESTS as u32,
+        listen_port: Some(manners.listen_port).filter(|p| *p != 0),
+        extensions: &offered,
+        metadata_size,
+    }
+    .encode()
 }
 
 /// What we call ourselves in the extension handshake.
@@ -141,6 +163,14 @@ pub enum SwarmEvent {
         /// Its address.
         addr: SocketAddr,
     },
+    /// A torrent's info dictionary arrived from peers and matched its
+    /// info hash.
+    MetadataFetched {
+        /// Torrent id.
+        torrent: u64,
+        /// The info dictionary's bytes.
+        info: Vec<u8>,
+    },
     /// A peer of a torrent went away.
     PeerDisconnected {
         /// Torrent id.
@@ -173,6 +203,10 @@ pub struct Stats {
     pub uploaded: u64,
     /// Bytes still missing.
     pub left: u64,
+    /// How much of the info dictionary is in, 0 to 100 (100 once known).
+    pub metadata_percent: u8,
+    /// Peers that offer the metadata (BEP 9), while it is fetched.
+    pub metadata_peers: u32,
 }
 
 /// Every running torrent's peers.
@@ -357,6 +391,8 @@ impl Swarm {
         self.by_req2
             .insert(mse::req2_hash(&t.info_hash), t.info_hash);
         self.sessions.insert(t.id, s);
+        // A magnet link's peers are tried first.
+        self.add_peers(t.id, &t.hints.peers, Source::Cache);
         info!("torrent {}: session started", t.id);
         Some(())
     }
@@ -390,7 +426,7 @@ impl Swarm {
     /// peer that lied is closed). Nothing moves until its data is checked
     /// ([`Swarm::set_pieces`]). `false` if `t` has no metadata or its
     /// session does not run.
-    pub fn set_geometry(&mut self, t: &Torrent) -> bool {
+    pub fn set_geometry(&mut self, t: &Torrent, now: Instant) -> bool {
         let Some(s) = self.sessions.get_mut(&t.id) else {
             return false;
         };
@@ -400,6 +436,9 @@ impl Swarm {
         let Some(g) = s.geometry else {
             return false;
         };
+        // Peers hear of our metadata (a second extension handshake, as
+        // BEP 10 allows); a private torrent stops peer exchange.
+        let ours = extension_handshake(s, &self.manners);
         let mut failed = Vec::new();
         for k in s.peers.clone() {
             let Some(p) = self.peers.get_mut(k.0) else {
@@ -408,6 +447,10 @@ impl Swarm {
             if p.conn.handshake().is_none() || p.dialing {
                 continue;
             }
+            if s.private {
+                p.pex = None;
+            }
+            p.conn.extended(HANDSHAKE_EXT_ID, &ours, now);
             match p.conn.set_geometry(g) {
                 Ok(()) => s.count_peer(&p.conn, &mut p.has),
                 Err(e) => failed.push((k.0, e)),
@@ -473,6 +516,7 @@ impl Swarm {
             downloaded: s.downloaded,
             uploaded: s.uploaded,
             left: s.missing_bytes(),
+            metadata_percent: s.metadata.percent(),
             ..Stats::default()
         };
         for p in s.peers.iter().filter_map(|k| self.peers.get(k.0)) {
@@ -481,6 +525,9 @@ impl Swarm {
             }
             st.peers += 1;
             st.peers_from[p.source as usize] += 1;
+            if s.metadata.is_fetching() && p.ut_metadata.is_some() {
+                st.metadata_peers += 1;
+            }
             if !p.conn.peer_choking() && p.conn.am_interested() {
                 st.peers_sending += 1;
             }
@@ -789,38 +836,74 @@ impl Swarm {
 
     /// An extension protocol message from peer `key` of torrent `id`.
     fn extended(&mut self, key: usize, id: u64, ext: u8, payload: &[u8], now: Instant) {
+        let result = match ext {
+            HANDSHAKE_EXT_ID => self.extended_handshake(key, id, payload, now),
+            OUR_UT_PEX_ID => {
+                self.pex_message(key, id, payload, now);
+                Ok(())
+            }
+            OUR_UT_METADATA_ID => match (self.peers.get_mut(key), self.sessions.get_mut(&id)) {
+                (Some(p), Some(s)) => s.metadata.message(key, p, payload, now),
+                _ => Ok(()),
+            },
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            self.close(key, &e);
+        }
+        self.metadata_events(id, now);
+    }
+
+    /// A peer's extension handshake (BEP 10): its listen port, its peer
+    /// exchange and metadata exchange ids.
+    fn extended_handshake(
+        &mut self,
+        key: usize,
+        id: u64,
+        payload: &[u8],
+        now: Instant,
+    ) -> Result<(), String> {
         let pex_allowed = self.pex_allowed(id);
+        let Some(p) = self.peers.get_mut(key) else {
+            return Ok(());
+        };
+        let hs = match ExtendedHandshake::parse(payload) {
+            Ok(hs) => hs,
+            Err(e) => {
+                debug!("peer {}: extension handshake ignored: {e}", p.addr);
+                return Ok(());
+            }
+        };
+        if let (Source::Incoming, Some(port)) = (p.source, hs.listen_port) {
+            p.listen = Some(SocketAddr::new(p.addr.ip(), port));
+        }
+        match (hs.extension_id(UT_PEX), &mut p.pex) {
+            (Some(id), Some(x)) => x.id = id,
+            (Some(id), None) if pex_allowed => {
+                let mut state = PexState::new(p.addr, now);
+                if let Some(l) = p.listen {
+                    state.set_listen_port(l.port());
+                }
+                p.pex = Some(PexLink { id, state });
+            }
+            (None, _) => p.pex = None,
+            _ => {}
+        }
+        match self.sessions.get_mut(&id) {
+            Some(s) => s.metadata.peer_handshake(key, p, &hs, now),
+            None => Ok(()),
+        }
+    }
+
+    /// A peer exchange message (BEP 11): the peers it names, at most so
+    /// often.
+    fn pex_message(&mut self, key: usize, id: u64, payload: &[u8], now: Instant) {
+        if !self.pex_allowed(id) {
+            return;
+        }
         let Some(p) = self.peers.get_mut(key) else {
             return;
         };
-        if ext == HANDSHAKE_EXT_ID {
-            let hs = match ExtendedHandshake::parse(payload) {
-                Ok(hs) => hs,
-                Err(e) => {
-                    debug!("peer {}: extension handshake ignored: {e}", p.addr);
-                    return;
-                }
-            };
-            if let (Source::Incoming, Some(port)) = (p.source, hs.listen_port) {
-                p.listen = Some(SocketAddr::new(p.addr.ip(), port));
-            }
-            match (hs.extension_id(UT_PEX), &mut p.pex) {
-                (Some(id), Some(x)) => x.id = id,
-                (Some(id), None) if pex_allowed => {
-                    let mut state = PexState::new(p.addr, now);
-                    if let Some(l) = p.listen {
-                        state.set_listen_port(l.port());
-                    }
-                    p.pex = Some(PexLink { id, state });
-                }
-                (None, _) => p.pex = None,
-                _ => {}
-            }
-            return;
-        }
-        if ext != OUR_UT_PEX_ID || !pex_allowed {
-            return;
-        }
         let Some(x) = p.pex.as_mut() else {
             return;
         };
@@ -835,6 +918,37 @@ impl Swarm {
                 self.add_peers(id, &addrs, Source::Pex);
             }
             Err(e) => debug!("peer {}: peer exchange ignored: {e}", p.addr),
+        }
+    }
+
+    /// What torrent `id`'s metadata fetch decided: the verified info
+    /// dictionary for the registry, liars closed.
+    fn metadata_events(&mut self, id: u64, now: Instant) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let mut drops = Vec::new();
+        while let Some(e) = s.metadata.poll_event() {
+            match e {
+                FetchEvent::Done(info) => {
+                    self.events
+                        .push_back(SwarmEvent::MetadataFetched { torrent: id, info });
+                }
+                FetchEvent::Drop { peer, reason } => drops.push((peer, reason)),
+            }
+        }
+        for (k, why) in drops {
+            self.close(k, &why.to_string());
+        }
+        // Requests freed by a drop or a timeout go to the others.
+        if let Some(s) = self.sessions.get_mut(&id) {
+            if s.metadata.is_fetching() {
+                for k in s.peers.clone() {
+                    if let Some(p) = self.peers.get_mut(k.0).filter(|p| !p.closing) {
+                        s.metadata.ask(k.0, p, now);
+                    }
+                }
+            }
         }
     }
 
@@ -1063,19 +1177,8 @@ impl Swarm {
         s.choker.force();
         p.connected_at = now;
         if h.reserved[EXTENSION_BIT.0] & EXTENSION_BIT.1 != 0 {
-            let pex: &[(&str, u8)] = if s.private || !self.manners.pex {
-                &[]
-            } else {
-                &[(UT_PEX, OUR_UT_PEX_ID)]
-            };
-            let ours = LocalHandshake {
-                client: CLIENT_NAME,
-                reqq: MAX_PEER_REQUESTS as u32,
-                listen_port: Some(self.manners.listen_port).filter(|p| *p != 0),
-                extensions: pex,
-                metadata_size: None,
-            };
-            p.conn.extended(HANDSHAKE_EXT_ID, &ours.encode(), now);
+            let ours = extension_handshake(s, &self.manners);
+            p.conn.extended(HANDSHAKE_EXT_ID, &ours, now);
         }
         let how = if p.link.is_encrypted() {
             "encrypted"
@@ -1181,6 +1284,10 @@ impl Swarm {
             .iter()
             .filter_map(|(_, p)| p.pex.as_ref().map(|x| x.state.poll_timeout()));
         let chokers = self.sessions.values().map(|s| s.choker.poll_timeout());
+        let metadata = self
+            .sessions
+            .values()
+            .filter_map(|s| s.metadata.poll_timeout());
         // Woken when the starved peer's block is affordable: the bucket
         // may even hold it already (it refills between turns).
         let uploads = if self.upload_queue.is_empty() {
@@ -1188,7 +1295,12 @@ impl Swarm {
         } else {
             self.up.when_available(self.upload_need, now)
         };
-        peers.chain(pex).chain(chokers).chain(uploads).min()
+        peers
+            .chain(pex)
+            .chain(chokers)
+            .chain(metadata)
+            .chain(uploads)
+            .min()
     }
 
     /// Timers: peers' deadlines and keep-alives, rechoking.
@@ -1203,10 +1315,16 @@ impl Swarm {
             self.close(k, &e.to_string());
         }
         for s in self.sessions.values_mut() {
+            if s.metadata.poll_timeout().is_some_and(|t| t <= now) {
+                s.metadata.handle_timeout(now);
+            }
             if s.choker.poll_timeout() > now {
                 continue;
             }
             s.rechoke(&mut self.peers, &mut self.rng, now);
+        }
+        for id in self.running() {
+            self.metadata_events(id, now);
         }
         self.exchange_peers(now);
         self.pump_uploads(now);

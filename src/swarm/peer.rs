@@ -9,6 +9,7 @@ use super::link::Link;
 use crate::engine::bitfield::Bitfield;
 use crate::engine::rate::RateMeter;
 use crate::peer::conn::PeerConn;
+use crate::peer::metadata::ServeLimit;
 use crate::peer::pex::PexState;
 
 /// How a peer came to us (the protocol's `peers-from`).
@@ -83,6 +84,10 @@ pub(super) struct Peer {
     pub(super) up: RateMeter,
     pub(super) connected_at: Instant,
     pub(super) closing: bool,
+    /// Its id for `ut_metadata` (BEP 9), if it speaks it.
+    pub(super) ut_metadata: Option<u8>,
+    /// Its allowance of metadata pieces served.
+    pub(super) metadata_limit: ServeLimit,
 }
 
 impl Peer {
@@ -111,6 +116,8 @@ impl Peer {
             up: RateMeter::new(now),
             connected_at: now,
             closing: false,
+            ut_metadata: None,
+            metadata_limit: ServeLimit::new(),
         }
     }
 }

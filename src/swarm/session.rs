@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use slab::Slab;
 
+use super::metadata;
 use super::peer::{Peer, Source};
 use crate::engine::bitfield::Bitfield;
 use crate::engine::choker::{Choker, PeerChokeInfo};
@@ -111,6 +112,8 @@ pub(super) struct Session {
     pub geometry: Option<Geometry>,
     /// Its pieces, once its data is checked.
     pub pieces: Option<Pieces>,
+    /// Its metadata: fetched from peers, or served to them.
+    pub metadata: metadata::Exchange,
     max_partial_bytes: u64,
     pub choker: Choker,
     pub peers: Vec<PeerKey>,
@@ -146,6 +149,11 @@ impl Session {
             private: t.is_private(),
             geometry: t.meta.as_ref().map(|m| m.geometry),
             pieces,
+            metadata: metadata::Exchange::new(
+                t.info_hash,
+                t.meta.as_ref().map(|m| Arc::clone(&m.info)),
+                t.is_private(),
+            ),
             max_partial_bytes,
             choker: Choker::new(now),
             peers: Vec::new(),
@@ -196,6 +204,7 @@ impl Session {
         };
         self.private = meta.private;
         self.geometry = Some(meta.geometry);
+        self.metadata.set_info(Arc::clone(&meta.info), meta.private);
         true
     }
 
@@ -472,6 +481,7 @@ impl Session {
     }
 
     pub fn peer_gone(&mut self, key: PeerKey, has: &Bitfield) {
+        self.metadata.peer_gone(key.0);
         if let (Some(g), Some(p)) = (self.geometry, &mut self.pieces) {
             if has.len() == g.pieces() as usize {
                 p.picker.peer_left(has);

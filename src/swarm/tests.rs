@@ -581,7 +581,7 @@ fn a_session_without_metadata_greets_peers_then_gains_geometry_and_downloads() {
         verified: vec![false; meta.pieces.len()],
         ..torrent(&meta, leech_dir.path(), false)
     };
-    assert!(leecher.set_geometry(&checking));
+    assert!(leecher.set_geometry(&checking, now));
     assert_eq!(leecher.stage(1), Some(Stage::Checking));
     assert_eq!(leecher.stats(1, now).unwrap().peers, 1, "the peer stays");
     assert!(leecher.set_pieces(&torrent(&meta, leech_dir.path(), false), now));
@@ -621,6 +621,41 @@ fn a_peer_whose_early_bitfield_does_not_fit_the_geometry_is_closed() {
         verified: vec![false; meta.pieces.len()],
         ..torrent(&meta, dir.path(), false)
     };
-    assert!(s.set_geometry(&checking));
+    assert!(s.set_geometry(&checking, now));
     assert_eq!(s.poll_close(), Some(k));
+}
+
+#[test]
+fn a_magnets_session_fetches_the_metadata_from_its_peer_and_the_seeder_serves_it() {
+    let data = files();
+    let meta = metainfo(&data);
+    let mut now = Instant::now();
+    let Pair {
+        mut seeder,
+        mut leecher,
+        dirs: [_seed_dir, leech_dir],
+    } = pair(Manners::default(), Manners::default(), now);
+    leecher.stop(1);
+    leecher
+        .start(&pending(&meta, leech_dir.path()), now)
+        .unwrap();
+    leecher.add_peers(1, &[addr(1000)], Source::Tracker);
+    let Dial { key: k, .. } = leecher.poll_dial(now).unwrap();
+    leecher.dialed(k, true, now);
+    let from = seeder.accept(addr(2000), Transport::Tcp, now).unwrap();
+    pump(&mut leecher, k, &mut seeder, from, &mut now);
+    let fetched: Vec<Vec<u8>> = std::iter::from_fn(|| leecher.poll_event())
+        .filter_map(|e| match e {
+            SwarmEvent::MetadataFetched { info, .. } => Some(info),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        fetched,
+        vec![meta.info.to_vec()],
+        "the info dictionary, once"
+    );
+    let st = leecher.stats(1, now).unwrap();
+    assert_eq!(st.metadata_percent, 100);
+    assert_eq!(st.downloaded, 0);
 }
