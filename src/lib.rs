@@ -10,6 +10,7 @@
 //! - [`peer`]: the peer wire protocol and one connection's state;
 //! - [`tracker`]: HTTP tracker announces (sans-IO) and their worker;
 //! - [`swarm`]: every running torrent's peers, sans-IO;
+//! - [`utp`]: the uTP transport (BEP 29) under the peer wire, sans-IO;
 //! - [`status`]: the protocol's view of a torrent;
 //! - [`session`]: one connection's protocol state, bytes in, bytes out;
 //! - [`commands`]: the table of keys and the built-in handlers;
@@ -41,3 +42,4 @@ pub mod status;
 pub mod swarm;
 pub mod sys;
 pub mod tracker;
+pub mod utp;
