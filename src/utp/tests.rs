@@ -710,3 +710,175 @@ fn a_clean_path_is_filled_quickly() {
     assert!(b.got == data);
     eprintln!("clean: {:?} {:?}", sim.elapsed(), a.last_stats);
 }
+
+/// A loss-based (Reno-like) sender sharing the forward bottleneck: one
+/// 1400-byte packet per window slot, +1 packet per window per round trip,
+/// halved on a loss (once per round trip).
+struct Reno {
+    cwnd: f64,
+    ssthresh: f64,
+    in_flight: usize,
+    /// (when, delivered): an ACK or a loss detected then.
+    events: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, bool)>>,
+    last_cut: Instant,
+    active: bool,
+}
+
+const RENO_PACKET: usize = 1400;
+
+impl Reno {
+    fn new(now: Instant) -> Reno {
+        Reno {
+            cwnd: 2.0,
+            ssthresh: f64::MAX,
+            in_flight: 0,
+            events: Default::default(),
+            last_cut: now,
+            active: false,
+        }
+    }
+
+    fn next_event(&self) -> Option<Instant> {
+        self.events.peek().map(|e| e.0 .0)
+    }
+
+    fn run(&mut self, sim: &mut Sim, back_delay: Duration, rtt: Duration) {
+        let now = sim.now;
+        while let Some(&std::cmp::Reverse((t, delivered))) = self.events.peek() {
+            if t > now {
+                break;
+            }
+            self.events.pop();
+            self.in_flight -= 1;
+            if delivered {
+                self.cwnd += if self.cwnd < self.ssthresh {
+                    1.0
+                } else {
+                    1.0 / self.cwnd
+                };
+            } else if now - self.last_cut > rtt {
+                self.ssthresh = (self.cwnd / 2.0).max(2.0);
+                self.cwnd = self.ssthresh;
+                self.last_cut = now;
+            }
+        }
+        while self.active && (self.in_flight as f64) < self.cwnd {
+            self.in_flight += 1;
+            let event = match sim.forward.offer(RENO_PACKET, now, &mut sim.rng)[0] {
+                Some(arrival) => (arrival + back_delay, true),
+                // Detected by duplicate ACKs about a round trip later.
+                None => (now + rtt, false),
+            };
+            self.events.push(std::cmp::Reverse(event));
+        }
+    }
+}
+
+/// A bulk uTP flow from a to b over `sim.forward`, with a Reno flow
+/// active during `reno_on`; returns, per `phases` boundary, the uTP bytes
+/// received and the time-averaged queuing delay of the bottleneck.
+fn bottleneck_run(
+    sim: &mut Sim,
+    phases: &[Duration],
+    reno_on: (Duration, Duration),
+) -> Vec<(u64, Duration)> {
+    let chunk = pattern(64 * 1024, 10);
+    let a = sim.a.connect(sim.b_addr, sim.now).unwrap();
+    let mut b = None;
+    let mut reno = Reno::new(sim.now);
+    let back_delay = sim.back.delay;
+    let rtt = sim.forward.delay + back_delay;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    for &end in phases {
+        let (mut bytes, mut delay_sum, mut time) = (0u64, 0f64, 0f64);
+        while sim.elapsed() < end {
+            while sim.a.send(a, &chunk) > 0 {}
+            while sim.a.poll_event().is_some() {}
+            while let Some((id, ev)) = sim.b.poll_event() {
+                if let Event::Incoming { .. } = ev {
+                    b = Some(id);
+                }
+            }
+            if let Some(b) = b {
+                loop {
+                    let n = sim.b.recv(b, &mut buf);
+                    if n == 0 {
+                        break;
+                    }
+                    bytes += n as u64;
+                }
+            }
+            let t = sim.elapsed();
+            reno.active = t >= reno_on.0 && t < reno_on.1;
+            reno.run(sim, back_delay, rtt);
+            let queued = sim.forward.queue_delay(sim.now);
+            let before = sim.now;
+            let max = reno.next_event().map_or(10 * MS, |e| {
+                e.saturating_duration_since(sim.now).min(10 * MS)
+            });
+            sim.step(max.max(Duration::from_micros(100)));
+            let dt = (sim.now - before).as_secs_f64();
+            delay_sum += queued.as_secs_f64() * dt;
+            time += dt;
+        }
+        out.push((bytes, Duration::from_secs_f64(delay_sum / time.max(1e-9))));
+    }
+    assert_eq!(sim.a.state(a), Some(State::Connected));
+    out
+}
+
+const RATE: u64 = 500_000;
+
+fn bottleneck_sim(queue: usize) -> Sim {
+    Sim::new(
+        Config::default(),
+        Config::default(),
+        24,
+        Path::bottleneck(RATE, queue, 20 * MS),
+        Path::clean(20 * MS),
+    )
+}
+
+#[test]
+fn ledbat_keeps_the_queue_near_the_target_delay() {
+    // A queue of 2 s: nothing is lost, only delay tells LEDBAT to stop.
+    let mut sim = bottleneck_sim(2 * RATE as usize);
+    let s = Duration::from_secs;
+    let r = bottleneck_run(&mut sim, &[s(20), s(80)], (s(1000), s(1000)));
+    let (bytes, delay) = r[1];
+    let share = bytes as f64 / (RATE as f64 * 60.0);
+    eprintln!("alone: {share:.3} of the link, queuing delay {delay:?}; slow start {r:?}");
+    assert!(share > 0.95, "{share}");
+    assert!(delay > 70 * MS && delay < 120 * MS, "{delay:?}");
+    assert_eq!(sim.forward.dropped, 0);
+}
+
+#[test]
+fn ledbat_yields_to_a_loss_based_flow_and_recovers() {
+    // A queue of 400 ms: the Reno flow fills it, LEDBAT sees 100+ ms.
+    let mut sim = bottleneck_sim(RATE as usize * 2 / 5);
+    let s = Duration::from_secs;
+    let r = bottleneck_run(
+        &mut sim,
+        &[s(20), s(40), s(100), s(110), s(140)],
+        (s(40), s(100)),
+    );
+    let share = |(bytes, _): (u64, Duration), secs: f64| bytes as f64 / (RATE as f64 * secs);
+    let alone = share(r[1], 20.0);
+    let competing = share(r[2], 60.0);
+    let after = share(r[4], 30.0);
+    eprintln!(
+        "alone {alone:.3}, with Reno {competing:.3} (queue {:?}), after {after:.3} (queue {:?})",
+        r[2].1, r[4].1
+    );
+    assert!(alone > 0.9, "{alone}");
+    assert!(competing < 0.1, "{competing}");
+    assert!(
+        r[2].1 > 150 * MS,
+        "the competitor filled the queue: {:?}",
+        r[2].1
+    );
+    assert!(after > 0.9, "{after}");
+    assert!(r[4].1 < 130 * MS, "{:?}", r[4].1);
+}
