@@ -55,10 +55,11 @@ const MIN_RTO: Duration = Duration::from_millis(200);
 /// Longest RTO, backoff included (libtorrent and libutp cap at 60 s).
 const MAX_RTO: Duration = Duration::from_secs(60);
 
-/// Consecutive expiries of the retransmission timer, with nothing heard
-/// from the peer in between, after which the connection is dead: with
-/// backoff from 200 ms that is at least 12.6 s of silence.
-const MAX_TIMEOUTS: u32 = 6;
+/// Expiries of the retransmission timer in a row, with nothing heard from
+/// the peer in between, that kill the connection: six retransmissions,
+/// with backoff from 200 ms at least 25 s of silence (libutp gives up
+/// after 4 with its 1 s minimum: 15 s).
+const MAX_TIMEOUTS: u32 = 7;
 
 /// SYNs sent without an answer before giving up (1 s, 2 s, 4 s, 8 s:
 /// 15 s, about libutp's and libtorrent's connect timeouts).
@@ -73,12 +74,19 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 /// measured on home NATs, so their UDP mappings stay open.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(29);
 
+/// Sends of our FIN, once the peer has finished, after which we stop
+/// waiting for its ACK: libtorrent forgets a connection as soon as its own
+/// FIN is acknowledged, so our FIN may find nobody (libtorrent sends a
+/// FIN at most 3 times too: `utp_fin_resends` 2).
+const FIN_SENDS_AFTER_PEER_FIN: u16 = 3;
+
 /// The first zero-window probe goes out this long after the window closed
 /// (then every RTO while it stays closed).
 const PERSIST_INTERVAL: Duration = Duration::from_millis(500);
 
-/// The most bytes kept of free reorder buffers per endpoint, so a burst of
-/// reordering does not leave its memory held forever.
+/// Free reorder buffers an endpoint keeps for reuse (each as large as the
+/// largest packet it held): enough for steady reordering on a few
+/// connections without allocating, without holding a burst's memory.
 pub const POOL_MAX: usize = 256;
 
 /// Whether `a` is `b` or after it.
@@ -535,12 +543,19 @@ impl Conn {
         self.ack_due = true;
     }
 
-    /// The peer reset the connection.
+    /// Whether both sides are done but for the ACK of our FIN: the peer
+    /// finished and everything else we sent was acknowledged.
+    fn only_fin_outstanding(&self) -> bool {
+        self.eof && self.fin_seq.is_some() && self.sent.len() <= 1
+    }
+
+    /// The peer reset the connection. After both FINs that is libutp
+    /// having forgotten a connection it finished: a clean end.
     pub fn on_reset(&mut self, pool: &mut Vec<Vec<u8>>) {
-        let reason = if self.phase == Phase::SynSent {
-            CloseReason::Refused
-        } else {
-            CloseReason::Reset
+        let reason = match self.phase {
+            Phase::SynSent => CloseReason::Refused,
+            _ if self.only_fin_outstanding() => CloseReason::Finished,
+            _ => CloseReason::Reset,
         };
         self.die(reason, pool);
     }
@@ -963,10 +978,15 @@ impl Conn {
         let limit = if self.phase == Phase::SynSent {
             MAX_SYN_SENDS
         } else {
-            MAX_TIMEOUTS + 1
+            MAX_TIMEOUTS
         };
         if self.timeouts >= limit {
             self.die(CloseReason::TimedOut, pool);
+            return;
+        }
+        let fin_sends = self.sent.front().map_or(0, |r| r.transmissions);
+        if self.only_fin_outstanding() && fin_sends >= FIN_SENDS_AFTER_PEER_FIN {
+            self.die(CloseReason::Finished, pool);
             return;
         }
         // Into a closed window the timer sends probes: no congestion.
@@ -1119,10 +1139,20 @@ impl Conn {
         // The cursor only moves forward between losses, so the scan is
         // amortised over the packets it passes.
         let mut idx = self.resend_cursor.wrapping_sub(self.una) as usize;
+        if idx >= self.sent.len() {
+            idx = 0;
+        }
         while self.sent.get(idx).is_some_and(|r| !r.need_resend) {
             idx += 1;
         }
         let Some(r) = self.sent.get(idx).copied() else {
+            // The count and the records disagree: trust the records.
+            debug_assert!(
+                false,
+                "resend_pending {} with none marked",
+                self.resend_pending
+            );
+            self.resend_pending = 0;
             return false;
         };
         self.resend_cursor = self.una.wrapping_add(idx as u16);
@@ -1173,7 +1203,9 @@ impl Conn {
 
     fn transmit_data(&mut self, now: Instant, out: &mut Vec<u8>) -> bool {
         let avail = self.unsent();
-        if avail == 0 || self.fin_seq.is_some() || self.sent.len() >= MAX_IN_FLIGHT {
+        // New data never overtakes a retransmission waiting for the window.
+        let blocked = self.resend_pending > 0 || self.sent.len() >= MAX_IN_FLIGHT;
+        if avail == 0 || self.fin_seq.is_some() || blocked {
             return false;
         }
         let sack_room = self.sack_len(self.packet_size - HEADER_LEN);

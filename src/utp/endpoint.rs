@@ -458,6 +458,9 @@ impl Endpoint {
             return;
         }
         let slot = self.slots.remove(index);
+        if slot.conn.queued {
+            self.ready.retain(|&i| i != index);
+        }
         if slot.counted_half_open {
             if slot.outgoing {
                 self.half_open_out -= 1;

@@ -882,3 +882,120 @@ fn ledbat_yields_to_a_loss_based_flow_and_recovers() {
     assert!(after > 0.9, "{after}");
     assert!(r[4].1 < 130 * MS, "{:?}", r[4].1);
 }
+
+/// CPU cost of the sans-IO code alone: two endpoints on loopback
+/// addresses, datagrams handed straight across, a fake clock advancing
+/// 20 µs per round. Reports MiB/s and CPU time per MiB; run with
+/// `cargo test --release --lib utp::tests::throughput -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn throughput_in_memory() {
+    const TOTAL: u64 = 512 << 20;
+    for size in [DEFAULT_PACKET_SIZE, 16 * 1024, MAX_PACKET_SIZE] {
+        let config = Config {
+            loopback_packet_size: size,
+            send_buffer: 4 << 20,
+            recv_buffer: 4 << 20,
+            ..Config::default()
+        };
+        let t0 = Instant::now();
+        let mut now = t0;
+        let a_addr: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b_addr: std::net::SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let mut a = Endpoint::new(config.clone(), fastrand::Rng::with_seed(1), now);
+        let mut b = Endpoint::new(config, fastrand::Rng::with_seed(2), now);
+        let id = a.connect(b_addr, now).unwrap();
+        let chunk = pattern(256 * 1024, 11);
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut out = Vec::with_capacity(MAX_PACKET_SIZE);
+        let (mut received, mut b_id, mut check) = (0u64, None, 0u64);
+        let started = std::time::Instant::now();
+        while received < TOTAL {
+            while a.send(
+                id,
+                &chunk[(received as usize + a.send_buffer_room(id)) % 4096..],
+            ) > 0
+            {}
+            while a.poll_transmit(now, &mut out).is_some() {
+                b.handle_datagram(a_addr, &out, now);
+            }
+            while b.poll_transmit(now, &mut out).is_some() {
+                a.handle_datagram(b_addr, &out, now);
+            }
+            while let Some((i, _)) = b.poll_event() {
+                b_id = Some(i);
+            }
+            while a.poll_event().is_some() {}
+            if let Some(bid) = b_id {
+                loop {
+                    let n = b.recv(bid, &mut buf);
+                    if n == 0 {
+                        break;
+                    }
+                    check = check.wrapping_add(u64::from(buf[n - 1]));
+                    received += n as u64;
+                }
+            }
+            now += Duration::from_micros(20);
+            if a.poll_timeout().is_some_and(|t| t <= now) {
+                a.handle_timeout(now);
+            }
+        }
+        let cpu = started.elapsed();
+        let stats = a.conn_stats(id).unwrap();
+        let mib = TOTAL as f64 / (1 << 20) as f64;
+        eprintln!(
+            "packet {size:>5}: {:>6.0} MiB/s, {:>5.0} µs CPU per MiB ({} packets out, {} retransmits, check {check})",
+            mib / cpu.as_secs_f64(),
+            cpu.as_secs_f64() * 1e6 / mib,
+            stats.packets_out,
+            stats.retransmits,
+        );
+        assert_eq!(stats.retransmits, 0);
+    }
+}
+
+/// b finishes first; a reads everything, then closes after b forgot the
+/// connection (as libtorrent does once its FIN is acknowledged, silently,
+/// or as libutp does, answering with a RESET). Either way a ends Finished.
+fn close_after_the_peer_forgot(silent: bool) {
+    let mut sim = lossy_sim(0.0, 25);
+    let data = pattern(50_000, 12);
+    let mut a = Side::new(Vec::new());
+    a.close_called = true; // a closes by hand below
+    let mut b = Side::new(data.clone());
+    a.id = Some(sim.a.connect(sim.b_addr, sim.now).unwrap());
+    sim.a.send(a.id.unwrap(), b"hi");
+    while !a.saw_eof {
+        a.drive(&mut sim.a, sim.now);
+        b.drive(&mut sim.b, sim.now);
+        sim.step(10 * MS);
+        assert!(sim.elapsed() < Duration::from_secs(30));
+    }
+    // a's ACK of b's FIN reaches b; then b forgets the connection.
+    sim.run_until(sim.now + Duration::from_secs(1));
+    assert!(a.got == data);
+    assert_eq!(sim.b.state(b.id.unwrap()), Some(State::Closing));
+    if silent {
+        sim.cut = true;
+    } else {
+        sim.b = Endpoint::new(Config::default(), fastrand::Rng::with_seed(5), sim.now);
+    }
+    sim.a.close(a.id.unwrap(), sim.now);
+    while a.closed.is_none() {
+        a.drive(&mut sim.a, sim.now);
+        sim.step(100 * MS);
+        assert!(sim.elapsed() < Duration::from_secs(60));
+    }
+    assert_eq!(a.closed, Some(CloseReason::Finished));
+}
+
+#[test]
+fn our_fin_to_a_peer_that_forgot_silently_still_finishes() {
+    close_after_the_peer_forgot(true);
+}
+
+#[test]
+fn our_fin_answered_with_a_reset_after_the_peer_finished_still_finishes() {
+    close_after_the_peer_forgot(false);
+}
