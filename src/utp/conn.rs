@@ -177,22 +177,32 @@ pub enum Phase {
 /// Events a call produced, for the endpoint to queue.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Pending {
+    /// The peer's handshake completed (`Event::Incoming`).
     pub incoming: bool,
+    /// Our SYN was answered (`Event::Connected`).
     pub connected: bool,
+    /// Data or the peer's FIN arrived (`Event::Readable`).
     pub readable: bool,
+    /// Room returned after a short `send` (`Event::Writable`).
     pub writable: bool,
 }
 
 /// One connection.
 #[derive(Debug)]
 pub struct Conn {
+    /// The owner's name for it.
     pub id: ConnId,
+    /// The peer.
     pub addr: SocketAddr,
+    /// The connection id on packets to us.
     pub recv_id: u16,
+    /// The connection id on packets we send.
     pub send_id: u16,
+    /// Where it is.
     pub phase: Phase,
     /// The owner knows of it (an outgoing connection, or `Incoming` sent).
     pub announced: bool,
+    /// Events for the endpoint to queue.
     pub pending: Pending,
     /// In the endpoint's transmit queue.
     pub queued: bool,
@@ -392,10 +402,12 @@ impl Conn {
         }
     }
 
+    /// Being set up: counts against the half-open bounds.
     pub fn is_half_open(&self) -> bool {
         matches!(self.phase, Phase::SynSent | Phase::SynReceived)
     }
 
+    /// Over (its `Closed` event may still be pending).
     pub fn is_dead(&self) -> bool {
         matches!(self.phase, Phase::Dead(_))
     }
@@ -438,6 +450,7 @@ impl Conn {
         n
     }
 
+    /// Bytes `send` would take.
     pub fn room(&self) -> usize {
         if self.write_closed || self.is_dead() {
             return 0;
@@ -445,6 +458,7 @@ impl Conn {
         self.send_cap.saturating_sub(self.send_buf.len())
     }
 
+    /// Bytes `recv` would give.
     pub fn readable_len(&self) -> usize {
         self.recv_buf.len()
     }
@@ -468,6 +482,7 @@ impl Conn {
         (n, update)
     }
 
+    /// The peer finished and all it sent was read.
     pub fn eof(&self) -> bool {
         self.eof && self.recv_buf.is_empty()
     }
@@ -503,6 +518,7 @@ impl Conn {
         self.last_recv.max(self.last_send)
     }
 
+    /// The connection's figures.
     pub fn stats(&self) -> ConnStats {
         ConnStats {
             rtt: self.rtt.srtt,

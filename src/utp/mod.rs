@@ -28,6 +28,8 @@ pub mod ledbat;
 pub mod packet;
 
 #[cfg(test)]
+mod loopback;
+#[cfg(test)]
 mod sim;
 #[cfg(test)]
 mod tests;

@@ -133,19 +133,28 @@ struct Flight {
 /// Two endpoints, `a` and `b`, joined by `forward` (a to b) and `back`.
 #[derive(Debug)]
 pub struct Sim {
+    /// The fake clock.
     pub now: Instant,
+    /// When the simulation began.
     pub start: Instant,
+    /// The endpoint that usually connects.
     pub a: Endpoint,
+    /// The endpoint that usually accepts.
     pub b: Endpoint,
+    /// `a`'s address.
     pub a_addr: SocketAddr,
+    /// `b`'s address.
     pub b_addr: SocketAddr,
+    /// From `a` to `b`.
     pub forward: Path,
+    /// From `b` to `a`.
     pub back: Path,
     /// Drop every datagram from a to b while set (a cut link).
     pub cut: bool,
     /// Datagrams from a to b before they enter `forward`; returning false
     /// drops one (for targeted losses).
     pub filter: Option<fn(&[u8]) -> bool>,
+    /// Draws the path's losses, duplicates and delays.
     pub rng: fastrand::Rng,
     /// Datagrams addressed to neither endpoint (answers to forged ones).
     pub elsewhere: u64,
@@ -155,6 +164,7 @@ pub struct Sim {
 }
 
 impl Sim {
+    /// Endpoints with configurations `a` and `b`, seeded from `seed`.
     pub fn new(a: Config, b: Config, seed: u64, forward: Path, back: Path) -> Sim {
         let start = Instant::now();
         Sim {
