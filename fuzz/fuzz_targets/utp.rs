@@ -195,7 +195,7 @@ impl World {
             }
             112..=119 => {
                 if let Some(id) = self.pick(side, input.byte()) {
-                    self.eps[side].close(id, self.now);
+                    self.eps[side].close(id);
                 }
             }
             _ => {

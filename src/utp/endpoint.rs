@@ -598,9 +598,10 @@ impl Endpoint {
         self.slot(id).map_or(0, |s| s.conn.room())
     }
 
-    /// Ends our sending: the FIN goes after the queued data. Receiving goes
-    /// on until the peer's FIN; `Closed(Finished)` follows both.
-    pub fn close(&mut self, id: ConnId, _now: Instant) {
+    /// Ends our sending: the FIN goes after the queued data (at a later
+    /// `poll_transmit`, which gives it its time). Receiving goes on until
+    /// the peer's FIN; `Closed(Finished)` follows both.
+    pub fn close(&mut self, id: ConnId) {
         if let Some(slot) = self.slot_mut(id) {
             slot.conn.close();
             self.queue(id.index());

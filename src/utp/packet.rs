@@ -16,9 +16,9 @@
 //! ```
 //!
 //! Each extension is `[next extension type, length, length bytes]`; the
-//! header's `extension` byte names the first. Only the selective ACK (type
-//! 1) means anything here; any other is skipped by its length (libutp's
-//! type 2 "extension bits", libtorrent's type 3 close reason).
+//! header's `extension` byte names the first. Only the selective ACK
+//! (type 1) means anything here; any other is skipped by its length
+//! (libutp's type 2 "extension bits", libtorrent's type 3 close reason).
 //!
 //! Decoding borrows from the datagram and never allocates; encoding
 //! appends to a caller's buffer.

@@ -58,7 +58,7 @@ impl Side {
         }
     }
 
-    fn drive(&mut self, ep: &mut Endpoint, now: Instant) {
+    fn drive(&mut self, ep: &mut Endpoint) {
         while let Some((id, ev)) = ep.poll_event() {
             match ev {
                 Event::Incoming { .. } => {
@@ -86,7 +86,7 @@ impl Side {
             self.written += n;
         }
         if self.written == self.out.len() && !self.close_called {
-            ep.close(id, now);
+            ep.close(id);
             self.close_called = true;
         }
     }
@@ -111,8 +111,8 @@ fn transfer(sim: &mut Sim, a_data: Vec<u8>, b_data: Vec<u8>, limit: Duration) ->
             a.id.and_then(|id| sim.a.conn_stats(id)),
             b.id.and_then(|id| sim.b.conn_stats(id)),
         );
-        a.drive(&mut sim.a, sim.now);
-        b.drive(&mut sim.b, sim.now);
+        a.drive(&mut sim.a);
+        b.drive(&mut sim.b);
         if let Some(s) = a.id.and_then(|id| sim.a.conn_stats(id)) {
             a.last_stats = Some(s);
         }
@@ -308,8 +308,8 @@ fn reset_by_the_owner_reaches_the_peer() {
     b.close_called = true; // b does not close: it resets
     a.id = Some(sim.a.connect(sim.b_addr, sim.now).unwrap());
     while b.got.len() < 10_000 {
-        a.drive(&mut sim.a, sim.now);
-        b.drive(&mut sim.b, sim.now);
+        a.drive(&mut sim.a);
+        b.drive(&mut sim.b);
         sim.step(10 * MS);
     }
     let bid = b.id.unwrap();
@@ -317,7 +317,7 @@ fn reset_by_the_owner_reaches_the_peer() {
     assert_eq!(sim.b.state(bid), None);
     assert_eq!(sim.b.poll_event(), None);
     for _ in 0..100 {
-        a.drive(&mut sim.a, sim.now);
+        a.drive(&mut sim.a);
         sim.step(10 * MS);
     }
     assert_eq!(a.closed, Some(CloseReason::Reset));
@@ -332,14 +332,14 @@ fn a_peer_that_lost_the_connection_answers_with_a_reset() {
     b.close_called = true;
     a.id = Some(sim.a.connect(sim.b_addr, sim.now).unwrap());
     while b.got.len() < 10_000 {
-        a.drive(&mut sim.a, sim.now);
-        b.drive(&mut sim.b, sim.now);
+        a.drive(&mut sim.a);
+        b.drive(&mut sim.b);
         sim.step(10 * MS);
     }
     // b restarts: a fresh endpoint knows nothing of the connection.
     sim.b = Endpoint::new(Config::default(), fastrand::Rng::with_seed(99), sim.now);
     for _ in 0..200 {
-        a.drive(&mut sim.a, sim.now);
+        a.drive(&mut sim.a);
         sim.step(10 * MS);
     }
     assert_eq!(a.closed, Some(CloseReason::Reset));
@@ -390,14 +390,14 @@ fn a_cut_link_times_the_connection_out() {
     b.close_called = true;
     a.id = Some(sim.a.connect(sim.b_addr, sim.now).unwrap());
     while b.got.len() < 100_000 {
-        a.drive(&mut sim.a, sim.now);
-        b.drive(&mut sim.b, sim.now);
+        a.drive(&mut sim.a);
+        b.drive(&mut sim.b);
         sim.step(10 * MS);
     }
     sim.cut = true;
     let cut_at = sim.now;
     while a.closed.is_none() {
-        a.drive(&mut sim.a, sim.now);
+        a.drive(&mut sim.a);
         sim.step(Duration::from_secs(1));
         assert!(sim.now - cut_at < Duration::from_secs(120));
     }
@@ -414,7 +414,7 @@ fn an_idle_connection_sends_keepalives_and_a_silent_peer_is_dropped() {
     let mut b = Side::new(Vec::new());
     b.close_called = true;
     for _ in 0..10 {
-        b.drive(&mut sim.b, sim.now);
+        b.drive(&mut sim.b);
         sim.step(10 * MS);
     }
     let before = sim.a.stats().packets_out;
@@ -462,8 +462,8 @@ fn a_closed_receive_window_is_probed_and_reopens() {
     b.paused = true;
     a.id = Some(sim.a.connect(sim.b_addr, sim.now).unwrap());
     for _ in 0..500 {
-        a.drive(&mut sim.a, sim.now);
-        b.drive(&mut sim.b, sim.now);
+        a.drive(&mut sim.a);
+        b.drive(&mut sim.b);
         sim.step(10 * MS);
     }
     let stats = sim.a.conn_stats(a.id.unwrap()).unwrap();
@@ -475,8 +475,8 @@ fn a_closed_receive_window_is_probed_and_reopens() {
     b.paused = false;
     let deadline = sim.now + Duration::from_secs(60);
     while b.got.len() < data.len() {
-        a.drive(&mut sim.a, sim.now);
-        b.drive(&mut sim.b, sim.now);
+        a.drive(&mut sim.a);
+        b.drive(&mut sim.b);
         sim.step(10 * MS);
         assert!(sim.now < deadline, "{} of {}", b.got.len(), data.len());
     }
@@ -510,8 +510,8 @@ fn one_lost_packet_is_fast_retransmitted() {
     a.id = Some(sim.a.connect(sim.b_addr, sim.now).unwrap());
     let mut lost_once = false;
     while b.closed.is_none() || a.closed.is_none() {
-        a.drive(&mut sim.a, sim.now);
-        b.drive(&mut sim.b, sim.now);
+        a.drive(&mut sim.a);
+        b.drive(&mut sim.b);
         if let Some(s) = a.id.and_then(|id| sim.a.conn_stats(id)) {
             if s.fast_retransmits > 0 && !lost_once {
                 lost_once = true;
@@ -616,8 +616,8 @@ fn a_syn_flood_from_many_addresses_stays_within_bounds() {
     let mut b = Side::new(Vec::new());
     a.id = Some(sim.a.connect(sim.b_addr, sim.now).unwrap());
     while b.got.len() < 10_000 {
-        a.drive(&mut sim.a, sim.now);
-        b.drive(&mut sim.b, sim.now);
+        a.drive(&mut sim.a);
+        b.drive(&mut sim.b);
         sim.step(MS);
         let from = std::net::SocketAddr::from(([11, 0, 0, 1], sim.rng.u16(..)));
         sim.b.handle_datagram(from, &syn_from(1, 1), sim.now);
@@ -967,8 +967,8 @@ fn close_after_the_peer_forgot(silent: bool) {
     a.id = Some(sim.a.connect(sim.b_addr, sim.now).unwrap());
     sim.a.send(a.id.unwrap(), b"hi");
     while !a.saw_eof {
-        a.drive(&mut sim.a, sim.now);
-        b.drive(&mut sim.b, sim.now);
+        a.drive(&mut sim.a);
+        b.drive(&mut sim.b);
         sim.step(10 * MS);
         assert!(sim.elapsed() < Duration::from_secs(30));
     }
@@ -981,9 +981,9 @@ fn close_after_the_peer_forgot(silent: bool) {
     } else {
         sim.b = Endpoint::new(Config::default(), fastrand::Rng::with_seed(5), sim.now);
     }
-    sim.a.close(a.id.unwrap(), sim.now);
+    sim.a.close(a.id.unwrap());
     while a.closed.is_none() {
-        a.drive(&mut sim.a, sim.now);
+        a.drive(&mut sim.a);
         sim.step(100 * MS);
         assert!(sim.elapsed() < Duration::from_secs(60));
     }
