@@ -21,6 +21,20 @@
 //! every 29 s of silence), which libtorrent takes as a valid packet; RESETs
 //! for unknown connections carry the id they answer, as libutp sends them
 //! (libtorrent sends none).
+//!
+//! Driving it, per loop turn:
+//! 1. read up to a batch of datagrams (64) from the socket, each into
+//!    `handle_datagram`; ACKs go out once per batch, not per datagram;
+//! 2. `handle_timeout` if `poll_timeout` has passed;
+//! 3. `poll_event` until `None`, and the stream calls it calls for
+//!    (`Readable`: `recv` until 0; `Writable`: `send` again);
+//! 4. `poll_transmit` until `None` (or the socket would block: keep that
+//!    datagram and send it first next time), after any of the above.
+//!
+//! The receive buffer must take a 64 KiB datagram; peers' packets may be
+//! larger than ours. Measured on loopback (`loopback.rs`), 64 KiB packets
+//! with 1 MiB socket buffers and the default 1 MiB window move 600+ MiB/s;
+//! 1400-byte packets are bound by one system call per packet (~50 MiB/s).
 
 mod conn;
 mod endpoint;
