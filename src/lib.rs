@@ -11,6 +11,7 @@
 //! - [`tracker`]: announces and scrapes (sans-IO) and their worker;
 //! - [`http`]: the RPC front's HTTP/1.1 server connection, guards and
 //!   web interface files (sans-IO);
+//! - [`utp`]: the uTP transport (BEP 29) under the peer wire, sans-IO;
 //! - [`lpd`]: local peer discovery (BEP 14), sans-IO;
 //! - [`swarm`]: every running torrent's peers, sans-IO;
 //! - [`core`]: the torrent core: registry, swarm, trackers, verification;
@@ -50,3 +51,4 @@ pub mod status;
 pub mod swarm;
 pub mod sys;
 pub mod tracker;
+pub mod utp;
