@@ -24,6 +24,7 @@ pub const STATUS_TYPES: &[&str] = &[
     "error",
     "error-message",
     "eta",
+    "metadata-peers",
     "metadata-percent",
     "peers-downloading",
     "peers-from",
@@ -151,7 +152,9 @@ pub fn status_field(t: &Torrent, ty: &str) -> Option<Value> {
             ("tracker", Value::Int(x.peers_from[3].into())),
         ]),
         "eta" => Value::Int(x.eta),
-        // tripcd's own: how much of a magnet's metadata is in.
+        // tripcd's own: the peers a magnet's metadata comes from, and how
+        // much of it is in.
+        "metadata-peers" => Value::Int(x.metadata_peers.into()),
         "metadata-percent" => Value::Int(if t.meta.is_some() {
             100
         } else {

@@ -16,6 +16,7 @@ use crate::status::{info_field, status_field, INFO_TYPES, STATUS_TYPES};
 pub(super) const BUILTINS: &[(&str, u8, Builtin)] = &[
     ("addfiles", 1, addfiles),
     ("addfile-detailed", 2, addfile_detailed),
+    ("addmagnet", 2, addmagnet),
     ("get-info", 2, get_info),
     ("get-info-all", 2, get_info_all),
     ("get-status", 2, get_status),
@@ -68,6 +69,34 @@ fn addfiles(ctx: &mut Ctx<'_>, value: &Value) -> Reply {
     }
     for f in &failures {
         info!("addfiles: {f}");
+    }
+    if ids.is_empty() && !failures.is_empty() && ctx.tagged {
+        return Reply::Failed(failures.join("; "));
+    }
+    Reply::data("info", id_list(&ids))
+}
+
+/// tripcd's own key (the protocol has none for magnet links): a list of
+/// magnet URIs, answered as `addfiles` is, with the ids of the torrents
+/// they name (a duplicate answers with the id it has).
+fn addmagnet(ctx: &mut Ctx<'_>, value: &Value) -> Reply {
+    let Some(uris) = value.as_list() else {
+        return Reply::BadFormat;
+    };
+    let Some(uris) = uris.iter().map(Value::as_str).collect::<Option<Vec<_>>>() else {
+        return Reply::BadFormat;
+    };
+    let mut ids = Vec::new();
+    let mut failures = Vec::new();
+    for uri in uris {
+        match ctx.registry.add_magnet(uri, None, None) {
+            Ok(id) if !ids.contains(&id) => ids.push(id),
+            Ok(_) => {}
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    for f in &failures {
+        info!("addmagnet: {f}");
     }
     if ids.is_empty() && !failures.is_empty() && ctx.tagged {
         return Reply::Failed(failures.join("; "));

@@ -206,6 +206,12 @@ impl Core {
                 }
             }
             Some(Stage::Checking) if wanted && moving => self.start_moving(t, now),
+            // Peers a magnet link named since: to the swarm (known ones are
+            // not dialled twice).
+            Some(Stage::Fetching) if wanted && !moving && !checking => {
+                self.swarm
+                    .add_peers(t.id, &t.hints.peers, swarm::Source::Cache);
+            }
             Some(Stage::Fetching | Stage::Checking) if wanted && (checking || !moving) => {}
             // A check asked for while moving data stops it until the check
             // ends; so does stopping, an error, or removal.

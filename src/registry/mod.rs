@@ -95,6 +95,8 @@ pub enum AddError {
     },
     /// The data directory is not an absolute path.
     RelativeDirectory(String),
+    /// A magnet link that cannot be used.
+    Magnet(magnet::MagnetError),
 }
 
 impl fmt::Display for AddError {
@@ -107,6 +109,7 @@ impl fmt::Display for AddError {
                 error,
             } => write!(f, "bad metainfo: {}: {error}", p.display()),
             AddError::RelativeDirectory(d) => write!(f, "directory is not absolute: {d}"),
+            AddError::Magnet(e) => write!(f, "bad magnet link: {e}"),
         }
     }
 }
@@ -496,6 +499,12 @@ impl Registry {
         autostart: Option<bool>,
     ) -> Result<u64, AddError> {
         if let Some(id) = self.torrents.lookup(&info_hash) {
+            // Its metadata not known yet: what the link adds helps find
+            // it (saved with the next commit).
+            if self.torrents.merge_hints(id, hints) {
+                self.torrents_dirty = true;
+                self.changes += 1;
+            }
             return Ok(id);
         }
         let directory = directory.unwrap_or_else(|| self.settings.directory.clone());
@@ -512,6 +521,24 @@ impl Registry {
             self.event(Event::Started { id });
         }
         Ok(id)
+    }
+
+    /// Adds a torrent from a magnet link (its info hash, name, trackers and
+    /// peers), or finds it if already present, as
+    /// [`Registry::add_by_hash`].
+    pub fn add_magnet(
+        &mut self,
+        uri: &str,
+        directory: Option<PathBuf>,
+        autostart: Option<bool>,
+    ) -> Result<u64, AddError> {
+        let m = magnet::Magnet::parse(uri).map_err(AddError::Magnet)?;
+        let hints = Hints {
+            name: m.name,
+            trackers: m.trackers,
+            peers: m.peers,
+        };
+        self.add_by_hash(m.info_hash, hints, directory, autostart)
     }
 
     /// The info dictionary of torrent `id` arrived from peers (the caller

@@ -538,6 +538,32 @@ impl Torrents {
         changed
     }
 
+    /// Adds what `hints` names that torrent `id` does not know yet
+    /// (trackers, peers; a name if it has none), while its metadata is
+    /// not known. Returns whether anything was added.
+    pub fn merge_hints(&mut self, id: u64, hints: Hints) -> bool {
+        let Some(t) = self.by_id.get_mut(&id).filter(|t| t.meta.is_none()) else {
+            return false;
+        };
+        let before = t.hints.clone();
+        let h = &mut t.hints;
+        if h.name.is_none() {
+            h.name = hints.name;
+        }
+        for tr in hints.trackers {
+            if !h.trackers.contains(&tr) {
+                h.trackers.push(tr);
+            }
+        }
+        for p in hints.peers {
+            if !h.peers.contains(&p) {
+                h.peers.push(p);
+            }
+        }
+        *h = std::mem::take(h).bounded();
+        t.hints != before
+    }
+
     /// The torrent's metadata arrived (and matched its info hash): it
     /// gains its pieces and files, and a running one checks the data
     /// already in its folder. Returns whether it changed (not when it had

@@ -161,6 +161,15 @@ fn register_state(engine: &mut Engine, host: &Rc<Host>) {
             Ok(t.transfer.peer_list.iter().map(peer_map).collect())
         },
     );
+    let h = Rc::clone(host);
+    engine.register_fn(
+        "add_magnet",
+        move |ctx: NativeCallContext, uri: &str| -> Fallible<i64> {
+            let mut reg = h.registry.try_borrow_mut().map_err(|_| busy(&ctx))?;
+            let added = reg.add_magnet(uri, None, None);
+            added.map(|id| id as i64).map_err(|e| e.to_string().into())
+        },
+    );
     for (name, act) in [("start", true), ("stop", false)] {
         let h = Rc::clone(host);
         engine.register_fn(

@@ -149,6 +149,34 @@ impl FakePeer {
         (f, id)
     }
 
+    /// [`FakePeer::handshake`], offering the extension protocol (BEP 10).
+    pub fn handshake_ext(port: u16, info_hash: &[u8; 20]) -> (FakePeer, [u8; 20]) {
+        let mut f = FakePeer::connect(port);
+        let mut hs = handshake_bytes(info_hash, &peer_id());
+        hs[20 + 5] |= 0x10;
+        assert!(f.send(&hs), "sent");
+        f.stream.set_read_timeout(Some(HANG)).unwrap();
+        let mut theirs = [0u8; 68];
+        f.stream
+            .read_exact(&mut theirs)
+            .expect("tripcd's handshake");
+        assert_eq!(&theirs[28..48], info_hash, "for our torrent");
+        let mut id = [0u8; 20];
+        id.copy_from_slice(&theirs[48..68]);
+        (f, id)
+    }
+
+    /// Reads until an extension message (BEP 10) with extended id `ext`
+    /// comes, and returns its payload.
+    pub fn wait_for_extended(&mut self, ext: u8) -> Vec<u8> {
+        loop {
+            let body = self.wait_for(20);
+            if body.first() == Some(&ext) {
+                return body[1..].to_vec();
+            }
+        }
+    }
+
     /// Our address, as tripcd names us in its log.
     pub fn addr(&self) -> SocketAddr {
         self.stream.local_addr().expect("local address")

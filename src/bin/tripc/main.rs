@@ -49,8 +49,8 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 30, global = true,
           value_parser = clap::value_parser!(u64).range(1..))]
     timeout: u64,
-    /// Add torrent files (relative paths are made absolute)
-    #[arg(short = 'a', long = "add", value_name = "FILE", num_args = 1.., action = ArgAction::Append)]
+    /// Add torrent files (relative paths are made absolute) or magnet links
+    #[arg(short = 'a', long = "add", value_name = "FILE|MAGNET", num_args = 1.., action = ArgAction::Append)]
     add: Vec<PathBuf>,
     /// List torrents with their status
     #[arg(short = 'l', long = "list", num_args = 0, default_missing_value = "", action = ArgAction::Append)]
@@ -139,7 +139,11 @@ fn actions(args: &Args, m: &clap::ArgMatches) -> Result<Vec<Action>, String> {
     let at = |id: &str| -> Vec<usize> { m.indices_of(id).map(|i| i.collect()).unwrap_or_default() };
     let cwd = std::env::current_dir().map_err(|e| format!("no current directory: {e}"))?;
     for (i, f) in at("add").into_iter().zip(&args.add) {
-        out.push((i, Action::Add(vec![cwd.join(f)])));
+        let action = match f.to_str().filter(|s| s.starts_with("magnet:")) {
+            Some(uri) => Action::AddMagnet(uri.to_string()),
+            None => Action::Add(vec![cwd.join(f)]),
+        };
+        out.push((i, action));
     }
     for (id, action) in [
         ("list", Action::List),

@@ -40,6 +40,8 @@ impl std::str::FromStr for Target {
 pub enum Action {
     /// Add torrent files (absolute paths).
     Add(Vec<PathBuf>),
+    /// Add magnet links.
+    AddMagnet(String),
     /// Print the torrents with their status.
     List,
     /// Print the torrents with their info hashes.
@@ -206,6 +208,12 @@ fn run_one(
                 done(format!("added {} as torrent {id}", file.display()), out)?;
             }
         }
+        Action::AddMagnet(uri) => {
+            let reply = client.request("addmagnet", &Value::List(vec![Value::str(uri)]))?;
+            let id =
+                first_id(&reply).ok_or_else(|| RemoteError::Unexpected(format!("{reply:?}")))?;
+            done(format!("added the magnet link as torrent {id}"), out)?;
+        }
         Action::List => list(client, style, out)?,
         Action::Info => info(client, style, out)?,
         Action::Start(t) => act(client, "start", t, out, &mut done)?,
@@ -345,6 +353,10 @@ struct Row {
     /// The error code ("" when none) and its text.
     error: String,
     error_message: String,
+    /// A magnet's metadata: how much is in (100 once known), from how
+    /// many peers.
+    metadata_percent: i64,
+    metadata_peers: i64,
 }
 
 impl Row {
@@ -360,9 +372,20 @@ impl Row {
         }
     }
 
-    /// The line under the row: the error's code and message, if any.
+    /// The line under the row: the error's code and message, if any, or
+    /// a magnet's metadata fetch.
     fn note(&self) -> Option<String> {
-        if self.error.is_empty() {
+        let fetching = self.metadata_percent < 100 && self.state == "downloading";
+        if self.error.is_empty() && fetching {
+            let peers = match self.metadata_peers {
+                1 => "1 peer".to_string(),
+                n => format!("{n} peers"),
+            };
+            Some(format!(
+                "    fetching metadata from {peers} ({}%)",
+                self.metadata_percent
+            ))
+        } else if self.error.is_empty() {
             None
         } else if self.error_message.is_empty() {
             Some(format!("    {}", self.error))
@@ -404,6 +427,8 @@ fn list(client: &mut Client, style: Style, out: &mut impl Write) -> Result<(), R
             "eta",
             "error",
             "error-message",
+            "metadata-percent",
+            "metadata-peers",
         ],
     )?;
     let rows: Vec<Row> = infos
@@ -423,6 +448,13 @@ fn list(client: &mut Client, style: Style, out: &mut impl Write) -> Result<(), R
                 eta: st.map_or(-1, |s| int(s, "eta")),
                 error: st.map(|s| text(s, "error")).unwrap_or_default(),
                 error_message: st.map(|s| text(s, "error-message")).unwrap_or_default(),
+                // An older daemon has no such field: its torrents all have
+                // metadata.
+                metadata_percent: st
+                    .and_then(|s| s.get("metadata-percent"))
+                    .and_then(Value::as_int)
+                    .unwrap_or(100),
+                metadata_peers: st_int("metadata-peers"),
             }
         })
         .collect();
@@ -640,6 +672,8 @@ mod tests {
             eta: -1,
             error: error.into(),
             error_message: message.into(),
+            metadata_percent: 100,
+            metadata_peers: 0,
         };
         let data = row("downloading", "io-other", "/d/x: Not a directory");
         assert_eq!(data.shown_state(), "error");
@@ -663,6 +697,16 @@ mod tests {
         );
         let fine = row("downloading", "", "");
         assert_eq!((fine.shown_state(), fine.note()), ("downloading", None));
+        let magnet = Row {
+            metadata_percent: 40,
+            metadata_peers: 3,
+            size: 0,
+            ..row("downloading", "", "")
+        };
+        assert_eq!(
+            magnet.note().as_deref(),
+            Some("    fetching metadata from 3 peers (40%)")
+        );
     }
 
     #[test]
