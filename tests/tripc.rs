@@ -143,6 +143,27 @@ fn add_with_relative_paths_then_list_and_info() {
 }
 
 #[test]
+fn a_magnet_link_is_added_and_listed_while_its_metadata_is_fetched() {
+    let state = tempfile::tempdir().unwrap();
+    let d = Daemon::start_in(state.path(), &[]);
+    let uri = format!("magnet:?xt=urn:btih:{HELLO}&dn=greeting");
+    let out = ok(&d, Path::new("/"), &["-a", &uri, "-l"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "added the magnet link as torrent 1");
+    let row: Vec<&str> = lines[2].split_whitespace().collect();
+    assert_eq!(row[..3], ["1", "greeting", "0"]);
+    assert!(
+        row.contains(&"downloading") && row.contains(&"0.0%"),
+        "{row:?}"
+    );
+    assert_eq!(lines[3], "    fetching metadata from 0 peers (0%)");
+    let l = list_json(&d);
+    assert_eq!(l[0]["metadata_percent"], 0);
+    let err = fails(&d, Path::new("/"), &["-a", "magnet:?dn=nothing"]);
+    assert!(err.contains("magnet"), "{err}");
+}
+
+#[test]
 fn start_stop_remove_by_hash_in_any_case_and_all() {
     let state = tempfile::tempdir().unwrap();
     let d = Daemon::start_in(

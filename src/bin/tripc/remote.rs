@@ -395,7 +395,10 @@ impl Row {
     }
 
     fn progress(&self) -> f64 {
-        if self.size == 0 {
+        if self.metadata_percent < 100 {
+            // Its size is not known yet.
+            0.0
+        } else if self.size == 0 {
             100.0
         } else {
             self.completed as f64 * 100.0 / self.size as f64
@@ -467,6 +470,7 @@ fn list(client: &mut Client, style: Style, out: &mut impl Write) -> Result<(), R
                     "completed": r.completed, "progress": (r.progress() * 10.0).round() / 10.0,
                     "download_speed": r.down, "upload_speed": r.up, "eta": r.eta,
                     "error": r.error, "error_message": r.error_message,
+                    "metadata_percent": r.metadata_percent,
                 })
             })
             .collect();
