@@ -26,6 +26,7 @@ pub mod codec;
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod dht;
 pub mod engine;
 pub mod message;
 pub mod notify;
