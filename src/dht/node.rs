@@ -1056,9 +1056,6 @@ impl Dht {
         self.refreshes.remove(&lid);
         if self.bootstrap_lookup == Some(lid) {
             self.bootstrap_lookup = None;
-            for t in &mut self.tables {
-                t.refresh_all();
-            }
         }
         if l.internal {
             return;
@@ -1123,12 +1120,27 @@ impl Dht {
                 continue;
             };
             if let Purpose::Search(lid) = p.purpose {
-                if let Some(l) = self.lookups.get_mut(&lid) {
-                    l.searches[family(p.addr)].mark_slow(now);
-                }
+                self.retry_slow(lid, family(p.addr), now);
                 self.drive(lid, now);
             }
         }
+    }
+
+    /// Marks a search's slow queries, and asks the closest of them again.
+    fn retry_slow(&mut self, lid: LookupId, f: usize, now: Instant) {
+        let Some(mut l) = self.lookups.remove(&lid) else {
+            return;
+        };
+        let method = match l.kind {
+            Kind::FindNode => Method::FindNode { target: l.target },
+            _ => Method::GetPeers { info_hash: l.target },
+        };
+        for ask in l.searches[f].mark_slow(now) {
+            if self.send_query(ask.addr, ask.id, method.clone(), Purpose::Search(lid), now) {
+                l.queries += 1;
+            }
+        }
+        self.lookups.insert(lid, l);
     }
 
     fn expire_queries(&mut self, now: Instant) {

@@ -106,9 +106,6 @@ struct Bucket {
     /// changed"); a refresh resets it too, so that one is not retried at
     /// once.
     last_changed: Instant,
-    /// Refresh at the next chance, whatever `last_changed` says (after a
-    /// bootstrap, to fill the far buckets).
-    stale: bool,
 }
 
 impl Bucket {
@@ -117,7 +114,6 @@ impl Bucket {
             live: Vec::with_capacity(K),
             replacements: Vec::new(),
             last_changed: now,
-            stale: false,
         }
     }
 }
@@ -475,19 +471,36 @@ impl Table {
     }
 
     /// Up to `n` live nodes that are not bad, closest to `target` first.
+    ///
+    /// With `c` the prefix `target` shares with our id, XOR order visits
+    /// buckets as groups: bucket `c` first (its nodes agree with the
+    /// target at bit `c`), then every bucket past `c` (they all differ
+    /// from it first at bit `c`), then buckets `c - 1` down to 0 (each
+    /// differs first at its own index, nearer the end of the id). Only the
+    /// groups needed are sorted.
     pub fn closest(&self, target: &NodeId, n: usize, now: Instant) -> Vec<CompactNode> {
-        let mut best: Vec<(Distance, &Entry)> = Vec::with_capacity(n + 1);
-        let live = self.buckets.iter().flat_map(|b| b.live.iter());
-        for e in live.filter(|e| e.status(now) != Status::Bad) {
-            let d = e.id.distance(target);
-            if best.len() == n && best.last().is_some_and(|(worst, _)| d >= *worst) {
-                continue;
+        let c = self.bucket_index(target);
+        let groups = std::iter::once(c..c + 1)
+            .chain(std::iter::once(c + 1..self.buckets.len()))
+            .chain((0..c).rev().map(|i| i..i + 1));
+        let mut out = Vec::with_capacity(n);
+        let mut group: Vec<(Distance, &Entry)> = Vec::new();
+        for range in groups {
+            if out.len() >= n {
+                break;
             }
-            let at = best.partition_point(|(x, _)| *x < d);
-            best.insert(at, (d, e));
-            best.truncate(n);
+            group.clear();
+            let buckets = self.buckets.get(range).unwrap_or(&[]);
+            let live = buckets.iter().flat_map(|b| b.live.iter());
+            group.extend(
+                live.filter(|e| e.status(now) != Status::Bad)
+                    .map(|e| (e.id.distance(target), e)),
+            );
+            group.sort_unstable_by_key(|(d, _)| *d);
+            let room = n - out.len();
+            out.extend(group.iter().take(room).map(|(_, e)| e.compact()));
         }
-        best.into_iter().map(|(_, e)| e.compact()).collect()
+        out
     }
 
     /// The good live nodes (for saving the table).
@@ -508,9 +521,8 @@ impl Table {
             .buckets
             .iter_mut()
             .enumerate()
-            .find(|(_, b)| b.stale || now.saturating_duration_since(b.last_changed) >= REFRESH_AFTER)?;
+            .find(|(_, b)| now.saturating_duration_since(b.last_changed) >= REFRESH_AFTER)?;
         bucket.last_changed = now;
-        bucket.stale = false;
         Some(if i == last {
             // Our own bucket: any id sharing its prefix with ours.
             let mut id = NodeId::random(rng);
@@ -523,14 +535,6 @@ impl Table {
         } else {
             self.own.random_at_prefix(i, rng)
         })
-    }
-
-    /// Makes every bucket due for a refresh (after joining the network:
-    /// the bootstrap lookup only filled the buckets near our id).
-    pub fn refresh_all(&mut self) {
-        for b in &mut self.buckets {
-            b.stale = true;
-        }
     }
 
     /// When the next bucket refresh falls due.
@@ -745,9 +749,12 @@ mod tests {
         assert_eq!(got.len(), 8);
         assert!(got.windows(2).all(|w| w[0].id.distance(&target) < w[1].id.distance(&target)));
         // The closest held is the closest live one.
-        let held: Vec<NodeId> = t.buckets.iter().flat_map(|b| b.live.iter().map(|e| e.id)).collect();
-        let best = held.iter().min_by_key(|id| id.distance(&target)).unwrap();
-        assert_eq!(got[0].id, *best);
+        let mut held: Vec<NodeId> = t.buckets.iter().flat_map(|b| b.live.iter().map(|e| e.id)).collect();
+        for target in (0..50).map(|_| NodeId::random(&mut rng)).chain(all.iter().copied().take(50)) {
+            held.sort_by_key(|id| id.distance(&target));
+            let got: Vec<NodeId> = t.closest(&target, 8, now).iter().map(|n| n.id).collect();
+            assert_eq!(got, held[..8].to_vec(), "the bucket walk agrees with sorting all");
+        }
         assert!(t.refresh_due(now, &mut rng).is_none());
         let later = now + REFRESH_AFTER;
         let mut targets = 0;
