@@ -692,3 +692,46 @@ fn ten_thousand_nodes() {
     tally.print("10,000 nodes, 2% loss");
     assert!(tally.with_seven() * 100 >= tally.lookups * 95, "{:?}", tally.found);
 }
+
+#[test]
+fn ipv6_nodes_get_a_table_of_their_own_and_want_picks_families() {
+    let t0 = Instant::now();
+    let config = Config {
+        ipv6: true,
+        ..Config::default()
+    };
+    let mut dht = Dht::new(config, Some(OWN), fastrand::Rng::with_seed(1), t0);
+    let v6: SocketAddr = "[::1]:7000".parse().unwrap();
+    let v4 = lo(7001);
+    for (addr, nid) in [(v6, id(6)), (v4, id(4))] {
+        dht.handle_datagram(addr, &query_msg(b"aa", nid, Method::Ping).to_bytes(), t0);
+        answer_all(&mut dht, &|a| (a == addr).then_some(nid), t0);
+    }
+    let s = dht.stats();
+    assert_eq!((s.table.good, s.table6.good), (1, 1));
+    // Asked from IPv6 without `want`: nodes6 only; with want n4+n6: both.
+    let m = ask(&mut dht, "[::1]:7002".parse().unwrap(), id(9), Method::FindNode { target: id(5) }, t0).unwrap();
+    let r = reply_of(&m);
+    assert_eq!((r.nodes.len(), r.nodes6.len()), (0, 1));
+    assert_eq!(r.nodes6[0].addr, v6);
+    let mut q = query_msg(b"aa", id(9), Method::FindNode { target: id(5) });
+    if let Body::Query(q) = &mut q.body {
+        q.want = Some(Want { v4: true, v6: true });
+    }
+    dht.handle_datagram(lo(7003), &q.to_bytes(), t0);
+    let out = sent(&mut dht);
+    let answer = out.iter().find(|(_, m)| matches!(m.body, Body::Reply(_))).unwrap();
+    let r = reply_of(&answer.1);
+    assert_eq!((r.nodes.len(), r.nodes6.len()), (1, 1));
+    // Our own lookups ask for both families and search each in its own.
+    dht.handle_timeout(t0 + QUERY_TIMEOUT); // the pings of the askers go
+    sent(&mut dht);
+    dht.find_node(id(5), t0 + QUERY_TIMEOUT);
+    let out = sent(&mut dht);
+    assert_eq!(out.len(), 2);
+    assert!(out.iter().all(|(_, m)| matches!(&m.body, Body::Query(q) if q.want == Some(Want { v4: true, v6: true }))));
+    // Without the switch, IPv6 nodes are answered but not entered.
+    let mut dht = node(t0);
+    dht.handle_datagram(v6, &query_msg(b"aa", id(6), Method::Ping).to_bytes(), t0);
+    assert_eq!(sent(&mut dht).len(), 1, "answered, not pinged");
+}
