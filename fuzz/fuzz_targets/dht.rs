@@ -36,7 +36,6 @@ impl Harness {
         while let Some(to) = self.dht.poll_transmit(&mut self.out) {
             assert!(self.out.len() <= MAX_DATAGRAM, "we send {} bytes", self.out.len());
             let msg = krpc::decode(&self.out).expect("we send valid KRPC");
-            assert_eq!(msg.to_bytes(), self.out, "canonical");
             if let (Body::Query(_), Some(i)) = (&msg.body, self.sources.iter().position(|s| *s == to)) {
                 self.last_query[i] = Some(msg.txid.clone());
             }

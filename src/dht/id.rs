@@ -51,9 +51,12 @@ impl NodeId {
     }
 
     fn halves(&self) -> (u128, u32) {
-        let [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, b0, b1, b2, b3] = self.0;
+        let [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, b0, b1, b2, b3] =
+            self.0;
         (
-            u128::from_be_bytes([a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15]),
+            u128::from_be_bytes([
+                a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15,
+            ]),
             u32::from_be_bytes([b0, b1, b2, b3]),
         )
     }
@@ -253,7 +256,10 @@ mod tests {
         let v6: IpAddr = "2001:db8::1".parse().unwrap();
         assert!(NodeId::for_ip(v6, &mut rng).matches_ip(v6));
         let lan: IpAddr = "192.168.1.2".parse().unwrap();
-        assert!(NodeId([0; 20]).matches_ip(lan), "local addresses are exempt");
+        assert!(
+            NodeId([0; 20]).matches_ip(lan),
+            "local addresses are exempt"
+        );
     }
 
     #[test]

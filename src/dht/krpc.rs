@@ -278,13 +278,15 @@ pub fn decode(bytes: &[u8]) -> Result<Message, ParseError> {
     }
     let kind = bytes_at(&value, "y").map_err(Drop)?;
     let body = match kind {
-        b"q" => Body::Query(decode_query(&value).map_err(|(code, problem)| {
-            ParseError::Answer {
-                txid: txid.to_vec(),
-                code,
-                problem,
-            }
-        })?),
+        b"q" => {
+            Body::Query(
+                decode_query(&value).map_err(|(code, problem)| ParseError::Answer {
+                    txid: txid.to_vec(),
+                    code,
+                    problem,
+                })?,
+            )
+        }
         b"r" => Body::Reply(decode_reply(&value).map_err(Drop)?),
         b"e" => Body::Error(decode_error(&value).map_err(Drop)?),
         _ => return Err(Drop(Problem::UnknownKind)),
@@ -466,12 +468,20 @@ pub fn compact_addr(b: &[u8]) -> Option<SocketAddr> {
     match b.len() {
         6 => {
             let ip = Ipv4Addr::new(b[0], b[1], b[2], b[3]);
-            Some(SocketAddr::new(IpAddr::V4(ip), u16::from_be_bytes([b[4], b[5]])))
+            Some(SocketAddr::new(
+                IpAddr::V4(ip),
+                u16::from_be_bytes([b[4], b[5]]),
+            ))
         }
         18 => {
             let octets: [u8; 16] = b[..16].try_into().ok()?;
             let port = u16::from_be_bytes([b[16], b[17]]);
-            Some(SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(octets), port, 0, 0)))
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(octets),
+                port,
+                0,
+                0,
+            )))
         }
         _ => None,
     }
@@ -637,7 +647,12 @@ mod tests {
 
     fn round_trip(m: &Message) {
         let bytes = m.to_bytes();
-        assert_eq!(&decode(&bytes).unwrap(), m, "{:?}", String::from_utf8_lossy(&bytes));
+        assert_eq!(
+            &decode(&bytes).unwrap(),
+            m,
+            "{:?}",
+            String::from_utf8_lossy(&bytes)
+        );
     }
 
     #[test]
@@ -663,8 +678,14 @@ mod tests {
         let v6: SocketAddr = "[2001:db8::1]:6881".parse().unwrap();
         let mut r = msg(Body::Reply(Reply {
             id: id(9),
-            nodes: vec![CompactNode { id: id(4), addr: v4 }],
-            nodes6: vec![CompactNode { id: id(5), addr: v6 }],
+            nodes: vec![CompactNode {
+                id: id(4),
+                addr: v4,
+            }],
+            nodes6: vec![CompactNode {
+                id: id(5),
+                addr: v6,
+            }],
             values: vec![v4, v6],
             token: Some(b"12345678".to_vec()),
         }));
@@ -685,7 +706,9 @@ mod tests {
         let ping = b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe";
         let m = decode(ping).unwrap();
         assert_eq!(m.txid, b"aa");
-        assert!(matches!(&m.body, Body::Query(q) if q.method == Method::Ping && q.id.0 == *b"abcdefghij0123456789"));
+        assert!(
+            matches!(&m.body, Body::Query(q) if q.method == Method::Ping && q.id.0 == *b"abcdefghij0123456789")
+        );
         assert_eq!(m.to_bytes(), ping.to_vec());
         let err = b"d1:eli201e23:A Generic Error Ocurrede1:t2:aa1:y1:ee";
         let m = decode(err).unwrap();
@@ -708,7 +731,11 @@ mod tests {
 
     fn answered(bytes: &[u8]) -> (ErrorCode, Problem) {
         match decode(bytes) {
-            Err(ParseError::Answer { txid, code, problem }) => {
+            Err(ParseError::Answer {
+                txid,
+                code,
+                problem,
+            }) => {
                 assert_eq!(txid, b"aa");
                 (code, problem)
             }
@@ -725,19 +752,31 @@ mod tests {
         };
         let cases = [
             (q("", "find_node"), Problem::Missing("target")),
-            (q("6:target3:abc", "find_node"), Problem::BadLength("target")),
+            (
+                q("6:target3:abc", "find_node"),
+                Problem::BadLength("target"),
+            ),
             (q("6:targeti1e", "find_node"), Problem::WrongType("target")),
             (q("", "get_peers"), Problem::Missing("info_hash")),
             (
-                q("9:info_hash20:abcdefghij01234567894:porti70000e5:token1:x", "announce_peer"),
+                q(
+                    "9:info_hash20:abcdefghij01234567894:porti70000e5:token1:x",
+                    "announce_peer",
+                ),
                 Problem::OutOfRange("port"),
             ),
             (
-                q("9:info_hash20:abcdefghij01234567895:token1:x", "announce_peer"),
+                q(
+                    "9:info_hash20:abcdefghij01234567895:token1:x",
+                    "announce_peer",
+                ),
                 Problem::Missing("port"),
             ),
             (
-                q("9:info_hash20:abcdefghij01234567894:porti1e", "announce_peer"),
+                q(
+                    "9:info_hash20:abcdefghij01234567894:porti1e",
+                    "announce_peer",
+                ),
                 Problem::Missing("token"),
             ),
             (q("4:want2:n4", "ping"), Problem::WrongType("want")),
@@ -745,12 +784,22 @@ mod tests {
                 "d1:ad2:id3:abce1:q4:ping1:t2:aa1:y1:qe".to_string(),
                 Problem::BadLength("id"),
             ),
-            ("d1:q4:ping1:t2:aa1:y1:qe".to_string(), Problem::Missing("a")),
-            ("d1:ai1e1:q4:ping1:t2:aa1:y1:qe".to_string(), Problem::WrongType("a")),
+            (
+                "d1:q4:ping1:t2:aa1:y1:qe".to_string(),
+                Problem::Missing("a"),
+            ),
+            (
+                "d1:ai1e1:q4:ping1:t2:aa1:y1:qe".to_string(),
+                Problem::WrongType("a"),
+            ),
             (format!("d1:ad{ID}e1:t2:aa1:y1:qe"), Problem::Missing("q")),
         ];
         for (bytes, problem) in cases {
-            assert_eq!(answered(bytes.as_bytes()), (ErrorCode::Protocol, problem), "{bytes}");
+            assert_eq!(
+                answered(bytes.as_bytes()),
+                (ErrorCode::Protocol, problem),
+                "{bytes}"
+            );
         }
         let (code, _) = answered(q("", "vote").as_bytes());
         assert_eq!(code, ErrorCode::MethodUnknown);
@@ -765,25 +814,53 @@ mod tests {
     #[test]
     fn malformed_replies_and_non_messages_are_dropped() {
         let r = |inner: &str| format!("d1:rd{ID}{inner}e1:t2:aa1:y1:re");
-        assert_eq!(dropped(r("5:nodes25:0123456789012345678901234").as_bytes()), Problem::BadLength("nodes"));
+        assert_eq!(
+            dropped(r("5:nodes25:0123456789012345678901234").as_bytes()),
+            Problem::BadLength("nodes")
+        );
         assert_eq!(
             dropped(r(&format!("6:nodes6{}:{}", 37, "x".repeat(37))).as_bytes()),
             Problem::BadLength("nodes6")
         );
-        assert_eq!(dropped(r("6:valuesl5:abcdee").as_bytes()), Problem::BadLength("values"));
-        assert_eq!(dropped(r("6:valuesli1ee").as_bytes()), Problem::WrongType("values"));
-        assert_eq!(dropped(r("6:values3:abc").as_bytes()), Problem::WrongType("values"));
-        assert_eq!(dropped(r("5:tokeni1e").as_bytes()), Problem::WrongType("token"));
-        let long = format!("5:token{}:{}", MAX_TOKEN_LEN + 1, "x".repeat(MAX_TOKEN_LEN + 1));
+        assert_eq!(
+            dropped(r("6:valuesl5:abcdee").as_bytes()),
+            Problem::BadLength("values")
+        );
+        assert_eq!(
+            dropped(r("6:valuesli1ee").as_bytes()),
+            Problem::WrongType("values")
+        );
+        assert_eq!(
+            dropped(r("6:values3:abc").as_bytes()),
+            Problem::WrongType("values")
+        );
+        assert_eq!(
+            dropped(r("5:tokeni1e").as_bytes()),
+            Problem::WrongType("token")
+        );
+        let long = format!(
+            "5:token{}:{}",
+            MAX_TOKEN_LEN + 1,
+            "x".repeat(MAX_TOKEN_LEN + 1)
+        );
         assert_eq!(dropped(r(&long).as_bytes()), Problem::BadLength("token"));
-        assert_eq!(dropped(b"d1:rd2:id2:abe1:t2:aa1:y1:re"), Problem::BadLength("id"));
+        assert_eq!(
+            dropped(b"d1:rd2:id2:abe1:t2:aa1:y1:re"),
+            Problem::BadLength("id")
+        );
         assert_eq!(dropped(b"d1:t2:aa1:y1:re"), Problem::Missing("r"));
-        assert_eq!(dropped(b"d1:eli201ee1:t2:aa1:y1:ee"), Problem::BadLength("e"));
+        assert_eq!(
+            dropped(b"d1:eli201ee1:t2:aa1:y1:ee"),
+            Problem::BadLength("e")
+        );
         assert_eq!(dropped(b"d1:e3:abc1:t2:aa1:y1:ee"), Problem::WrongType("e"));
         assert_eq!(dropped(b"d1:t2:aa1:y1:xe"), Problem::UnknownKind);
         assert_eq!(dropped(b"d1:y1:qe"), Problem::Missing("t"));
         assert_eq!(dropped(b"d1:ti1e1:y1:qe"), Problem::WrongType("t"));
-        assert_eq!(dropped(b"d1:t17:aaaaaaaaaaaaaaaaa1:y1:qe"), Problem::BadLength("t"));
+        assert_eq!(
+            dropped(b"d1:t17:aaaaaaaaaaaaaaaaa1:y1:qe"),
+            Problem::BadLength("t")
+        );
         assert_eq!(dropped(b"d1:t2:aae"), Problem::Missing("y"));
         assert_eq!(dropped(b"le"), Problem::NotDict);
         assert!(matches!(dropped(b"d1:t2:aa"), Problem::Bencode(_)));
@@ -791,7 +868,12 @@ mod tests {
         assert_eq!(dropped(&big), Problem::Oversize(MAX_DATAGRAM + 1));
         // Unknown keys are ignored; an odd-length ip or a long v is
         // dropped from the message, not fatal.
-        let m = decode(r("1:pi5e").replace("1:t2:aa", "2:ip3:abc1:t2:aa").as_bytes()).unwrap();
+        let m = decode(
+            r("1:pi5e")
+                .replace("1:t2:aa", "2:ip3:abc1:t2:aa")
+                .as_bytes(),
+        )
+        .unwrap();
         assert_eq!(m.ip, None);
     }
 

@@ -101,7 +101,13 @@ impl Search {
 
     /// Adds a candidate unless its id or address is already there (or
     /// its prefix, with the restriction). Returns whether it was added.
-    pub fn add(&mut self, target: &NodeId, id: Option<NodeId>, addr: SocketAddr, depth: u32) -> bool {
+    pub fn add(
+        &mut self,
+        target: &NodeId,
+        id: Option<NodeId>,
+        addr: SocketAddr,
+        depth: u32,
+    ) -> bool {
         let dup = self
             .candidates
             .iter()
@@ -170,7 +176,10 @@ impl Search {
             match c.state {
                 State::Answered => answered += 1,
                 State::Fresh => {
-                    c.state = State::Asked { at: now, slow: false };
+                    c.state = State::Asked {
+                        at: now,
+                        slow: false,
+                    };
                     busy += 1;
                     out.push(Ask {
                         addr: c.addr,
@@ -212,7 +221,10 @@ impl Search {
                     c.state = State::Asked { at, slow: true };
                     if rank <= K && !c.retried {
                         c.retried = true;
-                        retries.push(Ask { addr: c.addr, id: c.id });
+                        retries.push(Ask {
+                            addr: c.addr,
+                            id: c.id,
+                        });
                     }
                 }
             }
@@ -233,7 +245,13 @@ impl Search {
 
     /// `addr` answered as `id` with `token`. Returns its depth, or `None`
     /// if it was not a candidate waiting for an answer.
-    pub fn answered(&mut self, target: &NodeId, addr: SocketAddr, id: NodeId, token: Option<Vec<u8>>) -> Option<u32> {
+    pub fn answered(
+        &mut self,
+        target: &NodeId,
+        addr: SocketAddr,
+        id: NodeId,
+        token: Option<Vec<u8>>,
+    ) -> Option<u32> {
         let i = self.position(addr)?;
         let mut c = self.candidates.remove(i);
         if !matches!(c.state, State::Asked { .. }) {
@@ -247,7 +265,9 @@ impl Search {
             c.distance = id.distance(target);
         }
         let depth = c.depth;
-        let at = self.candidates.partition_point(|x| x.distance <= c.distance);
+        let at = self
+            .candidates
+            .partition_point(|x| x.distance <= c.distance);
         self.candidates.insert(at, c);
         Some(depth)
     }
@@ -269,7 +289,15 @@ impl Search {
             .iter()
             .filter(|c| c.state == State::Answered)
             .take(K)
-            .filter_map(|c| Some((CompactNode { id: c.id?, addr: c.addr }, c.token.clone())))
+            .filter_map(|c| {
+                Some((
+                    CompactNode {
+                        id: c.id?,
+                        addr: c.addr,
+                    },
+                    c.token.clone(),
+                ))
+            })
             .collect()
     }
 
@@ -319,7 +347,10 @@ mod tests {
         assert!(!s.add(&t, Some(id(3)), addr(99), 0), "same id");
         assert!(!s.add(&t, Some(id(99)), addr(3), 0), "same address");
         let first = s.next(now, 100);
-        assert_eq!(first.iter().map(|a| a.addr).collect::<Vec<_>>(), vec![addr(1), addr(2), addr(3)]);
+        assert_eq!(
+            first.iter().map(|a| a.addr).collect::<Vec<_>>(),
+            vec![addr(1), addr(2), addr(3)]
+        );
         assert!(s.next(now, 100).is_empty(), "alpha slots full");
         // A slow query frees its slot but still may answer; it is asked
         // once more.
@@ -359,7 +390,13 @@ mod tests {
         assert!(s.add(&t, None, addr(1), 0));
         assert!(s.add(&t, Some(id(200)), addr(2), 0));
         let asked = s.next(now, 1);
-        assert_eq!(asked, vec![Ask { addr: addr(2), id: Some(id(200)) }]);
+        assert_eq!(
+            asked,
+            vec![Ask {
+                addr: addr(2),
+                id: Some(id(200))
+            }]
+        );
         let asked = s.next(now, 5);
         assert_eq!(asked[0].addr, addr(1));
         s.answered(&t, addr(1), id(5), None);
@@ -372,7 +409,10 @@ mod tests {
         assert_eq!(s.len(), MAX_CANDIDATES);
         let mut r = Search::new(true);
         assert!(r.add(&t, Some(id(1)), "10.0.0.1:1".parse().unwrap(), 0));
-        assert!(!r.add(&t, Some(id(2)), "10.0.0.2:1".parse().unwrap(), 0), "same /24");
+        assert!(
+            !r.add(&t, Some(id(2)), "10.0.0.2:1".parse().unwrap(), 0),
+            "same /24"
+        );
         assert!(r.add(&t, Some(id(3)), addr(5), 0) && r.add(&t, Some(id(4)), addr(6), 0));
         assert!(Search::new(false).finished(), "nothing to ask");
     }

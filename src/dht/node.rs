@@ -298,6 +298,12 @@ fn family(addr: SocketAddr) -> usize {
     usize::from(addr.ip().to_canonical().is_ipv6())
 }
 
+/// The address with an IPv4-mapped IPv6 address as plain IPv4, as a
+/// dual-stack socket reports IPv4 senders: one node, one address.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
 /// Whether an address can be a node: a port, a unicast address.
 fn usable(addr: SocketAddr) -> bool {
     let ip = addr.ip().to_canonical();
@@ -399,7 +405,11 @@ impl Dht {
 
     /// A datagram from `from`. Anything malformed, oversize, unasked for
     /// or from an unusable address is dropped, logged and counted.
+    /// Addresses are taken and given in canonical form: an IPv4-mapped
+    /// sender is IPv4, and datagrams to IPv4 nodes name plain IPv4
+    /// addresses (a dual-stack socket maps them back).
     pub fn handle_datagram(&mut self, from: SocketAddr, bytes: &[u8], now: Instant) {
+        let from = canonical(from);
         self.set_clock(now);
         self.stats.packets_in += 1;
         if !usable(from) {
@@ -414,7 +424,11 @@ impl Dht {
                 }
                 Body::Reply(_) | Body::Error(_) => self.on_answer(from, msg, now),
             },
-            Err(ParseError::Answer { txid, code, problem }) => {
+            Err(ParseError::Answer {
+                txid,
+                code,
+                problem,
+            }) => {
                 if self.limiter.allow(from, now) {
                     log::debug!("DHT query from {from}: {problem}");
                     self.send_error(from, txid, code, &problem.to_string());
@@ -457,7 +471,9 @@ impl Dht {
         let answer = match &q.method {
             Method::Ping => Ok(Reply::bare(self.id)),
             Method::FindNode { target } => Ok(self.nodes_reply(target, q.want, from, now)),
-            Method::GetPeers { info_hash } => Ok(self.get_peers_reply(info_hash, q.want, from, now)),
+            Method::GetPeers { info_hash } => {
+                Ok(self.get_peers_reply(info_hash, q.want, from, now))
+            }
             Method::AnnouncePeer {
                 info_hash,
                 port,
@@ -487,7 +503,13 @@ impl Dht {
         }
     }
 
-    fn nodes_reply(&self, target: &NodeId, want: Option<Want>, from: SocketAddr, now: Instant) -> Reply {
+    fn nodes_reply(
+        &self,
+        target: &NodeId,
+        want: Option<Want>,
+        from: SocketAddr,
+        now: Instant,
+    ) -> Reply {
         let want = want.unwrap_or(Want {
             v4: family(from) == 0,
             v6: family(from) == 1,
@@ -502,7 +524,13 @@ impl Dht {
         reply
     }
 
-    fn get_peers_reply(&mut self, hash: &NodeId, want: Option<Want>, from: SocketAddr, now: Instant) -> Reply {
+    fn get_peers_reply(
+        &mut self,
+        hash: &NodeId,
+        want: Option<Want>,
+        from: SocketAddr,
+        now: Instant,
+    ) -> Reply {
         let mut reply = self.nodes_reply(hash, want, from, now);
         if self.storage.can_store(hash) {
             reply.token = Some(self.tokens.make(from.ip(), now, &mut self.rng));
@@ -613,7 +641,11 @@ impl Dht {
         match msg.body {
             Body::Reply(reply) => self.on_reply(pending, reply, msg.ip, now),
             Body::Error(e) => {
-                log::debug!("DHT error {} from {from}: {}", e.code, String::from_utf8_lossy(&e.text));
+                log::debug!(
+                    "DHT error {} from {from}: {}",
+                    e.code,
+                    String::from_utf8_lossy(&e.text)
+                );
                 self.query_failed(pending, now);
             }
             Body::Query(_) => {}
@@ -628,7 +660,10 @@ impl Dht {
             if entered == Answered::Lied {
                 self.stats.lies += 1;
             }
-            log::debug!("DHT node {from} answered as {:?}, not as expected", reply.id);
+            log::debug!(
+                "DHT node {from} answered as {:?}, not as expected",
+                reply.id
+            );
             self.lookup_failed(pending, now);
             return;
         }
@@ -667,13 +702,19 @@ impl Dht {
             return;
         };
         let target = l.target;
-        let Some(depth) = l.searches[family(from)].answered(&target, from, reply.id, reply.token) else {
+        let Some(depth) = l.searches[family(from)].answered(&target, from, reply.id, reply.token)
+        else {
             return;
         };
         l.replies += 1;
-        let referred = reply.nodes.iter().map(|n| (0, n)).chain(reply.nodes6.iter().map(|n| (1, n)));
+        let referred = reply
+            .nodes
+            .iter()
+            .map(|n| (0, n))
+            .chain(reply.nodes6.iter().map(|n| (1, n)));
         for (f, n) in referred {
-            if n.id != own && usable(n.addr) && family(n.addr) == f && (f == 0 || self.config.ipv6) {
+            if n.id != own && usable(n.addr) && family(n.addr) == f && (f == 0 || self.config.ipv6)
+            {
                 l.searches[f].add(&target, Some(n.id), n.addr, depth + 1);
             }
         }
@@ -820,7 +861,14 @@ impl Dht {
     }
 
     /// Sends a query; false if the outstanding or transmit bound is hit.
-    fn send_query(&mut self, to: SocketAddr, id: Option<NodeId>, method: Method, purpose: Purpose, now: Instant) -> bool {
+    fn send_query(
+        &mut self,
+        to: SocketAddr,
+        id: Option<NodeId>,
+        method: Method,
+        purpose: Purpose,
+        now: Instant,
+    ) -> bool {
         if self.free_slots() == 0 {
             return false;
         }
@@ -860,12 +908,31 @@ impl Dht {
         if matches!(purpose, Purpose::Search(_)) {
             self.slow_order.push_back((now, txid, seq));
         }
+        self.compact_orders();
         self.stats.queries_sent += 1;
         true
     }
 
+    /// Keeps the deadline queues within twice [`MAX_OUTSTANDING`]:
+    /// answered queries leave entries behind until their deadline, and a
+    /// fast exchange of pings and answers would otherwise pile them up.
+    fn compact_orders(&mut self) {
+        let outstanding = &self.outstanding;
+        let live = |e: &(Instant, [u8; TXID_LEN], u64)| {
+            outstanding.get(&e.1).is_some_and(|p| p.seq == e.2)
+        };
+        for order in [&mut self.sent_order, &mut self.slow_order] {
+            if order.len() > 2 * MAX_OUTSTANDING {
+                order.retain(live);
+            }
+        }
+    }
+
     fn ping(&mut self, to: SocketAddr, id: Option<NodeId>, now: Instant) {
-        if usable(to) && !self.pinging.contains(&to) && self.send_query(to, id, Method::Ping, Purpose::Ping, now) {
+        if usable(to)
+            && !self.pinging.contains(&to)
+            && self.send_query(to, id, Method::Ping, Purpose::Ping, now)
+        {
             self.pinging.insert(to);
         }
     }
@@ -873,6 +940,7 @@ impl Dht {
     /// A node a peer told us of (BEP 5's `port` message): it is pinged,
     /// and entered only if it answers.
     pub fn add_node(&mut self, addr: SocketAddr, now: Instant) {
+        let addr = canonical(addr);
         let f = family(addr);
         if (f == 1 && !self.config.ipv6) || self.tables[f].id_at(addr).is_some() {
             return;
@@ -884,16 +952,23 @@ impl Dht {
     /// remembered for re-bootstrapping while the table is nearly empty):
     /// a lookup of our own id.
     pub fn bootstrap(&mut self, nodes: &[SocketAddr], now: Instant) {
-        for &n in nodes.iter().filter(|n| usable(**n)) {
+        let nodes: Vec<SocketAddr> = nodes
+            .iter()
+            .map(|n| canonical(*n))
+            .filter(|n| usable(*n))
+            .collect();
+        for &n in &nodes {
             if !self.routers.contains(&n) && self.routers.len() < MAX_ROUTERS {
                 self.routers.push(n);
             }
         }
-        let running = self.bootstrap_lookup.filter(|l| self.lookups.contains_key(l));
+        let running = self
+            .bootstrap_lookup
+            .filter(|l| self.lookups.contains_key(l));
         match running {
             Some(lid) => {
                 if let Some(l) = self.lookups.get_mut(&lid) {
-                    for &n in nodes.iter().filter(|n| usable(**n)) {
+                    for &n in &nodes {
                         let f = family(n);
                         l.searches[f].add(&l.target, None, n, 0);
                     }
@@ -927,7 +1002,14 @@ impl Dht {
         self.start(target, Kind::FindNode, false, None, now)
     }
 
-    fn start(&mut self, target: NodeId, kind: Kind, internal: bool, only: Option<usize>, now: Instant) -> LookupId {
+    fn start(
+        &mut self,
+        target: NodeId,
+        kind: Kind,
+        internal: bool,
+        only: Option<usize>,
+        now: Instant,
+    ) -> LookupId {
         self.next_lookup += 1;
         let id = LookupId(self.next_lookup);
         let q = Queued {
@@ -1024,7 +1106,9 @@ impl Dht {
             for ask in asks {
                 let method = match l.kind {
                     Kind::FindNode => Method::FindNode { target: l.target },
-                    _ => Method::GetPeers { info_hash: l.target },
+                    _ => Method::GetPeers {
+                        info_hash: l.target,
+                    },
                 };
                 if self.send_query(ask.addr, ask.id, method, Purpose::Search(lid), now) {
                     l.queries += 1;
@@ -1045,7 +1129,13 @@ impl Dht {
                 implied_port: port.is_none(),
                 token,
             };
-            if self.send_query(node.addr, Some(node.id), method, Purpose::Announce(lid), now) {
+            if self.send_query(
+                node.addr,
+                Some(node.id),
+                method,
+                Purpose::Announce(lid),
+                now,
+            ) {
                 l.queries += 1;
                 l.pending_announces += 1;
             }
@@ -1060,7 +1150,12 @@ impl Dht {
         if l.internal {
             return;
         }
-        let closest = l.searches.iter().flat_map(Search::closest).map(|(n, _)| n).collect();
+        let closest = l
+            .searches
+            .iter()
+            .flat_map(Search::closest)
+            .map(|(n, _)| n)
+            .collect();
         let hops = l.searches.iter().map(Search::hops).max().unwrap_or(0);
         self.push_event(DhtEvent::LookupDone(LookupDone {
             id: lid,
@@ -1094,7 +1189,10 @@ impl Dht {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let timeout = self.sent_order.front().map(|(t, _, _)| *t + QUERY_TIMEOUT);
         let slow = self.slow_order.front().map(|(t, _, _)| *t + SHORT_TIMEOUT);
-        [Some(self.next_tick), timeout, slow].into_iter().flatten().min()
+        [Some(self.next_tick), timeout, slow]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Runs what is due at `now`: query timeouts, and every [`TICK`] the
@@ -1116,7 +1214,12 @@ impl Dht {
                 break;
             }
             self.slow_order.pop_front();
-            let Some(p) = self.outstanding.get(&txid).filter(|p| p.seq == seq).copied() else {
+            let Some(p) = self
+                .outstanding
+                .get(&txid)
+                .filter(|p| p.seq == seq)
+                .copied()
+            else {
                 continue;
             };
             if let Purpose::Search(lid) = p.purpose {
@@ -1133,7 +1236,9 @@ impl Dht {
         };
         let method = match l.kind {
             Kind::FindNode => Method::FindNode { target: l.target },
-            _ => Method::GetPeers { info_hash: l.target },
+            _ => Method::GetPeers {
+                info_hash: l.target,
+            },
         };
         for ask in l.searches[f].mark_slow(now) {
             if self.send_query(ask.addr, ask.id, method.clone(), Purpose::Search(lid), now) {
@@ -1149,7 +1254,12 @@ impl Dht {
                 break;
             }
             self.sent_order.pop_front();
-            let Some(p) = self.outstanding.get(&txid).filter(|p| p.seq == seq).copied() else {
+            let Some(p) = self
+                .outstanding
+                .get(&txid)
+                .filter(|p| p.seq == seq)
+                .copied()
+            else {
                 continue;
             };
             self.outstanding.remove(&txid);
@@ -1242,15 +1352,26 @@ impl Dht {
         let now = self.sample_now();
         let d = Value::dict([
             ("id", Value::Bytes(self.id.0.to_vec())),
-            ("nodes", Value::Bytes(krpc::write_compact_nodes(&self.tables[0].good(now)))),
-            ("nodes6", Value::Bytes(krpc::write_compact_nodes(&self.tables[1].good(now)))),
+            (
+                "nodes",
+                Value::Bytes(krpc::write_compact_nodes(&self.tables[0].good(now))),
+            ),
+            (
+                "nodes6",
+                Value::Bytes(krpc::write_compact_nodes(&self.tables[1].good(now))),
+            ),
         ]);
         d.to_bencode().unwrap_or_default()
     }
 
     /// A node restored from [`Dht::save`]'s bytes: the same id, and a
     /// bootstrap through the saved nodes.
-    pub fn load(config: Config, state: &[u8], rng: fastrand::Rng, now: Instant) -> Result<Dht, StateError> {
+    pub fn load(
+        config: Config,
+        state: &[u8],
+        rng: fastrand::Rng,
+        now: Instant,
+    ) -> Result<Dht, StateError> {
         let (id, nodes) = parse_state(state)?;
         let mut dht = Dht::new(config, Some(id), rng, now);
         let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
@@ -1273,7 +1394,9 @@ pub fn parse_state(state: &[u8]) -> Result<(NodeId, Vec<CompactNode>), StateErro
     let mut nodes = Vec::new();
     for (key, len) in [("nodes", krpc::NODE4_LEN), ("nodes6", krpc::NODE6_LEN)] {
         let Some(b) = v.get(key) else { continue };
-        let b = b.as_bytes().ok_or(StateError::Shape("nodes not a string"))?;
+        let b = b
+            .as_bytes()
+            .ok_or(StateError::Shape("nodes not a string"))?;
         let chunks = b.chunks_exact(len);
         if !chunks.remainder().is_empty() {
             return Err(StateError::Shape("a truncated node"));

@@ -62,7 +62,8 @@ impl Storage {
     /// cannot take gets no token, so its announce goes to our neighbours
     /// (libtorrent's rule).
     pub fn can_store(&self, hash: &NodeId) -> bool {
-        self.torrents.contains_key(hash) || (self.torrents.len() < MAX_HASHES && self.total < MAX_PEERS)
+        self.torrents.contains_key(hash)
+            || (self.torrents.len() < MAX_HASHES && self.total < MAX_PEERS)
     }
 
     /// Stores (or refreshes) `addr` as a peer of `hash`. A hash at its
@@ -196,7 +197,13 @@ impl Tokens {
     }
 
     /// Whether `token` is one we issued to `ip` within the window.
-    pub fn check(&mut self, token: &[u8], ip: IpAddr, now: Instant, rng: &mut fastrand::Rng) -> bool {
+    pub fn check(
+        &mut self,
+        token: &[u8],
+        ip: IpAddr,
+        now: Instant,
+        rng: &mut fastrand::Rng,
+    ) -> bool {
         self.rotate(now, rng);
         token == token_of(&self.secret, ip) || token == token_of(&self.previous, ip)
     }
@@ -237,14 +244,21 @@ mod tests {
         s.store(h, peer(1), t0).unwrap();
         assert_eq!(s.len(), 1, "the same peer twice is one");
         assert_eq!(s.peers(&h, false, 10, t0, &mut rng), vec![peer(1)]);
-        assert!(s.peers(&h, true, 10, t0, &mut rng).is_empty(), "other family");
+        assert!(
+            s.peers(&h, true, 10, t0, &mut rng).is_empty(),
+            "other family"
+        );
         let later = t0 + PEER_TTL;
-        assert!(s.peers(&h, false, 10, later, &mut rng).is_empty(), "expired, even before the sweep");
+        assert!(
+            s.peers(&h, false, 10, later, &mut rng).is_empty(),
+            "expired, even before the sweep"
+        );
         s.expire(later);
         assert_eq!((s.hashes(), s.len()), (0, 0));
         // Per hash: the oldest makes room.
         for n in 0..MAX_PEERS_PER_HASH as u16 + 10 {
-            s.store(h, peer(n), t0 + Duration::from_secs(n.into())).unwrap();
+            s.store(h, peer(n), t0 + Duration::from_secs(n.into()))
+                .unwrap();
         }
         assert_eq!(s.len(), MAX_PEERS_PER_HASH);
         assert!(!s.peers(&h, false, 1000, t0, &mut rng).contains(&peer(0)));

@@ -83,7 +83,9 @@ impl Entry {
         let recent = |t: Instant| now.saturating_duration_since(t) < GOOD_FOR;
         if self.failures >= BAD_AFTER {
             Status::Bad
-        } else if self.failures == 0 && (recent(self.last_reply) || self.last_query.is_some_and(recent)) {
+        } else if self.failures == 0
+            && (recent(self.last_reply) || self.last_query.is_some_and(recent))
+        {
             Status::Good
         } else {
             Status::Questionable
@@ -330,7 +332,11 @@ impl Table {
                 bucket.last_changed = now;
                 return Answered::Added;
             }
-            if let Some(i) = bucket.live.iter().position(|e| e.status(now) == Status::Bad) {
+            if let Some(i) = bucket
+                .live
+                .iter()
+                .position(|e| e.status(now) == Status::Bad)
+            {
                 let gone = std::mem::replace(&mut bucket.live[i], entry.clone());
                 bucket.last_changed = now;
                 self.addrs.remove(&gone.addr);
@@ -382,7 +388,10 @@ impl Table {
             return;
         };
         while !bucket.replacements.is_empty() {
-            let bad = bucket.live.iter().position(|e| e.status(now) == Status::Bad);
+            let bad = bucket
+                .live
+                .iter()
+                .position(|e| e.status(now) == Status::Bad);
             if bucket.live.len() >= K && bad.is_none() {
                 return;
             }
@@ -545,24 +554,24 @@ impl Table {
             .min()
     }
 
-    /// Up to `max` questionable live nodes in buckets that are full or
-    /// have replacements waiting, not pinged within [`PING_AGAIN_AFTER`]:
-    /// pinging them finds which are bad. Each is marked pinged.
+    /// Up to `max` questionable live nodes not pinged within
+    /// [`PING_AGAIN_AFTER`]: pinging them finds which are bad (BEP 5 pings
+    /// them when a bucket is full; we ping them anyway, so that a bucket
+    /// whose nodes left turns bad and takes new ones). Each is marked
+    /// pinged.
     pub fn to_ping(&mut self, now: Instant, max: usize) -> Vec<(NodeId, SocketAddr)> {
         let mut out = Vec::new();
-        for bucket in &mut self.buckets {
-            let pressed = bucket.live.len() >= K || !bucket.replacements.is_empty();
-            for e in bucket.live.iter_mut() {
-                if out.len() >= max {
-                    return out;
-                }
-                let due = e
-                    .pinged
-                    .is_none_or(|t| now.saturating_duration_since(t) >= PING_AGAIN_AFTER);
-                if e.status(now) == Status::Questionable && due && (pressed || e.failures == 0) {
-                    e.pinged = Some(now);
-                    out.push((e.id, e.addr));
-                }
+        let live = self.buckets.iter_mut().flat_map(|b| b.live.iter_mut());
+        for e in live {
+            if out.len() >= max {
+                break;
+            }
+            let due = e
+                .pinged
+                .is_none_or(|t| now.saturating_duration_since(t) >= PING_AGAIN_AFTER);
+            if due && e.status(now) == Status::Questionable {
+                e.pinged = Some(now);
+                out.push((e.id, e.addr));
             }
         }
         out
@@ -630,7 +639,10 @@ mod tests {
         let mut t = table(now);
         // Eight far nodes (prefix 0) fill the first bucket.
         for i in 0..8u8 {
-            assert_eq!(t.answered(at(0, i + 1), addr(i.into()), now), Answered::Added);
+            assert_eq!(
+                t.answered(at(0, i + 1), addr(i.into()), now),
+                Answered::Added
+            );
         }
         assert_eq!(t.shape(), vec![8]);
         // A node with a longer prefix splits our bucket and is entered.
@@ -648,7 +660,10 @@ mod tests {
         assert_eq!(shape[0], 8);
         assert!(shape.len() > 2, "{shape:?}");
         assert_eq!(t.len(), 17);
-        assert_eq!(t.answered(NodeId([0; 20]), addr(999), now), Answered::Ignored);
+        assert_eq!(
+            t.answered(NodeId([0; 20]), addr(999), now),
+            Answered::Ignored
+        );
     }
 
     #[test]
@@ -726,7 +741,11 @@ mod tests {
         let c: SocketAddr = "10.0.0.9:2".parse().unwrap();
         assert_eq!(t.answered(at(0, 1), a, now), Answered::Added);
         assert_eq!(t.answered(at(1, 1), b, now), Answered::Ignored, "same IP");
-        assert_eq!(t.answered(at(0, 2), c, now), Answered::Ignored, "same /24 and bucket");
+        assert_eq!(
+            t.answered(at(0, 2), c, now),
+            Answered::Ignored,
+            "same /24 and bucket"
+        );
         for port in 1..5 {
             let lo = SocketAddr::from(([127, 0, 0, 1], port));
             assert_eq!(t.answered(at(2, port as u8), lo, now), Answered::Added);
@@ -747,13 +766,26 @@ mod tests {
         let target = NodeId::random(&mut rng);
         let got = t.closest(&target, 8, now);
         assert_eq!(got.len(), 8);
-        assert!(got.windows(2).all(|w| w[0].id.distance(&target) < w[1].id.distance(&target)));
+        assert!(got
+            .windows(2)
+            .all(|w| w[0].id.distance(&target) < w[1].id.distance(&target)));
         // The closest held is the closest live one.
-        let mut held: Vec<NodeId> = t.buckets.iter().flat_map(|b| b.live.iter().map(|e| e.id)).collect();
-        for target in (0..50).map(|_| NodeId::random(&mut rng)).chain(all.iter().copied().take(50)) {
+        let mut held: Vec<NodeId> = t
+            .buckets
+            .iter()
+            .flat_map(|b| b.live.iter().map(|e| e.id))
+            .collect();
+        for target in (0..50)
+            .map(|_| NodeId::random(&mut rng))
+            .chain(all.iter().copied().take(50))
+        {
             held.sort_by_key(|id| id.distance(&target));
             let got: Vec<NodeId> = t.closest(&target, 8, now).iter().map(|n| n.id).collect();
-            assert_eq!(got, held[..8].to_vec(), "the bucket walk agrees with sorting all");
+            assert_eq!(
+                got,
+                held[..8].to_vec(),
+                "the bucket walk agrees with sorting all"
+            );
         }
         assert!(t.refresh_due(now, &mut rng).is_none());
         let later = now + REFRESH_AFTER;

@@ -19,7 +19,12 @@ fn lo(port: u16) -> SocketAddr {
 }
 
 fn node(now: Instant) -> Dht {
-    Dht::new(Config::default(), Some(OWN), fastrand::Rng::with_seed(1), now)
+    Dht::new(
+        Config::default(),
+        Some(OWN),
+        fastrand::Rng::with_seed(1),
+        now,
+    )
 }
 
 fn fast_config() -> Config {
@@ -64,7 +69,13 @@ fn sent(dht: &mut Dht) -> Vec<(SocketAddr, Message)> {
 
 /// Sends `method` from `from` (as node `from_id`) and returns the answer
 /// addressed back under transaction id "aa", with the raw sizes.
-fn ask_sized(dht: &mut Dht, from: SocketAddr, from_id: NodeId, method: Method, now: Instant) -> Option<(Message, usize, usize)> {
+fn ask_sized(
+    dht: &mut Dht,
+    from: SocketAddr,
+    from_id: NodeId,
+    method: Method,
+    now: Instant,
+) -> Option<(Message, usize, usize)> {
     let q = query_msg(b"aa", from_id, method).to_bytes();
     dht.handle_datagram(from, &q, now);
     let mut buf = Vec::new();
@@ -78,7 +89,13 @@ fn ask_sized(dht: &mut Dht, from: SocketAddr, from_id: NodeId, method: Method, n
     found
 }
 
-fn ask(dht: &mut Dht, from: SocketAddr, from_id: NodeId, method: Method, now: Instant) -> Option<Message> {
+fn ask(
+    dht: &mut Dht,
+    from: SocketAddr,
+    from_id: NodeId,
+    method: Method,
+    now: Instant,
+) -> Option<Message> {
     ask_sized(dht, from, from_id, method, now).map(|(m, _, _)| m)
 }
 
@@ -120,7 +137,9 @@ fn answer_all(dht: &mut Dht, ids: &dyn Fn(SocketAddr) -> Option<NodeId>, now: In
 /// pings it, it pings back, the ping is answered.
 fn populate(dht: &mut Dht, count: u16, now: Instant) -> Vec<(NodeId, SocketAddr)> {
     let mut rng = fastrand::Rng::with_seed(99);
-    let nodes: Vec<(NodeId, SocketAddr)> = (0..count).map(|i| (NodeId::random(&mut rng), lo(1000 + i))).collect();
+    let nodes: Vec<(NodeId, SocketAddr)> = (0..count)
+        .map(|i| (NodeId::random(&mut rng), lo(1000 + i)))
+        .collect();
     let lookup = nodes.clone();
     let ids = move |a: SocketAddr| lookup.iter().find(|(_, x)| *x == a).map(|(i, _)| *i);
     // Each is told of (a peer's `port` message), pinged, and answers.
@@ -151,7 +170,9 @@ fn ping_is_answered_and_the_stranger_pinged_then_entered() {
     assert_eq!(reply_of(answer).id, OWN);
     let (to, ping) = &out[1];
     assert_eq!(*to, them);
-    assert!(matches!(&ping.body, Body::Query(Query { method: Method::Ping, id, .. }) if *id == OWN));
+    assert!(
+        matches!(&ping.body, Body::Query(Query { method: Method::Ping, id, .. }) if *id == OWN)
+    );
     assert_eq!(dht.stats().table.good, 0, "a query alone enters no one");
     let pong = Message {
         txid: ping.txid.clone(),
@@ -180,15 +201,19 @@ fn find_node_answers_the_closest_from_the_table() {
     let r = reply_of(&m);
     assert_eq!(r.nodes.len(), K);
     assert!(r.nodes6.is_empty() && r.values.is_empty() && r.token.is_none());
-    // They are the K closest of those the table holds, in order.
-    let mut held: Vec<NodeId> = nodes.iter().map(|(i, _)| *i).filter(|i| r.nodes.iter().any(|n| n.id == *i) || true).collect();
-    held.sort_by_key(|i| i.distance(&target));
-    assert!(r.nodes.windows(2).all(|w| w[0].id.distance(&target) < w[1].id.distance(&target)));
+    // They are the K closest of those the table holds (all good: the
+    // saved state lists them), in order.
+    let (_, mut held) = super::node::parse_state(&dht.save()).unwrap();
+    held.sort_by_key(|n| n.id.distance(&target));
+    assert_eq!(r.nodes, held[..K].to_vec());
     assert!(r.nodes.iter().all(|n| nodes.contains(&(n.id, n.addr))));
     // `want` n6 with no IPv6 table: an empty nodes6, no nodes.
     let mut q = query_msg(b"aa", id(9), Method::FindNode { target });
     if let Body::Query(q) = &mut q.body {
-        q.want = Some(Want { v4: false, v6: true });
+        q.want = Some(Want {
+            v4: false,
+            v6: true,
+        });
     }
     dht.handle_datagram(lo(9000), &q.to_bytes(), t0);
     let out = sent(&mut dht);
@@ -202,7 +227,14 @@ fn get_peers_then_announce_then_values() {
     let mut dht = node(t0);
     let hash = id(0x42);
     let peer = lo(5000);
-    let m = ask(&mut dht, peer, id(5), Method::GetPeers { info_hash: hash }, t0).unwrap();
+    let m = ask(
+        &mut dht,
+        peer,
+        id(5),
+        Method::GetPeers { info_hash: hash },
+        t0,
+    )
+    .unwrap();
     let token = reply_of(&m).token.clone().expect("a token");
     assert!(reply_of(&m).values.is_empty());
     let announce = |port, implied_port, token: &[u8]| Method::AnnouncePeer {
@@ -217,7 +249,14 @@ fn get_peers_then_announce_then_values() {
     let m = ask(&mut dht, peer, id(5), announce(1, true, &token), t0).unwrap();
     assert_eq!(reply_of(&m).id, OWN);
     assert_eq!(dht.stats().stored_peers, 2);
-    let m = ask(&mut dht, lo(5001), id(6), Method::GetPeers { info_hash: hash }, t0).unwrap();
+    let m = ask(
+        &mut dht,
+        lo(5001),
+        id(6),
+        Method::GetPeers { info_hash: hash },
+        t0,
+    )
+    .unwrap();
     let mut values = reply_of(&m).values.clone();
     values.sort();
     assert_eq!(values, vec![lo(5000), lo(6881)]);
@@ -242,14 +281,36 @@ fn errors_201_to_204_where_due() {
         assert_eq!(out[0].1.txid, b"aa");
         error_of(&out[0].1)
     };
-    assert_eq!(send(&mut dht, "d1:ad2:id20:abcdefghij0123456789e1:q9:find_node1:t2:aa1:y1:qe"), 203);
-    assert_eq!(send(&mut dht, "d1:ad2:id20:abcdefghij0123456789e1:q4:vote1:t2:aa1:y1:qe"), 204);
-    assert_eq!(send(&mut dht, "d1:ad2:id3:abce1:q4:ping1:t2:aa1:y1:qe"), 203);
+    assert_eq!(
+        send(
+            &mut dht,
+            "d1:ad2:id20:abcdefghij0123456789e1:q9:find_node1:t2:aa1:y1:qe"
+        ),
+        203
+    );
+    assert_eq!(
+        send(
+            &mut dht,
+            "d1:ad2:id20:abcdefghij0123456789e1:q4:vote1:t2:aa1:y1:qe"
+        ),
+        204
+    );
+    assert_eq!(
+        send(&mut dht, "d1:ad2:id3:abce1:q4:ping1:t2:aa1:y1:qe"),
+        203
+    );
     // 202: storage full for a new hash even with a valid token (the
     // token was issued before the store filled).
     let mut dht = Dht::new(fast_config(), Some(OWN), fastrand::Rng::with_seed(1), t0);
     let late = id(0xee);
-    let m = ask(&mut dht, lo(4001), id(1), Method::GetPeers { info_hash: late }, t0).unwrap();
+    let m = ask(
+        &mut dht,
+        lo(4001),
+        id(1),
+        Method::GetPeers { info_hash: late },
+        t0,
+    )
+    .unwrap();
     let late_token = reply_of(&m).token.clone().unwrap();
     let token = late_token.clone();
     for i in 0..MAX_HASHES {
@@ -263,15 +324,28 @@ fn errors_201_to_204_where_due() {
         };
         reply_of(&ask(&mut dht, lo(4001), id(1), method, t0).unwrap());
     }
-    let m = ask(&mut dht, lo(4001), id(1), Method::GetPeers { info_hash: late }, t0).unwrap();
-    assert!(reply_of(&m).token.is_none(), "no token for a hash we cannot take");
+    let m = ask(
+        &mut dht,
+        lo(4001),
+        id(1),
+        Method::GetPeers { info_hash: late },
+        t0,
+    )
+    .unwrap();
+    assert!(
+        reply_of(&m).token.is_none(),
+        "no token for a hash we cannot take"
+    );
     let method = Method::AnnouncePeer {
         info_hash: late,
         port: 1,
         implied_port: false,
         token: late_token,
     };
-    assert_eq!(error_of(&ask(&mut dht, lo(4001), id(1), method, t0).unwrap()), 202);
+    assert_eq!(
+        error_of(&ask(&mut dht, lo(4001), id(1), method, t0).unwrap()),
+        202
+    );
     // 201: with BEP 42 enforced, a public address whose id does not match.
     let config = Config {
         enforce_node_id: true,
@@ -279,7 +353,10 @@ fn errors_201_to_204_where_due() {
     };
     let mut dht = Dht::new(config, Some(OWN), fastrand::Rng::with_seed(1), t0);
     let public: SocketAddr = "124.31.75.21:6881".parse().unwrap();
-    assert_eq!(error_of(&ask(&mut dht, public, id(1), Method::Ping, t0).unwrap()), 201);
+    assert_eq!(
+        error_of(&ask(&mut dht, public, id(1), Method::Ping, t0).unwrap()),
+        201
+    );
     let mut good = NodeId::for_ip(public.ip(), &mut fastrand::Rng::with_seed(4));
     good.0[5] ^= 1; // any bits after the first 21 are free
     reply_of(&ask(&mut dht, public, good, Method::Ping, t0).unwrap());
@@ -291,7 +368,14 @@ fn token_window_accepts_at_9_minutes_refuses_at_11() {
     let mut dht = node(t0);
     let hash = id(0x42);
     let peer = lo(5000);
-    let m = ask(&mut dht, peer, id(5), Method::GetPeers { info_hash: hash }, t0).unwrap();
+    let m = ask(
+        &mut dht,
+        peer,
+        id(5),
+        Method::GetPeers { info_hash: hash },
+        t0,
+    )
+    .unwrap();
     let token = reply_of(&m).token.clone().unwrap();
     let announce = Method::AnnouncePeer {
         info_hash: hash,
@@ -307,7 +391,10 @@ fn token_window_accepts_at_9_minutes_refuses_at_11() {
         dht.handle_timeout(t);
     }
     reply_of(&ask(&mut dht, peer, id(5), announce.clone(), min(9)).unwrap());
-    assert_eq!(error_of(&ask(&mut dht, peer, id(5), announce, min(11)).unwrap()), 203);
+    assert_eq!(
+        error_of(&ask(&mut dht, peer, id(5), announce, min(11)).unwrap()),
+        203
+    );
 }
 
 #[test]
@@ -315,7 +402,14 @@ fn stored_peers_expire_after_30_minutes() {
     let t0 = Instant::now();
     let mut dht = node(t0);
     let hash = id(0x42);
-    let m = ask(&mut dht, lo(5000), id(5), Method::GetPeers { info_hash: hash }, t0).unwrap();
+    let m = ask(
+        &mut dht,
+        lo(5000),
+        id(5),
+        Method::GetPeers { info_hash: hash },
+        t0,
+    )
+    .unwrap();
     let token = reply_of(&m).token.clone().unwrap();
     let announce = Method::AnnouncePeer {
         info_hash: hash,
@@ -325,12 +419,29 @@ fn stored_peers_expire_after_30_minutes() {
     };
     reply_of(&ask(&mut dht, lo(5000), id(5), announce, t0).unwrap());
     let before = t0 + PEER_TTL - Duration::from_secs(1);
-    let m = ask(&mut dht, lo(5001), id(6), Method::GetPeers { info_hash: hash }, before).unwrap();
+    let m = ask(
+        &mut dht,
+        lo(5001),
+        id(6),
+        Method::GetPeers { info_hash: hash },
+        before,
+    )
+    .unwrap();
     assert_eq!(reply_of(&m).values, vec![lo(6881)]);
     let after = t0 + PEER_TTL + TICK;
     dht.handle_timeout(after);
-    assert_eq!((dht.stats().stored_hashes, dht.stats().stored_peers), (0, 0));
-    let m = ask(&mut dht, lo(5001), id(6), Method::GetPeers { info_hash: hash }, after).unwrap();
+    assert_eq!(
+        (dht.stats().stored_hashes, dht.stats().stored_peers),
+        (0, 0)
+    );
+    let m = ask(
+        &mut dht,
+        lo(5001),
+        id(6),
+        Method::GetPeers { info_hash: hash },
+        after,
+    )
+    .unwrap();
     assert!(reply_of(&m).values.is_empty());
 }
 
@@ -341,8 +452,17 @@ fn answers_stay_within_the_amplification_bound() {
     populate(&mut dht, 40, t0);
     let hash = id(0x42);
     for port in 1..=200u16 {
-        let from: SocketAddr = format!("10.0.{}.{}:{port}", port / 250, port % 250 + 1).parse().unwrap();
-        let m = ask(&mut dht, from, id(5), Method::GetPeers { info_hash: hash }, t0).unwrap();
+        let from: SocketAddr = format!("10.0.{}.{}:{port}", port / 250, port % 250 + 1)
+            .parse()
+            .unwrap();
+        let m = ask(
+            &mut dht,
+            from,
+            id(5),
+            Method::GetPeers { info_hash: hash },
+            t0,
+        )
+        .unwrap();
         let token = reply_of(&m).token.clone().unwrap();
         let method = Method::AnnouncePeer {
             info_hash: hash,
@@ -352,16 +472,40 @@ fn answers_stay_within_the_amplification_bound() {
         };
         reply_of(&ask(&mut dht, from, id(5), method, t0).unwrap());
     }
-    let (m, qlen, rlen) = ask_sized(&mut dht, lo(5001), id(6), Method::GetPeers { info_hash: hash }, t0).unwrap();
+    let (m, qlen, rlen) = ask_sized(
+        &mut dht,
+        lo(5001),
+        id(6),
+        Method::GetPeers { info_hash: hash },
+        t0,
+    )
+    .unwrap();
     let r = reply_of(&m);
-    assert!(rlen <= qlen * AMPLIFICATION, "{rlen} > {AMPLIFICATION} x {qlen}");
-    assert!(!r.values.is_empty() && r.values.len() <= MAX_VALUES, "{}", r.values.len());
+    assert!(
+        rlen <= qlen * AMPLIFICATION,
+        "{rlen} > {AMPLIFICATION} x {qlen}"
+    );
+    assert!(
+        !r.values.is_empty() && r.values.len() <= MAX_VALUES,
+        "{}",
+        r.values.len()
+    );
     assert_eq!(r.nodes.len(), K);
-    println!("get_peers: a {qlen}-byte query, a {rlen}-byte answer with {} values", r.values.len());
+    println!(
+        "get_peers: a {qlen}-byte query, a {rlen}-byte answer with {} values",
+        r.values.len()
+    );
     // A longer transaction id makes a longer query, and more values fit.
     for (m, q, a) in [
         ask_sized(&mut dht, lo(5002), id(6), Method::Ping, t0).unwrap(),
-        ask_sized(&mut dht, lo(5002), id(6), Method::FindNode { target: hash }, t0).unwrap(),
+        ask_sized(
+            &mut dht,
+            lo(5002),
+            id(6),
+            Method::FindNode { target: hash },
+            t0,
+        )
+        .unwrap(),
     ] {
         assert!(a <= q * AMPLIFICATION, "{m:?}");
     }
@@ -382,15 +526,21 @@ fn rate_limits_per_source_and_overall() {
         ..Config::default()
     };
     let mut dht = Dht::new(config, Some(OWN), fastrand::Rng::with_seed(1), t0);
-    let answered = (0..50).filter(|_| ask(&mut dht, lo(1), id(1), Method::Ping, t0).is_some()).count();
+    let answered = (0..50)
+        .filter(|_| ask(&mut dht, lo(1), id(1), Method::Ping, t0).is_some())
+        .count();
     assert_eq!(answered, 20);
     assert_eq!(dht.stats().queries_refused, 30);
     // Other loopback ports are other sources, until the overall cap.
-    let answered = (2..300).filter(|p| ask(&mut dht, lo(*p), id(1), Method::Ping, t0).is_some()).count();
+    let answered = (2..300)
+        .filter(|p| ask(&mut dht, lo(*p), id(1), Method::Ping, t0).is_some())
+        .count();
     assert_eq!(answered, 130);
     // A second later both have refilled by their rate.
     let t1 = t0 + Duration::from_secs(1);
-    let answered = (0..50).filter(|_| ask(&mut dht, lo(1), id(1), Method::Ping, t1).is_some()).count();
+    let answered = (0..50)
+        .filter(|_| ask(&mut dht, lo(1), id(1), Method::Ping, t1).is_some())
+        .count();
     assert_eq!(answered, 10);
 }
 
@@ -404,14 +554,19 @@ fn answers_to_queries_never_sent_or_from_elsewhere_are_dropped() {
     assert_eq!(out.len(), 1);
     let (to, q) = &out[0];
     assert_eq!(*to, router);
-    assert!(matches!(&q.body, Body::Query(Query { method: Method::FindNode { target }, .. }) if *target == OWN));
+    assert!(
+        matches!(&q.body, Body::Query(Query { method: Method::FindNode { target }, .. }) if *target == OWN)
+    );
     let answer = |txid: &[u8]| Message {
         txid: txid.to_vec(),
         version: None,
         ip: None,
         read_only: false,
         body: Body::Reply(Reply {
-            nodes: vec![CompactNode { id: id(3), addr: lo(2001) }],
+            nodes: vec![CompactNode {
+                id: id(3),
+                addr: lo(2001),
+            }],
             ..Reply::bare(id(2))
         }),
     };
@@ -424,7 +579,10 @@ fn answers_to_queries_never_sent_or_from_elsewhere_are_dropped() {
     dht.handle_datagram(router, &answer(&q.txid).to_bytes(), t0);
     assert_eq!(dht.stats().table.good, 1);
     let out = sent(&mut dht);
-    assert_eq!(out.iter().map(|(a, _)| *a).collect::<Vec<_>>(), vec![lo(2001)]);
+    assert_eq!(
+        out.iter().map(|(a, _)| *a).collect::<Vec<_>>(),
+        vec![lo(2001)]
+    );
     // The same answer again is no longer expected.
     dht.handle_datagram(router, &answer(&q.txid).to_bytes(), t0);
     assert_eq!(dht.stats().unsolicited, 3);
@@ -443,7 +601,10 @@ fn unanswered_queries_make_a_node_bad_and_it_is_replaced() {
     let mut dht = Dht::new(fast_config(), Some(OWN), fastrand::Rng::with_seed(1), t0);
     let nodes = populate(&mut dht, 200, t0);
     let s = dht.stats();
-    assert!(s.table.buckets > 1, "the bucket holding our id split: {s:?}");
+    assert!(
+        s.table.buckets > 1,
+        "the bucket holding our id split: {s:?}"
+    );
     assert!(s.table.replacements > 0, "full far buckets cache: {s:?}");
     let good = s.table.good;
     // Nobody answers for a long time: the nodes turn questionable, are
@@ -462,9 +623,17 @@ fn unanswered_queries_make_a_node_bad_and_it_is_replaced() {
     let nid = nodes[0].0; // an id whose bucket exists; a fresh address
     let mut fresh = nid;
     fresh.0[19] ^= 0x55;
-    dht.handle_datagram(newcomer, &query_msg(b"aa", fresh, Method::Ping).to_bytes(), t);
+    dht.handle_datagram(
+        newcomer,
+        &query_msg(b"aa", fresh, Method::Ping).to_bytes(),
+        t,
+    );
     let before = dht.stats().table.bad;
-    assert_eq!(answer_all(&mut dht, &|a| (a == newcomer).then_some(fresh), t), 1, "pinged back");
+    assert_eq!(
+        answer_all(&mut dht, &|a| (a == newcomer).then_some(fresh), t),
+        1,
+        "pinged back"
+    );
     let after = dht.stats().table;
     assert_eq!(after.good, 1, "{after:?}");
     assert_eq!(after.bad, before - 1, "it took a bad node's slot");
@@ -484,8 +653,17 @@ fn save_and_load_keep_the_id_and_nodes_and_refuse_garbage() {
     assert_eq!(back.id(), OWN);
     let pinged = sent(&mut back).len();
     assert!(pinged >= 3, "the saved nodes are asked first: {pinged}");
-    for bad in [&b""[..], b"le", b"d2:id3:abce", b"d2:id20:abcdefghij01234567895:nodes5:abcdee", b"i1e"] {
-        assert!(Dht::load(Config::default(), bad, fastrand::Rng::with_seed(2), t0).is_err(), "{bad:?}");
+    for bad in [
+        &b""[..],
+        b"le",
+        b"d2:id3:abce",
+        b"d2:id20:abcdefghij01234567895:nodes5:abcdee",
+        b"i1e",
+    ] {
+        assert!(
+            Dht::load(Config::default(), bad, fastrand::Rng::with_seed(2), t0).is_err(),
+            "{bad:?}"
+        );
     }
 }
 
@@ -496,7 +674,9 @@ fn bep42_id_from_the_external_address_set_or_voted() {
     let public: std::net::IpAddr = "124.31.75.21".parse().unwrap();
     dht.set_external_address(public, t0);
     assert!(dht.id().matches_ip(public));
-    assert!(matches!(dht.poll_event(), Some(DhtEvent::IdChanged { old, new }) if old == OWN && new == dht.id()));
+    assert!(
+        matches!(dht.poll_event(), Some(DhtEvent::IdChanged { old, new }) if old == OWN && new == dht.id())
+    );
     // A local address changes nothing.
     let before = dht.id();
     dht.set_external_address("192.168.1.5".parse().unwrap(), t0);
@@ -547,7 +727,10 @@ fn a_query_times_out_and_counts_against_the_node() {
     assert_eq!((s.timeouts, s.table.good, s.table.questionable), (1, 0, 1));
     match dht.poll_event() {
         Some(DhtEvent::LookupDone(d)) => {
-            assert_eq!((d.id, d.kind, d.timeouts, d.closest.len()), (lookup, Kind::FindNode, 1, 0));
+            assert_eq!(
+                (d.id, d.kind, d.timeouts, d.closest.len()),
+                (lookup, Kind::FindNode, 1, 0)
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -558,7 +741,12 @@ fn a_query_times_out_and_counts_against_the_node() {
 /// `n` nodes joining one by one (every 20 ms) through node 0 and a
 /// random earlier node, then settling for a simulated minute.
 fn network(n: usize, seed: u64) -> Net {
-    let mut net = Net::new(n, seed, 20, (Duration::from_millis(5), Duration::from_millis(80)));
+    let mut net = Net::new(
+        n,
+        seed,
+        20,
+        (Duration::from_millis(5), Duration::from_millis(80)),
+    );
     net.join(0, &[]);
     for i in 1..n {
         let other = net.pick(i);
@@ -611,9 +799,15 @@ fn lookups(net: &mut Net, nodes: &[usize]) -> Tally {
     net.run_for(Duration::from_secs(60));
     let mut t = Tally::default();
     for (i, lid, target) in started {
-        let done = net.take_done(i, lid).expect("every lookup ends within a minute");
+        let done = net
+            .take_done(i, lid)
+            .expect("every lookup ends within a minute");
         let truth = net.truth(&target, K);
-        let found = done.closest.iter().filter(|n| truth.contains(&n.id)).count();
+        let found = done
+            .closest
+            .iter()
+            .filter(|n| truth.contains(&n.id))
+            .count();
         t.lookups += 1;
         t.found.push(found);
         t.hops += u64::from(done.hops);
@@ -630,7 +824,11 @@ fn a_thousand_nodes_find_the_true_closest_and_a_torrent() {
     let tally = lookups(&mut net, &everyone);
     tally.print("1000 nodes, 2% loss");
     // At least 7 of the true 8 closest in 95% of lookups.
-    assert!(tally.with_seven() * 100 >= tally.lookups * 95, "{:?}", tally.found);
+    assert!(
+        tally.with_seven() * 100 >= tally.lookups * 95,
+        "{:?}",
+        tally.found
+    );
     println!("packets sent in all: {}", net.sent);
 
     // A torrent announced by one node is found by another.
@@ -659,7 +857,10 @@ fn nodes_that_leave_are_replaced_in_tables() {
     for i in (0..n).filter(|i| i % 4 == 1) {
         net.alive[i] = false;
     }
-    let gone: Vec<SocketAddr> = (0..n).filter(|i| !net.alive[*i]).map(|i| net.addrs[i]).collect();
+    let gone: Vec<SocketAddr> = (0..n)
+        .filter(|i| !net.alive[*i])
+        .map(|i| net.addrs[i])
+        .collect();
     let dead_entries = |net: &Net| -> (usize, usize) {
         let mut dead = 0;
         let mut all = 0;
@@ -672,7 +873,10 @@ fn nodes_that_leave_are_replaced_in_tables() {
         (dead, all)
     };
     let (dead0, all0) = dead_entries(&net);
-    assert!(dead0 * 5 > all0, "about a quarter were good before: {dead0}/{all0}");
+    assert!(
+        dead0 * 5 > all0,
+        "about a quarter were good before: {dead0}/{all0}"
+    );
     net.run_for(GOOD_FOR + Duration::from_secs(10 * 60));
     let (dead1, all1) = dead_entries(&net);
     println!("good entries naming departed nodes: {dead0}/{all0} before, {dead1}/{all1} 25 minutes after");
@@ -680,7 +884,11 @@ fn nodes_that_leave_are_replaced_in_tables() {
     let survivors: Vec<usize> = (0..n).filter(|i| net.alive[*i]).collect();
     let tally = lookups(&mut net, &survivors);
     tally.print("400 nodes after a quarter left");
-    assert!(tally.with_seven() * 100 >= tally.lookups * 95, "{:?}", tally.found);
+    assert!(
+        tally.with_seven() * 100 >= tally.lookups * 95,
+        "{:?}",
+        tally.found
+    );
 }
 
 #[test]
@@ -690,7 +898,11 @@ fn ten_thousand_nodes() {
     let sample: Vec<usize> = (0..10_000).step_by(10).collect();
     let tally = lookups(&mut net, &sample);
     tally.print("10,000 nodes, 2% loss");
-    assert!(tally.with_seven() * 100 >= tally.lookups * 95, "{:?}", tally.found);
+    assert!(
+        tally.with_seven() * 100 >= tally.lookups * 95,
+        "{:?}",
+        tally.found
+    );
 }
 
 #[test]
@@ -710,7 +922,14 @@ fn ipv6_nodes_get_a_table_of_their_own_and_want_picks_families() {
     let s = dht.stats();
     assert_eq!((s.table.good, s.table6.good), (1, 1));
     // Asked from IPv6 without `want`: nodes6 only; with want n4+n6: both.
-    let m = ask(&mut dht, "[::1]:7002".parse().unwrap(), id(9), Method::FindNode { target: id(5) }, t0).unwrap();
+    let m = ask(
+        &mut dht,
+        "[::1]:7002".parse().unwrap(),
+        id(9),
+        Method::FindNode { target: id(5) },
+        t0,
+    )
+    .unwrap();
     let r = reply_of(&m);
     assert_eq!((r.nodes.len(), r.nodes6.len()), (0, 1));
     assert_eq!(r.nodes6[0].addr, v6);
@@ -720,7 +939,10 @@ fn ipv6_nodes_get_a_table_of_their_own_and_want_picks_families() {
     }
     dht.handle_datagram(lo(7003), &q.to_bytes(), t0);
     let out = sent(&mut dht);
-    let answer = out.iter().find(|(_, m)| matches!(m.body, Body::Reply(_))).unwrap();
+    let answer = out
+        .iter()
+        .find(|(_, m)| matches!(m.body, Body::Reply(_)))
+        .unwrap();
     let r = reply_of(&answer.1);
     assert_eq!((r.nodes.len(), r.nodes6.len()), (1, 1));
     // Our own lookups ask for both families and search each in its own.
@@ -729,9 +951,30 @@ fn ipv6_nodes_get_a_table_of_their_own_and_want_picks_families() {
     dht.find_node(id(5), t0 + QUERY_TIMEOUT);
     let out = sent(&mut dht);
     assert_eq!(out.len(), 2);
-    assert!(out.iter().all(|(_, m)| matches!(&m.body, Body::Query(q) if q.want == Some(Want { v4: true, v6: true }))));
+    assert!(out.iter().all(
+        |(_, m)| matches!(&m.body, Body::Query(q) if q.want == Some(Want { v4: true, v6: true }))
+    ));
     // Without the switch, IPv6 nodes are answered but not entered.
     let mut dht = node(t0);
     dht.handle_datagram(v6, &query_msg(b"aa", id(6), Method::Ping).to_bytes(), t0);
     assert_eq!(sent(&mut dht).len(), 1, "answered, not pinged");
+}
+
+#[test]
+fn an_ipv4_mapped_sender_is_the_same_ipv4_node() {
+    let t0 = Instant::now();
+    let mut dht = node(t0);
+    let mapped: SocketAddr = "[::ffff:127.0.0.1]:2000".parse().unwrap();
+    dht.add_node(mapped, t0);
+    let out = sent(&mut dht);
+    assert_eq!(out[0].0, lo(2000), "sent to the plain IPv4 address");
+    let pong = Message {
+        txid: out[0].1.txid.clone(),
+        version: None,
+        ip: None,
+        read_only: false,
+        body: Body::Reply(Reply::bare(id(3))),
+    };
+    dht.handle_datagram(mapped, &pong.to_bytes(), t0);
+    assert_eq!((dht.stats().table.good, dht.stats().unsolicited), (1, 0));
 }
