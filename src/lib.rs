@@ -12,6 +12,7 @@
 //! - [`http`]: the RPC front's HTTP/1.1 server connection, guards and
 //!   web interface files (sans-IO);
 //! - [`utp`]: the uTP transport (BEP 29) under the peer wire, sans-IO;
+//! - [`dht`]: a DHT node (BEP 5): KRPC, routing table, lookups, sans-IO;
 //! - [`lpd`]: local peer discovery (BEP 14), sans-IO;
 //! - [`swarm`]: every running torrent's peers, sans-IO;
 //! - [`core`]: the torrent core: registry, swarm, trackers, verification;
@@ -33,6 +34,7 @@ pub mod commands;
 pub mod config;
 pub mod core;
 pub mod daemon;
+pub mod dht;
 pub mod engine;
 pub mod front;
 pub mod http;
