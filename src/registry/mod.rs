@@ -11,6 +11,7 @@
 //! - `torrents/<hash>.torrent`: the daemon's copy of each metainfo file;
 //! - `lock`: the running daemon's pid, held with `flock`.
 
+pub mod magnet;
 pub mod metainfo;
 pub mod settings;
 pub mod store;
