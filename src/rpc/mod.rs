@@ -20,6 +20,7 @@
 //! tripcd's own method `tripcd-script-call` (`{"key", "value"}`) runs a
 //! script key, JSON in and out through [`crate::codec::json`].
 
+mod call;
 mod data;
 mod fields;
 mod ids;
@@ -30,26 +31,16 @@ mod torrent;
 #[cfg(test)]
 mod tests;
 
-use std::io;
-use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
-
 use serde_json::Value;
 
 use crate::service::Service;
+use call::{Call, Method, Outcome};
+pub use call::{
+    Context, DiskSpace, PendingAdd, RpcSettings, RPC_VERSION, RPC_VERSION_MINIMUM,
+    RPC_VERSION_SEMVER,
+};
 pub use data::DataRemoval;
 use json::{Args, Out};
-pub use torrent::PendingAdd;
-
-/// The RPC version spoken (Transmission 4.0's).
-pub const RPC_VERSION: i64 = 17;
-
-/// The oldest RPC version whose clients this one serves (Transmission
-/// 4.0's figure: nothing removed since 14).
-pub const RPC_VERSION_MINIMUM: i64 = 14;
-
-/// `rpc-version-semver` for version 17.
-pub const RPC_VERSION_SEMVER: &str = "5.3.0";
 
 /// The largest request body read, in bytes: a base64 metainfo file at
 /// the metainfo limit (32 MiB, so 43 MiB encoded) and room for the rest.
@@ -97,95 +88,6 @@ pub enum Handled {
         request: PendingAdd,
     },
 }
-
-/// Free and total bytes of a file system.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DiskSpace {
-    /// Bytes free to an unprivileged user.
-    pub free: u64,
-    /// Bytes in all.
-    pub total: u64,
-}
-
-/// How the HTTP front is set up, shown read-only by `session-get` (the
-/// names of Transmission's settings file).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RpcSettings {
-    /// `rpc-enabled`.
-    pub enabled: bool,
-    /// `rpc-port`.
-    pub port: u16,
-    /// `rpc-url`: the path prefix, e.g. `/transmission/`.
-    pub url: String,
-    /// `rpc-authentication-required`.
-    pub authentication_required: bool,
-    /// `rpc-whitelist-enabled`.
-    pub whitelist_enabled: bool,
-    /// `rpc-whitelist`: the client addresses allowed, as patterns.
-    pub whitelist: Vec<String>,
-    /// `rpc-host-whitelist-enabled`.
-    pub host_whitelist_enabled: bool,
-    /// `rpc-host-whitelist`: the host names allowed.
-    pub host_whitelist: Vec<String>,
-}
-
-/// What the method layer needs besides the service: the time, and facts
-/// the front and the daemon own.
-pub struct Context<'a> {
-    /// Now, for durations.
-    pub now: Instant,
-    /// Now, for dates.
-    pub wall: SystemTime,
-    /// When the daemon started (`session-stats`' seconds active).
-    pub started: Instant,
-    /// The daemon's `version` string.
-    pub version: &'a str,
-    /// The free and total space of the file system holding a path
-    /// (`free-space`; a statvfs(2), which is the front's to make).
-    pub free_space: &'a dyn Fn(&Path) -> io::Result<DiskSpace>,
-    /// The HTTP front's settings.
-    pub rpc: &'a RpcSettings,
-    /// The session id the HTTP front's CSRF guard hands out.
-    pub session_id: &'a str,
-    /// The peer port's sockets are bound now.
-    pub peer_port_bound: bool,
-    /// Peers connected in all, at most.
-    pub peer_limit_global: u64,
-    /// Peers connected per torrent, at most.
-    pub peer_limit_per_torrent: u64,
-}
-
-impl Context<'_> {
-    /// The wall clock in seconds since the epoch (0 before it).
-    fn wall_secs(&self) -> i64 {
-        self.wall
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-    }
-}
-
-/// What a method did besides writing its arguments.
-enum Outcome {
-    /// Answered.
-    Done,
-    /// A URL to fetch before the torrent can be added.
-    Fetch(String, PendingAdd),
-}
-
-/// One method call in progress.
-struct Call<'a, 'c> {
-    svc: &'a mut Service,
-    ctx: &'a Context<'c>,
-    args: Args<'a>,
-    /// The reply's `arguments` object, open.
-    out: &'a mut Out,
-    reannounce: Vec<u64>,
-    delete_data: Vec<DataRemoval>,
-}
-
-/// A method: writes its arguments into the open object, or says what
-/// went wrong.
-type Method = fn(&mut Call<'_, '_>) -> Result<Outcome, String>;
 
 /// Every method, sorted by name.
 const METHODS: &[(&str, Method)] = &[
@@ -400,19 +302,4 @@ fn parse(body: &[u8]) -> Result<Request, (Option<i64>, String)> {
         arguments,
         tag,
     })
-}
-
-/// A path argument: absolute, no NUL byte.
-fn absolute_path(key: &str, p: &str) -> Result<PathBuf, String> {
-    if p.contains('\0') {
-        return Err(format!("argument \"{key}\" contains a NUL byte"));
-    }
-    let path = PathBuf::from(p);
-    if !path.is_absolute() {
-        return Err(format!(
-            "argument \"{key}\" is not an absolute path: {:?}",
-            ids::clip(p)
-        ));
-    }
-    Ok(path)
 }

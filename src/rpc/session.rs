@@ -14,11 +14,11 @@
 
 use std::os::unix::ffi::OsStrExt;
 
-use super::json::{Args, Out};
-use super::torrent::{check_fixed, Fixed};
-use super::{
-    absolute_path, Call, Context, Outcome, RPC_VERSION, RPC_VERSION_MINIMUM, RPC_VERSION_SEMVER,
+use super::call::{
+    absolute_path, check_fixed, Call, Context, Fixed, Outcome, RPC_VERSION, RPC_VERSION_MINIMUM,
+    RPC_VERSION_SEMVER,
 };
+use super::json::{Args, Out};
 use crate::codec::json::{from_json, to_json};
 use crate::commands::Handler;
 use crate::registry::{Encryption, Registry, Settings};

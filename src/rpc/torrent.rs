@@ -8,10 +8,11 @@ use std::path::PathBuf;
 
 use base64::Engine as _;
 
+use super::call::{absolute_path, check_fixed, Call, Fixed, Outcome, PendingAdd};
+use super::data::{self, DataRemoval};
 use super::fields::{self, Row, Writer};
 use super::ids::{clip, Selection, RECENTLY_ACTIVE_SECS};
 use super::json::Args;
-use super::{absolute_path, data, Call, DataRemoval, Outcome};
 use crate::registry::magnet::Magnet;
 use crate::registry::metainfo::{parse_hash, MAX_METAINFO_BYTES};
 use crate::registry::{AddError, Hints, Registry, MAX_LABELS, MAX_LABEL_BYTES};
@@ -190,30 +191,6 @@ fn positions(reg: &Registry) -> HashMap<u64, usize> {
         .enumerate()
         .map(|(i, t)| (t.id, i))
         .collect()
-}
-
-/// The options of a `torrent-add` that apply once its metainfo is at
-/// hand (kept across a fetch).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PendingAdd {
-    tag: Option<i64>,
-    directory: Option<PathBuf>,
-    paused: Option<bool>,
-    labels: Option<Vec<String>>,
-    cookies: Option<String>,
-}
-
-impl PendingAdd {
-    /// The request's tag.
-    pub fn tag(&self) -> Option<i64> {
-        self.tag
-    }
-
-    /// Cookies to send with the fetch (`NAME=VALUE; ...`), as the client
-    /// gave them.
-    pub fn cookies(&self) -> Option<&str> {
-        self.cookies.as_deref()
-    }
 }
 
 /// Where a torrent to add comes from.
@@ -490,38 +467,6 @@ const FIXED: &[(&str, Fixed, &str)] = &[
     ("seedRatioMode", Fixed::Int(&[0, 2]), "a seed ratio limit"),
     ("group", Fixed::Str(""), "bandwidth groups"),
 ];
-
-/// The one value a fixed setting takes.
-#[derive(Clone, Copy)]
-pub(super) enum Fixed {
-    /// An integer, one of these.
-    Int(&'static [i64]),
-    /// A boolean.
-    Bool(bool),
-    /// A number.
-    Real(f64),
-    /// A string.
-    Str(&'static str),
-}
-
-/// Checks `key`, if given, against its one value.
-pub(super) fn check_fixed(
-    a: Args<'_>,
-    key: &str,
-    fixed: Fixed,
-    feature: &str,
-) -> Result<(), String> {
-    let same = match fixed {
-        Fixed::Int(ok) => a.int(key)?.map(|v| ok.contains(&v)),
-        Fixed::Bool(ok) => a.bool(key)?.map(|v| v == ok),
-        Fixed::Real(ok) => a.real(key)?.map(|v| v == ok),
-        Fixed::Str(ok) => a.str(key)?.map(|v| v == ok),
-    };
-    match same {
-        Some(false) => Err(format!("tripcd has no {feature} ({key})")),
-        _ => Ok(()),
-    }
-}
 
 fn parse_set(c: &Call<'_, '_>, ids: &[u64]) -> Result<TorrentSet, String> {
     let a = c.args;
