@@ -98,6 +98,8 @@ pub struct Call<'a, 'c> {
     pub svc: &'a mut Service,
     pub ctx: &'a Context<'c>,
     pub args: Args<'a>,
+    /// The request's tag.
+    pub tag: Option<i64>,
     /// The reply's `arguments` object, open.
     pub out: &'a mut Out,
     pub reannounce: Vec<u64>,

@@ -140,7 +140,7 @@ pub fn dispatch(svc: &mut Service, body: &[u8], ctx: &Context<'_>) -> Handled {
         return Handled::Reply(refusal(request.tag, "method name not recognized"));
     };
     let args = Args::new(request.arguments.as_ref().and_then(Value::as_object));
-    run(svc, ctx, request.tag, |call| method(call), args)
+    run(svc, ctx, request.tag, method, args, MAX_REPLY_BYTES)
 }
 
 /// Adds the torrent fetched for a `torrent-add` ([`Handled::Fetch`]), or
@@ -159,6 +159,7 @@ pub fn finish_fetch(
         tag,
         move |call| torrent::add_fetched(call, fetched, request),
         Args::new(None),
+        MAX_REPLY_BYTES,
     );
     match handled {
         Handled::Reply(r) => r,
@@ -174,19 +175,21 @@ pub fn failed(tag: Option<i64>, reason: &str) -> Vec<u8> {
     refusal(tag, reason).body
 }
 
-/// Runs `method` with the durability rule around it.
+/// Runs `method` with the durability rule around it, its reply at most
+/// `limit` bytes.
 fn run(
     svc: &mut Service,
     ctx: &Context<'_>,
     tag: Option<i64>,
     method: impl FnOnce(&mut Call<'_, '_>) -> Result<Outcome, String>,
     args: Args<'_>,
+    limit: usize,
 ) -> Handled {
     let before = {
         let reg = svc.registry();
         (reg.changes(), reg.settings().port)
     };
-    let mut out = Out::new(MAX_REPLY_BYTES);
+    let mut out = Out::new(limit);
     out.open_object();
     out.key("arguments");
     out.open_object();
@@ -194,6 +197,7 @@ fn run(
         svc,
         ctx,
         args,
+        tag,
         out: &mut out,
         reannounce: Vec::new(),
         delete_data: Vec::new(),
@@ -202,7 +206,9 @@ fn run(
     let (reannounce, delete_data) = (call.reannounce, call.delete_data);
     let result = match outcome {
         Ok(Outcome::Fetch(url, request)) => return Handled::Fetch { url, request },
-        Ok(Outcome::Done) if out.over() => Err(too_large()),
+        Ok(Outcome::Done) if out.over() => Err(format!(
+            "the reply would be over {limit} bytes: ask for fewer torrents or fields"
+        )),
         Ok(Outcome::Done) => Ok(()),
         Err(e) => Err(e),
     };
@@ -228,10 +234,6 @@ fn run(
         reannounce,
         delete_data,
     })
-}
-
-fn too_large() -> String {
-    format!("the reply would be over {MAX_REPLY_BYTES} bytes: ask for fewer torrents or fields")
 }
 
 /// A reply saying only why nothing was done.

@@ -197,6 +197,12 @@ fn units(_: &Session<'_>, o: &mut Out) {
     o.close_object();
 }
 
+/// Every session field's name.
+#[cfg(test)]
+pub(super) fn field_names() -> impl Iterator<Item = &'static str> {
+    FIELDS.iter().map(|(n, _)| *n)
+}
+
 fn field(name: &str) -> Option<(&'static str, Field)> {
     FIELDS
         .binary_search_by(|(n, _)| (*n).cmp(name))

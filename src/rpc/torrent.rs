@@ -233,7 +233,7 @@ pub(super) fn add(c: &mut Call<'_, '_>) -> Result<Outcome, String> {
         (Some(name), None) => match classify(name)? {
             Named::Url(url) => {
                 let options = PendingAdd {
-                    tag: None,
+                    tag: c.tag,
                     ..options
                 };
                 return Ok(Outcome::Fetch(url, options));
