@@ -22,6 +22,7 @@ pub mod torrents;
 use std::fmt;
 use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use log::{error, info, warn};
@@ -567,15 +568,32 @@ impl Registry {
                 format!("cannot read {}: {e}", path.display())
             })
         };
-        let len = std::fs::metadata(path).map_err(read_err)?.len();
-        if len > metainfo::MAX_METAINFO_BYTES as u64 {
+        // Opened without blocking (a FIFO would wait for a writer), then
+        // judged by what was opened: only a regular file is read (a
+        // device like /dev/zero would never end), and at most one byte
+        // past the limit (a file may grow after the check).
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(path)
+            .map_err(read_err)?;
+        let meta = file.metadata().map_err(read_err)?;
+        if !meta.is_file() {
             return Err(AddError::Read(format!(
-                "{} is {len} bytes, over the metainfo limit of {}",
-                path.display(),
-                metainfo::MAX_METAINFO_BYTES
+                "{} is not a regular file",
+                path.display()
             )));
         }
-        let bytes = std::fs::read(path).map_err(read_err)?;
+        let limit = metainfo::MAX_METAINFO_BYTES as u64;
+        let mut bytes = Vec::with_capacity(meta.len().min(limit) as usize);
+        io::Read::read_to_end(&mut io::Read::take(file, limit + 1), &mut bytes)
+            .map_err(read_err)?;
+        if bytes.len() as u64 > limit {
+            return Err(AddError::Read(format!(
+                "{} is over the metainfo limit of {limit} bytes",
+                path.display()
+            )));
+        }
         self.add(bytes, directory, autostart).map_err(|e| match e {
             AddError::Metainfo { error, .. } => AddError::Metainfo {
                 path: Some(path.to_path_buf()),
@@ -1152,6 +1170,36 @@ mod tests {
         assert_eq!(t.meta.as_ref().map(|m| m.info_hash), Some(meta.info_hash));
         assert_eq!(t.name(), b"hello.txt");
         assert_eq!(t.phase, Phase::WaitingCheck, "running: checked again");
+    }
+
+    #[test]
+    fn only_regular_files_within_the_limit_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = open(dir.path());
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        for (path, want) in [
+            (
+                fifo.clone(),
+                format!("{} is not a regular file", fifo.display()),
+            ),
+            (
+                "/dev/zero".into(),
+                "/dev/zero is not a regular file".to_string(),
+            ),
+            (
+                dir.path().to_path_buf(),
+                format!("{} is not a regular file", dir.path().display()),
+            ),
+        ] {
+            assert_eq!(r.add_file(&path, None, None), Err(AddError::Read(want)));
+        }
+        let big = dir.path().join("big.torrent");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(metainfo::MAX_METAINFO_BYTES as u64 + 1).unwrap();
+        assert!(
+            matches!(r.add_file(&big, None, None), Err(AddError::Read(m)) if m.contains("over the metainfo limit"))
+        );
     }
 
     #[test]

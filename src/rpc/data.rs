@@ -95,12 +95,13 @@ pub fn move_files(t: &Torrent, to: &Path) -> Result<(), String> {
     if t.directory == to {
         return Ok(());
     }
-    std::fs::create_dir_all(to).map_err(|e| format!("cannot create {}: {e}", to.display()))?;
     let src = match open_dir(&t.directory) {
         Ok(fd) => fd,
+        // Nothing written yet: nothing to move.
         Err(Errno::ENOENT) => return Ok(()),
         Err(e) => return Err(format!("cannot open {}: {e}", t.directory.display())),
     };
+    std::fs::create_dir_all(to).map_err(|e| format!("cannot create {}: {e}", to.display()))?;
     let dst = open_dir(to).map_err(|e| format!("cannot open {}: {e}", to.display()))?;
     let mut moved: Vec<&Components> = Vec::new();
     for file in &files {
