@@ -45,6 +45,7 @@ pub mod peer;
 pub mod reactor;
 pub mod registry;
 pub mod reply;
+pub mod rpc;
 pub mod scripts;
 pub mod server;
 pub mod service;

@@ -135,6 +135,9 @@ pub fn torrent(meta: &Metainfo, dir: &Path, control: u8) -> Torrent {
         completed: 0,
         error: None,
         transfer: Default::default(),
+        dates: Default::default(),
+        labels: Vec::new(),
+        totals_at_open: (0, 0),
     }
 }
 

@@ -7,7 +7,9 @@
 //!
 //! State directory layout:
 //! - `settings.benc`: the settings dict;
-//! - `torrents.benc`: a list of `{hash, directory, running, verified}`;
+//! - `torrents.benc`: a list of `{hash, directory, running, verified,
+//!   downloaded, uploaded, added, done, activity, edited, labels?}` (and a
+//!   magnet's hints for a torrent still fetching its metadata);
 //! - `torrents/<hash>.torrent`: the daemon's copy of each metainfo file;
 //! - `lock`: the running daemon's pid, held with `flock`.
 
@@ -20,6 +22,7 @@ pub mod torrents;
 use std::fmt;
 use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use log::{error, info, warn};
@@ -27,7 +30,9 @@ use log::{error, info, warn};
 use crate::codec::{decode, EncodeError, Value};
 pub use metainfo::{Metainfo, MetainfoError};
 pub use settings::{Encryption, Settings};
-pub use torrents::{CheckEvent, Hints, PeerInfo, Phase, Torrent, TorrentError, Torrents, Transfer};
+pub use torrents::{
+    CheckEvent, Dates, Hints, PeerInfo, Phase, Torrent, TorrentError, Torrents, Transfer,
+};
 
 /// A state directory that cannot be used at all.
 #[derive(Debug)]
@@ -169,7 +174,26 @@ enum Undo {
     Running(u64, bool),
     Verify(u64),
     Metadata(u64),
+    Labels(u64, Vec<String>),
+    Directory(u64, PathBuf),
 }
+
+/// Removals remembered for [`Registry::removed_since`], at most: a client
+/// polling for recent changes learns of at least this many removed at
+/// once (the RPC's `removed`; ten thousand torrents removed in one go
+/// still fit).
+pub const MAX_REMOVALS_KEPT: usize = 10_000;
+
+/// How long a removal is remembered, in seconds: twice the RPC's window
+/// for "recently active" (60 s), so a poll that comes late still hears.
+pub const REMOVALS_KEPT_SECS: i64 = 120;
+
+/// Labels a torrent may carry at most, and the longest label in bytes:
+/// labels are a user's tags, a handful each (Transmission sets no bound;
+/// these keep one request from growing the state file without end).
+pub const MAX_LABELS: usize = 64;
+/// The longest label, in bytes.
+pub const MAX_LABEL_BYTES: usize = 256;
 
 /// Settings and torrents, with their on-disk home.
 pub struct Registry {
@@ -197,6 +221,11 @@ pub struct Registry {
     unsaved_progress: bool,
     /// Commits that wrote something, since the registry was opened.
     commits: u64,
+    /// The wall-clock time last given, in seconds since the epoch: what
+    /// torrents' dates are stamped with.
+    wall: Option<i64>,
+    /// Torrents removed lately (id, when), oldest first, bounded.
+    removals: std::collections::VecDeque<(u64, i64)>,
 }
 
 const SETTINGS_FILE: &str = "settings.benc";
@@ -226,6 +255,8 @@ impl Registry {
             changes: 0,
             unsaved_progress: false,
             commits: 0,
+            wall: None,
+            removals: std::collections::VecDeque::new(),
         };
         if let Some(v) = reg.load_file(SETTINGS_FILE)? {
             match Settings::from_value(&v, defaults) {
@@ -292,6 +323,7 @@ impl Registry {
                 u64::try_from(n).unwrap_or(0)
             };
             let (downloaded, uploaded) = (total("downloaded"), total("uploaded"));
+            let date = |k: &str| entry.get(k).and_then(Value::as_int).unwrap_or(0);
             let verified = entry
                 .get("verified")
                 .and_then(Value::as_bytes)
@@ -338,9 +370,15 @@ impl Registry {
                     .insert_pending(hash, hints_of(entry), copy, dir),
             };
             self.torrents.load_bitfield(id, verified);
-            if let Some(t) = self.torrents.transfer_mut(id) {
-                t.downloaded = downloaded;
-                t.uploaded = uploaded;
+            if let Some(t) = self.torrents.get_mut(id) {
+                t.transfer.downloaded = downloaded;
+                t.transfer.uploaded = uploaded;
+                t.totals_at_open = (downloaded, uploaded);
+                t.dates.added = date("added");
+                t.dates.done = date("done");
+                t.dates.activity = date("activity");
+                t.dates.edited = date("edited");
+                t.labels = labels_of(entry);
             }
             if running {
                 // It was running: check its data again.
@@ -371,6 +409,100 @@ impl Registry {
     /// Commits that wrote something since the registry was opened.
     pub fn commits(&self) -> u64 {
         self.commits
+    }
+
+    /// The wall-clock time, in seconds since the epoch, that changes from
+    /// now on are dated with (the daemon gives it once per loop turn; the
+    /// registry reads no clock). The first time, torrents that started
+    /// running when the state was loaded are dated as started now.
+    pub fn set_wall_clock(&mut self, secs: i64) {
+        if self.wall.is_none() {
+            let running: Vec<u64> = self
+                .torrents
+                .iter()
+                .filter(|t| t.running && t.dates.started == 0)
+                .map(|t| t.id)
+                .collect();
+            for id in running {
+                if let Some(t) = self.torrents.get_mut(id) {
+                    t.dates.started = secs;
+                }
+            }
+        }
+        self.wall = Some(secs);
+        while self
+            .removals
+            .front()
+            .is_some_and(|(_, at)| *at < secs.saturating_sub(REMOVALS_KEPT_SECS))
+        {
+            self.removals.pop_front();
+        }
+    }
+
+    fn now(&self) -> i64 {
+        self.wall.unwrap_or(0)
+    }
+
+    /// Dates torrent `id` as changed now, through `also` more of its dates.
+    fn touch(&mut self, id: u64, also: impl FnOnce(&mut Dates, i64)) {
+        let now = self.now();
+        if let Some(t) = self.torrents.get_mut(id) {
+            t.dates.changed = now;
+            also(&mut t.dates, now);
+        }
+    }
+
+    /// Ids of torrents removed at `since` or later (seconds since the
+    /// epoch), as far as they are remembered ([`MAX_REMOVALS_KEPT`],
+    /// [`REMOVALS_KEPT_SECS`]).
+    pub fn removed_since(&self, since: i64) -> Vec<u64> {
+        self.removals
+            .iter()
+            .filter(|(_, at)| *at >= since)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Torrent `id` moved data: dated as active now, its totals saved
+    /// with the progress.
+    pub fn note_activity(&mut self, id: u64) {
+        self.unsaved_progress = true;
+        self.touch(id, |d, now| d.activity = now);
+    }
+
+    /// Replaces torrent `id`'s labels (the caller checked them against
+    /// [`MAX_LABELS`] and [`MAX_LABEL_BYTES`]). Unknown ids are ignored.
+    pub fn set_labels(&mut self, id: u64, labels: Vec<String>) {
+        let Some(t) = self.torrents.get_mut(id) else {
+            return;
+        };
+        if t.labels == labels {
+            return;
+        }
+        let old = std::mem::replace(&mut t.labels, labels);
+        self.journal(Undo::Labels(id, old));
+        self.touch(id, |d, now| d.edited = now);
+    }
+
+    /// Torrent `id`'s data now lives in `directory` (absolute; the caller
+    /// moved the files, or they are expected there): its data is checked
+    /// again there. Unknown ids are ignored.
+    pub fn set_directory(&mut self, id: u64, directory: PathBuf) -> Result<(), AddError> {
+        if !directory.is_absolute() {
+            return Err(AddError::RelativeDirectory(directory.display().to_string()));
+        }
+        let Some(t) = self.torrents.get_mut(id) else {
+            return Ok(());
+        };
+        if t.directory == directory {
+            return Ok(());
+        }
+        let old = std::mem::replace(&mut t.directory, directory);
+        self.journal(Undo::Directory(id, old));
+        self.touch(id, |d, now| d.edited = now);
+        // A check under way was reading the old place: start it over.
+        self.torrents.recheck(id);
+        Ok(())
     }
 
     /// The state directory.
@@ -439,15 +571,32 @@ impl Registry {
                 format!("cannot read {}: {e}", path.display())
             })
         };
-        let len = std::fs::metadata(path).map_err(read_err)?.len();
-        if len > metainfo::MAX_METAINFO_BYTES as u64 {
+        // Opened without blocking (a FIFO would wait for a writer), then
+        // judged by what was opened: only a regular file is read (a
+        // device like /dev/zero would never end), and at most one byte
+        // past the limit (a file may grow after the check).
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(path)
+            .map_err(read_err)?;
+        let meta = file.metadata().map_err(read_err)?;
+        if !meta.is_file() {
             return Err(AddError::Read(format!(
-                "{} is {len} bytes, over the metainfo limit of {}",
-                path.display(),
-                metainfo::MAX_METAINFO_BYTES
+                "{} is not a regular file",
+                path.display()
             )));
         }
-        let bytes = std::fs::read(path).map_err(read_err)?;
+        let limit = metainfo::MAX_METAINFO_BYTES as u64;
+        let mut bytes = Vec::with_capacity(meta.len().min(limit) as usize);
+        io::Read::read_to_end(&mut io::Read::take(file, limit + 1), &mut bytes)
+            .map_err(read_err)?;
+        if bytes.len() as u64 > limit {
+            return Err(AddError::Read(format!(
+                "{} is over the metainfo limit of {limit} bytes",
+                path.display()
+            )));
+        }
         self.add(bytes, directory, autostart).map_err(|e| match e {
             AddError::Metainfo { error, .. } => AddError::Metainfo {
                 path: Some(path.to_path_buf()),
@@ -479,11 +628,7 @@ impl Registry {
         self.old_copies.retain(|p| *p != copy);
         self.new_copies.push((copy.clone(), bytes));
         let id = self.torrents.insert(meta, copy, directory);
-        self.journal(Undo::Added(id));
-        self.event(Event::Added { id });
-        if autostart.unwrap_or(self.settings.autostart) && self.torrents.start(id) {
-            self.event(Event::Started { id });
-        }
+        self.added(id, autostart);
         Ok(id)
     }
 
@@ -515,12 +660,20 @@ impl Registry {
         let id = self
             .torrents
             .insert_pending(info_hash, hints, copy, directory);
+        self.added(id, autostart);
+        Ok(id)
+    }
+
+    /// What follows the insertion of a new torrent: journalled, dated,
+    /// told, started if asked.
+    fn added(&mut self, id: u64, autostart: Option<bool>) {
         self.journal(Undo::Added(id));
         self.event(Event::Added { id });
+        self.touch(id, |d, now| d.added = now);
         if autostart.unwrap_or(self.settings.autostart) && self.torrents.start(id) {
+            self.touch(id, |d, now| d.started = now);
             self.event(Event::Started { id });
         }
-        Ok(id)
     }
 
     /// Adds a torrent from a magnet link (its info hash, name, trackers and
@@ -568,6 +721,7 @@ impl Registry {
         self.new_copies.push((copy, bytes));
         self.journal(Undo::Metadata(id));
         self.event(Event::Metadata { id });
+        self.touch(id, |_, _| {});
         Ok(true)
     }
 
@@ -577,6 +731,7 @@ impl Registry {
         if self.torrents.start(id) {
             self.journal(Undo::Running(id, false));
             self.event(Event::Started { id });
+            self.touch(id, |d, now| d.started = now);
         }
     }
 
@@ -586,6 +741,7 @@ impl Registry {
         if self.torrents.verify(id) {
             // No event: scripts hear of the check when it ends.
             self.journal(Undo::Verify(id));
+            self.touch(id, |_, _| {});
         }
     }
 
@@ -594,6 +750,7 @@ impl Registry {
         if self.torrents.stop(id) {
             self.journal(Undo::Running(id, true));
             self.event(Event::Stopped { id });
+            self.touch(id, |_, _| {});
         }
     }
 
@@ -609,6 +766,10 @@ impl Registry {
                 name: String::from_utf8_lossy(&t.name()).into_owned(),
             });
             self.journal(Undo::Removed(Box::new(t)));
+            if self.removals.len() >= MAX_REMOVALS_KEPT {
+                self.removals.pop_front();
+            }
+            self.removals.push_back((id, self.now()));
         }
     }
 
@@ -621,6 +782,7 @@ impl Registry {
         let done = self.torrents.piece_verified(id, piece);
         if done {
             self.event(Event::Completed { id });
+            self.touch(id, |d, now| d.done = now);
         }
         done
     }
@@ -671,6 +833,18 @@ impl Registry {
             self.torrents_dirty = true;
             for e in &events {
                 self.event(Event::Verified(e.clone()));
+                match *e {
+                    CheckEvent::Finished {
+                        id, complete: true, ..
+                    } => self.touch(id, |d, now| {
+                        if d.done == 0 {
+                            d.done = now;
+                        }
+                    }),
+                    CheckEvent::Finished { id, .. } | CheckEvent::Failed { id, .. } => {
+                        self.touch(id, |_, _| {})
+                    }
+                }
             }
         }
         events
@@ -745,7 +919,10 @@ impl Registry {
                 Undo::Added(id) => {
                     self.torrents.take(id);
                 }
-                Undo::Removed(t) => self.torrents.restore(*t),
+                Undo::Removed(t) => {
+                    self.removals.retain(|(id, _)| *id != t.id);
+                    self.torrents.restore(*t)
+                }
                 Undo::Running(id, true) => {
                     self.torrents.start(id);
                 }
@@ -756,6 +933,19 @@ impl Registry {
                 // begun (checks run after the commit).
                 Undo::Verify(id) => self.torrents.unverify(id),
                 Undo::Metadata(id) => self.torrents.unset_metadata(id),
+                Undo::Labels(id, old) => {
+                    if let Some(t) = self.torrents.get_mut(id) {
+                        t.labels = old;
+                    }
+                }
+                Undo::Directory(id, old) => {
+                    if let Some(t) = self.torrents.get_mut(id) {
+                        t.directory = old;
+                    }
+                    // The check queued for the new place is gone; the data
+                    // in the old one is checked again.
+                    self.torrents.recheck(id);
+                }
             }
         }
         self.new_copies.clear();
@@ -785,7 +975,17 @@ fn torrent_value(t: &Torrent) -> Value {
         ("downloaded", Value::Int(t.transfer.downloaded as i64)),
         ("uploaded", Value::Int(t.transfer.uploaded as i64)),
         ("verified", Value::Bytes(t.bitfield())),
+        ("added", Value::Int(t.dates.added)),
+        ("done", Value::Int(t.dates.done)),
+        ("activity", Value::Int(t.dates.activity)),
+        ("edited", Value::Int(t.dates.edited)),
     ];
+    if !t.labels.is_empty() {
+        pairs.push((
+            "labels",
+            Value::List(t.labels.iter().map(|l| Value::str(l)).collect()),
+        ));
+    }
     if t.meta.is_none() {
         pairs.push(("pending", Value::Int(1)));
         if let Some(n) = &t.hints.name {
@@ -799,6 +999,20 @@ fn torrent_value(t: &Torrent) -> Value {
         ));
     }
     Value::dict(pairs)
+}
+
+/// The labels an entry of `torrents.benc` kept, bounded as when set.
+fn labels_of(entry: &Value) -> Vec<String> {
+    entry
+        .get("labels")
+        .and_then(Value::as_list)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(Value::as_str)
+        .filter(|l| !l.is_empty() && l.len() <= MAX_LABEL_BYTES)
+        .take(MAX_LABELS)
+        .map(str::to_string)
+        .collect()
 }
 
 /// The hints an entry of `torrents.benc` kept (what is malformed in it is
@@ -983,6 +1197,85 @@ mod tests {
         assert_eq!(t.meta.as_ref().map(|m| m.info_hash), Some(meta.info_hash));
         assert_eq!(t.name(), b"hello.txt");
         assert_eq!(t.phase, Phase::WaitingCheck, "running: checked again");
+    }
+
+    #[test]
+    fn only_regular_files_within_the_limit_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = open(dir.path());
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        for (path, want) in [
+            (
+                fifo.clone(),
+                format!("{} is not a regular file", fifo.display()),
+            ),
+            (
+                "/dev/zero".into(),
+                "/dev/zero is not a regular file".to_string(),
+            ),
+            (
+                dir.path().to_path_buf(),
+                format!("{} is not a regular file", dir.path().display()),
+            ),
+        ] {
+            assert_eq!(r.add_file(&path, None, None), Err(AddError::Read(want)));
+        }
+        let big = dir.path().join("big.torrent");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(metainfo::MAX_METAINFO_BYTES as u64 + 1).unwrap();
+        assert!(
+            matches!(r.add_file(&big, None, None), Err(AddError::Read(m)) if m.contains("over the metainfo limit"))
+        );
+    }
+
+    #[test]
+    fn dates_labels_and_directory_are_kept_and_undone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = open(dir.path());
+        r.set_wall_clock(1_000);
+        let id = r.add(fixture("hello.torrent"), None, Some(true)).unwrap();
+        let t = r.torrents().get(id).unwrap();
+        assert_eq!(
+            (t.dates.added, t.dates.started, t.dates.done),
+            (1_000, 1_000, 0)
+        );
+        r.set_labels(id, vec!["a".into(), "b c".into()]);
+        r.commit().unwrap();
+        r.set_wall_clock(1_010);
+        r.note_activity(id);
+        r.save_progress();
+        r.commit().unwrap();
+
+        // A failed commit takes labels and directory back.
+        r.set_labels(id, vec!["x".into()]);
+        r.set_directory(id, "/elsewhere".into()).unwrap();
+        assert!(r.set_directory(id, "rel".into()).is_err());
+        // torrents.benc cannot be replaced by a non-empty directory.
+        let file = dir.path().join(TORRENTS_FILE);
+        std::fs::rename(&file, dir.path().join("kept")).unwrap();
+        std::fs::create_dir(&file).unwrap();
+        std::fs::write(file.join("x"), b"").unwrap();
+        assert!(r.commit().is_err());
+        let t = r.torrents().get(id).unwrap();
+        assert_eq!(t.labels, ["a", "b c"]);
+        assert_eq!(t.directory, PathBuf::from("/dl"));
+        std::fs::remove_dir_all(&file).unwrap();
+        std::fs::rename(dir.path().join("kept"), &file).unwrap();
+
+        let mut r = open(dir.path());
+        let t = r.torrents().iter().next().unwrap();
+        let id = t.id;
+        assert_eq!(t.labels, ["a", "b c"]);
+        assert_eq!((t.dates.added, t.dates.activity), (1_000, 1_010));
+        assert_eq!(t.dates.started, 0, "dated by the first clock given");
+        r.set_wall_clock(2_000);
+        assert_eq!(r.torrents().get(id).unwrap().dates.started, 2_000);
+        r.remove(id);
+        assert_eq!(r.removed_since(1_990), [id]);
+        assert!(r.removed_since(2_001).is_empty());
+        r.set_wall_clock(2_000 + REMOVALS_KEPT_SECS + 1);
+        assert!(r.removed_since(0).is_empty(), "forgotten after a while");
     }
 
     #[test]

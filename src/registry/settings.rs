@@ -69,7 +69,21 @@ pub struct Settings {
     pub directory: PathBuf,
     /// Encryption of peer connections.
     pub encryption: Encryption,
+    /// The distributed hash table (BEP 5) for torrents that are not
+    /// private.
+    pub dht: bool,
+    /// The download limit (KiB/s) kept while `downlimit` says none: the
+    /// RPC shows a limit's number and its switch apart
+    /// (`speed-limit-down`, `speed-limit-down-enabled`), where the IPC's
+    /// one number says none when negative.
+    pub downlimit_kept: u64,
+    /// The upload limit (KiB/s) kept while `uplimit` says none.
+    pub uplimit_kept: u64,
 }
+
+/// The limit a switched-off limit keeps until a client sets one:
+/// Transmission's default, 100 KB/s.
+const KEPT_LIMIT_DEFAULT: u64 = 100;
 
 impl Settings {
     /// The settings of a fresh state directory (PROTOCOL.md 4).
@@ -84,6 +98,10 @@ impl Settings {
             directory,
             // Transmission's default.
             encryption: Encryption::Preferred,
+            // Transmission's default.
+            dht: true,
+            downlimit_kept: KEPT_LIMIT_DEFAULT,
+            uplimit_kept: KEPT_LIMIT_DEFAULT,
         }
     }
 
@@ -99,6 +117,7 @@ impl Settings {
             ("uplimit", self.uplimit != other.uplimit),
             ("directory", self.directory != other.directory),
             ("encryption", self.encryption != other.encryption),
+            ("dht", self.dht != other.dht),
         ]
         .into_iter()
         .filter_map(|(name, differs)| differs.then_some(name))
@@ -110,15 +129,24 @@ impl Settings {
         Value::dict([
             ("automap", Value::Int(self.automap.into())),
             ("autostart", Value::Int(self.autostart.into())),
+            ("dht", Value::Int(self.dht.into())),
             (
                 "directory",
                 Value::Bytes(self.directory.as_os_str().as_bytes().to_vec()),
             ),
             ("downlimit", Value::Int(self.downlimit)),
+            (
+                "downlimit-kept",
+                Value::Int(i64::try_from(self.downlimit_kept).unwrap_or(i64::MAX)),
+            ),
             ("encryption", Value::str(self.encryption.as_str())),
             ("pex", Value::Int(self.pex.into())),
             ("port", Value::Int(self.port.into())),
             ("uplimit", Value::Int(self.uplimit)),
+            (
+                "uplimit-kept",
+                Value::Int(i64::try_from(self.uplimit_kept).unwrap_or(i64::MAX)),
+            ),
         ])
     }
 
@@ -149,8 +177,17 @@ impl Settings {
         if let Some(v) = int("pex")? {
             s.pex = v != 0;
         }
+        if let Some(v) = int("dht")? {
+            s.dht = v != 0;
+        }
         if let Some(v) = int("downlimit")? {
             s.downlimit = v;
+        }
+        if let Some(v) = int("downlimit-kept")? {
+            s.downlimit_kept = u64::try_from(v).unwrap_or(KEPT_LIMIT_DEFAULT);
+        }
+        if let Some(v) = int("uplimit-kept")? {
+            s.uplimit_kept = u64::try_from(v).unwrap_or(KEPT_LIMIT_DEFAULT);
         }
         if let Some(v) = int("uplimit")? {
             s.uplimit = v;
@@ -183,7 +220,9 @@ mod tests {
         s.port = 51413;
         s.automap = true;
         s.pex = false;
+        s.dht = false;
         s.downlimit = 100;
+        s.uplimit_kept = 7;
         for mode in [
             Encryption::Required,
             Encryption::Preferred,

@@ -134,6 +134,49 @@ pub struct Torrent {
     pub error: Option<TorrentError>,
     /// What the engine reports of it (all zero while it does not run).
     pub transfer: Transfer,
+    /// When things happened to it.
+    pub dates: Dates,
+    /// The user's labels, in the order given (set over the RPC).
+    pub labels: Vec<String>,
+    /// Its traffic totals (downloaded, uploaded) when this run of the
+    /// daemon came to know it: this session's traffic is the difference.
+    pub totals_at_open: (u64, u64),
+}
+
+/// When things happened to a torrent, in wall-clock seconds since the
+/// epoch (0: never). The registry stamps them with the time it was last
+/// given ([`super::Registry::set_wall_clock`]); it reads no clock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Dates {
+    /// Added (kept across restarts).
+    pub added: i64,
+    /// Last started, in this run of the daemon.
+    pub started: i64,
+    /// Became complete (kept across restarts).
+    pub done: i64,
+    /// Last moved data (kept across restarts).
+    pub activity: i64,
+    /// Last edited by a user: labels, location (kept across restarts).
+    pub edited: i64,
+    /// Last changed in any way a client sees (in this run).
+    pub changed: i64,
+}
+
+impl Dates {
+    /// The latest of them all: what "recently active" is judged by.
+    pub fn latest(&self) -> i64 {
+        [
+            self.added,
+            self.started,
+            self.done,
+            self.activity,
+            self.edited,
+            self.changed,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0)
+    }
 }
 
 /// A torrent's traffic as the engine last reported it.
@@ -479,6 +522,9 @@ impl Torrents {
                     scrape: [-1; 3],
                     ..Transfer::default()
                 },
+                dates: Dates::default(),
+                labels: Vec::new(),
+                totals_at_open: (0, 0),
             },
         );
         id
@@ -613,6 +659,22 @@ impl Torrents {
         true
     }
 
+    /// Checks a torrent's data again from the start, abandoning a check
+    /// under way or queued (its data moved). Returns whether a check was
+    /// queued (not before the metadata is known).
+    pub fn recheck(&mut self, id: u64) -> bool {
+        self.cancel_check(id);
+        let Some(t) = self.by_id.get_mut(&id) else {
+            return false;
+        };
+        if t.meta.is_none() {
+            return false;
+        }
+        t.phase = Phase::WaitingCheck;
+        self.queue.push_back(id);
+        true
+    }
+
     /// Takes back a [`Torrents::verify`] whose check has not begun.
     pub fn unverify(&mut self, id: u64) {
         self.cancel_check(id);
@@ -666,6 +728,23 @@ impl Torrents {
         if let Some(t) = self.by_id.get_mut(&id) {
             t.error = Some(error);
         }
+    }
+
+    /// How far the check of torrent `id` got, 0 to 1: `None` when it is
+    /// neither checked nor waiting for a check.
+    pub fn check_progress(&self, id: u64) -> Option<f64> {
+        match &self.current {
+            Some(c) if c.id == id => {
+                let pieces = self.by_id.get(&id)?.verified.len().max(1);
+                Some(c.piece.min(pieces) as f64 / pieces as f64)
+            }
+            _ => self.queue.contains(&id).then_some(0.0),
+        }
+    }
+
+    /// The torrent itself, to change what only the registry may.
+    pub(super) fn get_mut(&mut self, id: u64) -> Option<&mut Torrent> {
+        self.by_id.get_mut(&id)
     }
 
     /// There is verification work to do.

@@ -63,6 +63,9 @@ fn torrent(meta: &Metainfo, dir: &Path, complete: bool) -> Torrent {
         completed: 0,
         error: None,
         transfer: Default::default(),
+        dates: Default::default(),
+        labels: Vec::new(),
+        totals_at_open: (0, 0),
     }
 }
 
