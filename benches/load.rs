@@ -88,7 +88,13 @@ impl Server {
             .arg("--download-dir")
             .arg(dir.path().join("dl"))
             .args(["--idle-timeout", "0"])
-            .args(["--announce", "false", "--peer-bind", "127.0.0.1"])
+            .args([
+                "--announce",
+                "false",
+                "--no-dht",
+                "--peer-bind",
+                "127.0.0.1",
+            ])
             .arg("--scripts")
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts"))
             .env("RUST_LOG", "info")

@@ -87,12 +87,61 @@ pub struct Config {
     #[arg(long, value_name = "SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub tracker_timeout: u64,
+    /// Run a DHT node (BEP 5) on the peer port, for torrents that are not
+    /// private, while the `dht` setting says so too (the default)
+    #[arg(long = "dht", overrides_with = "no_dht")]
+    pub dht_on: bool,
+    /// No DHT at all, whatever the `dht` setting says
+    #[arg(long = "no-dht", overrides_with = "dht_on")]
+    pub no_dht: bool,
+    /// A DHT bootstrap router (repeatable; given once, it replaces the
+    /// defaults), resolved off the loop
+    #[arg(long = "dht-bootstrap", value_name = "HOST:PORT", value_parser = parse_host_port,
+          default_values = DHT_ROUTERS)]
+    pub dht_bootstrap: Vec<HostPort>,
     /// Directory of *.rhai scripts [default: <state-dir>/scripts, if it exists]
     #[arg(long, value_name = "DIR")]
     pub scripts: Option<PathBuf>,
     /// Bounds on every script call.
     #[command(flatten)]
     pub script_limits: Limits,
+}
+
+/// The DHT's well-known bootstrap routers, as libtorrent and Transmission
+/// use them.
+const DHT_ROUTERS: [&str; 4] = [
+    "router.bittorrent.com:6881",
+    "dht.transmissionbt.com:6881",
+    "router.utorrent.com:6881",
+    "dht.libtorrent.org:25401",
+];
+
+/// A host name or address, and a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    /// A name, or an address (IPv6 without brackets).
+    pub host: String,
+    /// The port.
+    pub port: u16,
+}
+
+/// `host:port`, `a.b.c.d:port` or `[v6]:port`.
+fn parse_host_port(s: &str) -> Result<HostPort, String> {
+    let bad = || format!("{s:?} is not HOST:PORT");
+    let (host, port) = if let Some(v6) = s.strip_prefix('[') {
+        let (h, p) = v6.split_once("]:").ok_or_else(bad)?;
+        (h, p)
+    } else {
+        s.rsplit_once(':').ok_or_else(bad)?
+    };
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || port == 0 {
+        return Err(bad());
+    }
+    Ok(HostPort {
+        host: host.to_string(),
+        port,
+    })
 }
 
 /// An octal file mode such as `600` or `0660`.
@@ -130,6 +179,11 @@ fn seconds(n: u64) -> Option<Duration> {
 }
 
 impl Config {
+    /// Whether the DHT may run (`--no-dht` not given).
+    pub fn dht(&self) -> bool {
+        !self.no_dht
+    }
+
     /// Every option at its default, with the original daemon's paths under
     /// `home` (state in `~/.transmission/daemon`, data in `~/Downloads`).
     pub fn under_home(home: &Path) -> Config {

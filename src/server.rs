@@ -106,6 +106,13 @@ fn core_settings(config: &Config) -> core::Settings {
             max_half_open: limit(config.max_half_open),
             ..crate::swarm::Limits::default()
         },
+        dht: config.dht(),
+        dht_routers: config
+            .dht_bootstrap
+            .iter()
+            .map(|h| (h.host.clone(), h.port))
+            .collect(),
+        state_dir: config.has_paths().then(|| config.state_dir().to_path_buf()),
     }
 }
 

@@ -146,10 +146,12 @@ pub fn status_field(t: &Torrent, ty: &str) -> Option<Value> {
         "peers-uploading" => Value::Int(x.peers_uploading.into()),
         "peers-total" => Value::Int(x.peers.into()),
         "peers-from" => Value::dict([
-            ("cache", Value::Int(x.peers_from[0].into())),
-            ("incoming", Value::Int(x.peers_from[1].into())),
-            ("pex", Value::Int(x.peers_from[2].into())),
-            ("tracker", Value::Int(x.peers_from[3].into())),
+            ("cache", Value::Int(x.peers_from.cache.into())),
+            // tripcd's own: peers the DHT found.
+            ("dht", Value::Int(x.peers_from.dht.into())),
+            ("incoming", Value::Int(x.peers_from.incoming.into())),
+            ("pex", Value::Int(x.peers_from.pex.into())),
+            ("tracker", Value::Int(x.peers_from.tracker.into())),
         ]),
         "eta" => Value::Int(x.eta),
         // tripcd's own: the peers a magnet's metadata comes from, and how

@@ -29,7 +29,13 @@ fn daemon_args(cmd: &mut Command, state: &Path) {
         .arg(state)
         .arg("--download-dir")
         .arg(state.join("downloads"))
-        .args(["--peer-bind", "127.0.0.1", "--announce", "false"])
+        .args([
+            "--peer-bind",
+            "127.0.0.1",
+            "--announce",
+            "false",
+            "--no-dht",
+        ])
         .env("RUST_LOG", "debug")
         .stdin(Stdio::null())
         .stdout(Stdio::null());

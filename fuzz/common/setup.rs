@@ -173,6 +173,7 @@ pub fn manners(control: u8) -> Manners {
         pex: control & 0x40 != 0,
         encryption,
         listen_port: LISTEN_PORT,
+        dht_port: None,
     }
 }
 

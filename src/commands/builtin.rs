@@ -21,6 +21,9 @@ pub(super) const BUILTINS: &[(&str, u8, Builtin)] = &[
     ("get-autostart", 2, get_autostart),
     ("pex", 2, set_pex),
     ("get-pex", 2, get_pex),
+    ("dht", 2, set_dht),
+    ("get-dht", 2, get_dht),
+    ("get-dht-stats", 2, get_dht_stats),
     ("downlimit", 2, set_downlimit),
     ("get-downlimit", 2, get_downlimit),
     ("uplimit", 2, set_uplimit),
@@ -103,6 +106,14 @@ fn set_pex(ctx: &mut Ctx<'_>, v: &Value) -> Reply {
     })
 }
 
+/// tripcd's own, in the style of `pex`: the DHT on (1) or off (0).
+fn set_dht(ctx: &mut Ctx<'_>, v: &Value) -> Reply {
+    set_int(ctx, v, |s, i| {
+        s.dht = i != 0;
+        true
+    })
+}
+
 fn set_downlimit(ctx: &mut Ctx<'_>, v: &Value) -> Reply {
     set_int(ctx, v, |s, i| {
         s.downlimit = i;
@@ -167,6 +178,32 @@ fn get_autostart(ctx: &mut Ctx<'_>, _: &Value) -> Reply {
 
 fn get_pex(ctx: &mut Ctx<'_>, _: &Value) -> Reply {
     Reply::data("pex", Value::Int(ctx.registry.settings().pex.into()))
+}
+
+fn get_dht(ctx: &mut Ctx<'_>, _: &Value) -> Reply {
+    Reply::data("dht", Value::Int(ctx.registry.settings().dht.into()))
+}
+
+/// Where the DHT node stands, as the core last reported it (about once a
+/// second, and at every change it hears of).
+fn get_dht_stats(ctx: &mut Ctx<'_>, _: &Value) -> Reply {
+    let d = ctx.registry.dht();
+    let int = |n: u64| Value::Int(i64::try_from(n).unwrap_or(i64::MAX));
+    Reply::data(
+        "dht-stats",
+        Value::dict([
+            ("buckets", int(d.buckets as u64)),
+            ("good-nodes", int(d.good_nodes as u64)),
+            ("lookups", int(d.lookups as u64)),
+            ("packets-in", int(d.packets_in)),
+            ("packets-out", int(d.packets_out)),
+            ("queries-answered", int(d.queries_answered)),
+            ("queries-refused", int(d.queries_refused)),
+            ("questionable-nodes", int(d.questionable_nodes as u64)),
+            ("running", Value::Int(d.running.into())),
+            ("stored-hashes", int(d.stored_hashes as u64)),
+        ]),
+    )
 }
 
 fn get_downlimit(ctx: &mut Ctx<'_>, _: &Value) -> Reply {

@@ -13,12 +13,14 @@
 
 mod announce;
 mod datagrams;
+mod discovery;
 mod report;
 
 pub use datagrams::{classify, Datagram, DatagramStats};
 pub use report::Tally;
 
 use announce::{Announcing, Totals};
+use discovery::Discovery;
 
 use std::cell::{Ref, RefCell, RefMut};
 use std::collections::VecDeque;
@@ -65,6 +67,12 @@ pub struct Settings {
     pub check_slice: Duration,
     /// Connection limits.
     pub limits: swarm::Limits,
+    /// The DHT may run (it runs while the `dht` setting says so too).
+    pub dht: bool,
+    /// The DHT's bootstrap routers, `HOST:PORT`.
+    pub dht_routers: Vec<(String, u16)>,
+    /// Where the DHT's routing table is kept (none: not kept).
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Settings {
@@ -74,6 +82,9 @@ impl Default for Settings {
             tracker_timeout: trackers::Settings::default().timeout,
             check_slice: Duration::from_millis(5),
             limits: swarm::Limits::default(),
+            dht: false,
+            dht_routers: Vec::new(),
+            state_dir: None,
         }
     }
 }
@@ -117,6 +128,8 @@ pub struct Core {
     events: VecDeque<CoreEvent>,
     /// Datagrams on the peer port, by kind.
     datagrams: DatagramStats,
+    /// The DHT.
+    discovery: Discovery,
 }
 
 impl Core {
@@ -132,6 +145,7 @@ impl Core {
     pub fn with_swarm(registry: SharedRegistry, settings: Settings, swarm: Swarm) -> Core {
         Core {
             announcing: Announcing::new(settings.announce, settings.tracker_timeout),
+            discovery: Discovery::new(settings.dht_routers.clone(), settings.state_dir.clone()),
             registry,
             settings,
             swarm,
@@ -167,18 +181,29 @@ impl Core {
         self.synced_changes = changes;
         let reg = Rc::clone(&self.registry);
         let reg = reg.borrow();
-        self.swarm.set_manners(manners(reg.settings()), now);
+        let dht = self.settings.dht && reg.settings().dht;
+        self.discovery.set_running(dht, now);
+        self.discovery.set_port(reg.settings().port);
+        let mut manners = manners(reg.settings());
+        manners.dht_port = dht.then_some(reg.settings().port);
+        self.swarm.set_manners(manners, now);
         for t in reg.torrents().iter() {
             self.follow(t, now);
         }
         for id in self.swarm.running() {
-            if reg.torrents().get(id).is_none() {
+            if let Some(hash) = self
+                .swarm
+                .info_hash(id)
+                .filter(|_| reg.torrents().get(id).is_none())
+            {
                 self.swarm.stop(id);
                 self.announcing.forget(id, now);
+                self.discovery.untrack(&hash);
             }
         }
         drop(reg);
         self.drain_trackers(now);
+        self.drain_discovery();
         if self.next_report.is_none() && !self.swarm.running().is_empty() {
             self.next_report = Some(now);
         }
@@ -196,10 +221,17 @@ impl Core {
                     return;
                 }
                 self.announcing.start(t, now);
+                // BEP 27: a private torrent's peers come from its tracker.
+                if !t.is_private() {
+                    self.discovery.track(t.id, t.info_hash, now);
+                }
             }
             // The metadata arrived: peers stay while the data is checked.
             Some(Stage::Fetching) if wanted && t.meta.is_some() => {
                 self.swarm.set_geometry(t, now);
+                if t.is_private() {
+                    self.discovery.untrack(&t.info_hash);
+                }
                 self.announcing.set_size(t.id, t.total_size());
                 if moving {
                     self.follow(t, now);
@@ -218,6 +250,7 @@ impl Core {
             Some(_) if !wanted || checking || t.phase == Phase::Paused => {
                 self.swarm.stop(t.id);
                 self.announcing.stop(t.id, now);
+                self.discovery.untrack(&t.info_hash);
             }
             _ => {}
         }
@@ -277,6 +310,7 @@ impl Core {
                 SwarmEvent::MetadataFetched { torrent, info } => {
                     self.handle_metadata(torrent, &info);
                 }
+                SwarmEvent::DhtNode { addr } => self.discovery.add_node(addr, now),
                 SwarmEvent::PeerDisconnected { torrent, addr } => {
                     debug!("torrent {torrent}: peer {addr} gone");
                     self.report(now);
@@ -425,6 +459,7 @@ impl Core {
             self.next_report,
             self.next_progress_save,
             self.announcing.poll_timeout(),
+            self.discovery.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -436,6 +471,10 @@ impl Core {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.sync(now);
         self.handle_tracker_timers(now);
+        if self.discovery.poll_timeout().is_some_and(|t| t <= now) {
+            self.discovery.handle_timeout(now);
+            self.drain_discovery();
+        }
         self.swarm.handle_timeout(now);
         self.drain_swarm(now);
         if self.next_report.is_some_and(|t| now >= t) {
@@ -468,6 +507,7 @@ impl Core {
             self.swarm.stop(id);
         }
         self.announcing.stop_all(now);
+        self.discovery.save();
         self.reg_mut().save_progress();
     }
 
@@ -485,13 +525,28 @@ impl Core {
     /// to resolve); the reactor brings back its [`JobResult`].
     pub fn poll_tracker_job(&mut self, now: Instant) -> Option<Job> {
         self.start_announces(now);
-        self.announcing.poll_job()
+        self.announcing
+            .poll_job()
+            .or_else(|| self.discovery.poll_job())
     }
 
     /// What the tracker worker did with a job.
     pub fn handle_tracker_result(&mut self, r: JobResult, now: Instant) {
-        self.announcing.handle_job_result(r, now);
-        self.drain_trackers(now);
+        if let Some(r) = self.discovery.handle_job_result(r, now) {
+            self.announcing.handle_job_result(r, now);
+            self.drain_trackers(now);
+        }
+        self.drain_discovery();
+    }
+
+    /// Peers the DHT found, to the swarm; its state where clients see it.
+    fn drain_discovery(&mut self) {
+        while let Some((torrent, peers)) = self.discovery.poll_peers() {
+            debug!("torrent {torrent}: the DHT named {} peers", peers.len());
+            self.swarm.add_peers(torrent, &peers, swarm::Source::Dht);
+        }
+        let report = self.discovery.report();
+        self.reg_mut().set_dht(report);
     }
 
     /// The trackers' timers: UDP retransmissions and deadlines.
@@ -559,8 +614,12 @@ impl Core {
                 self.announcing.handle_datagram(from, data, now);
                 self.drain_trackers(now);
             }
+            Datagram::Dht if self.discovery.handle_datagram(from, data, now) => {
+                self.datagrams.dht += 1;
+                self.drain_discovery();
+            }
             kind => {
-                // No DHT or uTP runs: nobody takes it.
+                // Its protocol is off: nobody takes it.
                 trace!("{kind:?} datagram from {from} dropped: not served");
                 self.datagrams.dropped += 1;
             }
@@ -570,7 +629,15 @@ impl Core {
     /// The next datagram to send from the peer port.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
         self.start_announces(now);
-        self.announcing.poll_transmit(now)
+        if let Some(t) = self.announcing.poll_transmit(now) {
+            return Some(t);
+        }
+        let mut payload = Vec::new();
+        let destination = self.discovery.poll_transmit(&mut payload)?;
+        Some(Transmit {
+            destination,
+            payload,
+        })
     }
 
     /// Datagrams received so far, by kind.
@@ -603,6 +670,7 @@ fn manners(s: &State) -> swarm::Manners {
             Encryption::Plaintext | Encryption::Tolerated => Policy::Tolerated,
         },
         listen_port: s.port,
+        dht_port: None,
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use crate::registry::{Phase, Registry};
+use crate::registry::{PeersFrom, Phase, Registry};
 use crate::swarm::Swarm;
 
 /// Torrents by state and total rates, for a service manager's STATUS.
@@ -43,8 +43,14 @@ pub fn report(swarm: &mut Swarm, reg: &mut Registry, now: Instant) {
         x.peers = st.peers;
         x.peers_downloading = st.peers_sending;
         x.peers_uploading = st.peers_receiving;
-        let [incoming, tracker, cache, pex] = st.peers_from;
-        x.peers_from = [cache, incoming, pex, tracker];
+        let [incoming, tracker, cache, pex, dht] = st.peers_from;
+        x.peers_from = PeersFrom {
+            cache,
+            dht,
+            incoming,
+            pex,
+            tracker,
+        };
         x.peer_list = swarm.peer_list(id, now);
         x.metadata_percent = st.metadata_percent;
         x.metadata_peers = st.metadata_peers;
@@ -73,7 +79,7 @@ pub fn report(swarm: &mut Swarm, reg: &mut Registry, now: Instant) {
             x.peers = 0;
             x.peers_downloading = 0;
             x.peers_uploading = 0;
-            x.peers_from = [0; 4];
+            x.peers_from = PeersFrom::default();
             x.peer_list.clear();
             x.eta = -1;
         }

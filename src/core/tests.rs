@@ -17,6 +17,7 @@ fn core(dir: &std::path::Path, announce: bool) -> Core {
     let reg = Registry::open(dir, RegSettings::defaults(dir.join("dl"))).unwrap();
     let settings = Settings {
         announce,
+        dht: true,
         ..Settings::default()
     };
     Core::new(Rc::new(RefCell::new(reg)), settings)
@@ -109,14 +110,21 @@ fn each_kind_of_datagram_on_the_peer_port_reaches_its_handler() {
     // The same reply again, or from elsewhere, is no tracker's any more.
     c.handle_datagram(tracker, &reply, now);
     c.handle_datagram("127.0.0.1:7000".parse().unwrap(), &reply, now);
-    // A KRPC query, and a uTP SYN.
-    c.handle_datagram(
-        tracker,
-        b"d1:ad2:id20:aaaaaaaaaaaaaaaaaaaae1:q4:ping1:t2:aa1:y1:qe",
-        now,
+    // A KRPC query: the DHT answers it.
+    let node: SocketAddr = "127.0.0.1:7001".parse().unwrap();
+    let ping = b"d1:ad2:id20:aaaaaaaaaaaaaaaaaaaae1:q4:ping1:t2:aa1:y1:qe";
+    c.handle_datagram(node, ping, now);
+    let to_node: Vec<Vec<u8>> = std::iter::from_fn(|| c.poll_transmit(now))
+        .filter(|t| t.destination == node)
+        .map(|t| t.payload)
+        .collect();
+    assert!(
+        to_node.iter().any(|p| p.windows(6).any(|w| w == b"1:y1:r")),
+        "the DHT's answer: {to_node:?}"
     );
-    c.handle_datagram(tracker, &[0x41, 1, 0, 0, 0, 0, 0, 0], now);
+    // A uTP SYN.
+    c.handle_datagram(node, &[0x41, 1, 0, 0, 0, 0, 0, 0], now);
     let st = c.datagram_stats();
-    assert_eq!(st.tracker, 1);
-    assert_eq!(st.dht + st.utp + st.dropped, 4);
+    assert_eq!((st.tracker, st.dht), (1, 1));
+    assert_eq!(st.utp + st.dropped, 3);
 }

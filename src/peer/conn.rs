@@ -797,6 +797,11 @@ impl PeerConn {
         }
     }
 
+    /// Tells the peer our DHT node's port (BEP 5).
+    pub fn port(&mut self, port: u16, now: Instant) {
+        self.send(&Message::Port(port), now);
+    }
+
     /// Both sides speak the fast extension (BEP 6).
     pub fn is_fast(&self) -> bool {
         self.x.fast

@@ -385,6 +385,7 @@ mod tests {
             read_budget: read_budget as u64,
             idle_timeout: 0,
             handshake_timeout: 0,
+            no_dht: true,
             ..Default::default()
         };
         let server = Server::new(Service::new(reg), config);

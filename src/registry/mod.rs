@@ -31,7 +31,8 @@ use crate::codec::{decode, EncodeError, Value};
 pub use metainfo::{Metainfo, MetainfoError};
 pub use settings::{Encryption, Settings};
 pub use torrents::{
-    CheckEvent, Dates, Hints, PeerInfo, Phase, Torrent, TorrentError, Torrents, Transfer,
+    CheckEvent, Dates, DhtReport, Hints, PeerInfo, PeersFrom, Phase, Torrent, TorrentError,
+    Torrents, Transfer,
 };
 
 /// A state directory that cannot be used at all.
@@ -226,6 +227,8 @@ pub struct Registry {
     wall: Option<i64>,
     /// Torrents removed lately (id, when), oldest first, bounded.
     removals: std::collections::VecDeque<(u64, i64)>,
+    /// The DHT node, as the core last reported it.
+    dht: DhtReport,
 }
 
 const SETTINGS_FILE: &str = "settings.benc";
@@ -257,6 +260,7 @@ impl Registry {
             commits: 0,
             wall: None,
             removals: std::collections::VecDeque::new(),
+            dht: DhtReport::default(),
         };
         if let Some(v) = reg.load_file(SETTINGS_FILE)? {
             match Settings::from_value(&v, defaults) {
@@ -404,6 +408,16 @@ impl Registry {
     /// changed something that a commit must make durable.
     pub fn changes(&self) -> u64 {
         self.changes
+    }
+
+    /// The DHT node as last reported.
+    pub fn dht(&self) -> &DhtReport {
+        &self.dht
+    }
+
+    /// The core's report of the DHT node (not state to save).
+    pub fn set_dht(&mut self, report: DhtReport) {
+        self.dht = report;
     }
 
     /// Commits that wrote something since the registry was opened.

@@ -106,6 +106,47 @@ impl Hints {
     }
 }
 
+/// Where the DHT node stands, as the core last reported it (`get-dht`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DhtReport {
+    /// The node runs.
+    pub running: bool,
+    /// Good nodes in the table(s).
+    pub good_nodes: usize,
+    /// Questionable nodes.
+    pub questionable_nodes: usize,
+    /// Buckets.
+    pub buckets: usize,
+    /// Lookups running and queued.
+    pub lookups: usize,
+    /// Datagrams in.
+    pub packets_in: u64,
+    /// Datagrams out.
+    pub packets_out: u64,
+    /// Info hashes we store peers for.
+    pub stored_hashes: usize,
+    /// Queries answered.
+    pub queries_answered: u64,
+    /// Queries refused by the rate limits.
+    pub queries_refused: u64,
+}
+
+/// Connected peers by how they came to us (the protocol's `peers-from`,
+/// with tripcd's `dht`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeersFrom {
+    /// Remembered, or named by a magnet link.
+    pub cache: u32,
+    /// Found through the DHT.
+    pub dht: u32,
+    /// They connected to us.
+    pub incoming: u32,
+    /// Peer exchange.
+    pub pex: u32,
+    /// A tracker named them.
+    pub tracker: u32,
+}
+
 /// One torrent in the registry.
 #[derive(Debug, Clone)]
 pub struct Torrent {
@@ -200,9 +241,8 @@ pub struct Transfer {
     pub peers_downloading: u32,
     /// Peers we send to.
     pub peers_uploading: u32,
-    /// Connected peers by source: cache, incoming, pex, tracker (the
-    /// protocol's key order).
-    pub peers_from: [u32; 4],
+    /// Connected peers by source.
+    pub peers_from: PeersFrom,
     /// Seconds to completion at the current rate, -1 when unknown.
     pub eta: i64,
     /// How much of the info dictionary is fetched, 0 to 100 (100 once the

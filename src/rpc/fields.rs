@@ -546,16 +546,17 @@ fn flags(p: &crate::registry::PeerInfo) -> String {
 }
 
 fn peers_from(r: &Row<'_>, o: &mut Out) {
-    let [cache, incoming, pex, tracker] = r.t.transfer.peers_from;
+    let f = r.t.transfer.peers_from;
     o.open_object();
-    o.uint_member("fromCache", cache.into());
-    // No DHT, local discovery or extension-protocol sources yet.
-    o.int_member("fromDht", 0);
-    o.uint_member("fromIncoming", incoming.into());
+    o.uint_member("fromCache", f.cache.into());
+    o.uint_member("fromDht", f.dht.into());
+    o.uint_member("fromIncoming", f.incoming.into());
+    // No local discovery yet; no peers come from the extension protocol
+    // (PEX is counted as itself).
     o.int_member("fromLpd", 0);
     o.int_member("fromLtep", 0);
-    o.uint_member("fromPex", pex.into());
-    o.uint_member("fromTracker", tracker.into());
+    o.uint_member("fromPex", f.pex.into());
+    o.uint_member("fromTracker", f.tracker.into());
     o.close_object();
 }
 

@@ -46,12 +46,19 @@ use session::{ServeError, Session};
 /// The handshake's reserved bit for the extension protocol (BEP 10).
 const EXTENSION_BIT: (usize, u8) = (5, 0x10);
 
-/// The reserved bits of our handshake: the extension protocol (BEP 10)
-/// and the fast extension (BEP 6).
-fn our_reserved() -> [u8; 8] {
+/// The handshake's reserved bit for the DHT (BEP 5).
+const DHT_BIT: (usize, u8) = (7, 0x01);
+
+/// The reserved bits of our handshake: the extension protocol (BEP 10),
+/// the fast extension (BEP 6), and the DHT (BEP 5) when ours runs for
+/// this torrent.
+fn our_reserved(dht: bool) -> [u8; 8] {
     let mut reserved = [0; 8];
     reserved[EXTENSION_BIT.0] |= EXTENSION_BIT.1;
     crate::peer::fast::set_reserved_bit(&mut reserved);
+    if dht {
+        reserved[DHT_BIT.0] |= DHT_BIT.1;
+    }
     reserved
 }
 
@@ -112,6 +119,9 @@ pub struct Manners {
     pub encryption: Policy,
     /// Our peer port, told to peers in the extension handshake (0: none).
     pub listen_port: u16,
+    /// Our DHT node's port, while the DHT runs: offered in the handshake
+    /// and told to peers that run one (BEP 5).
+    pub dht_port: Option<u16>,
 }
 
 impl Default for Manners {
@@ -122,6 +132,7 @@ impl Default for Manners {
             pex: true,
             encryption: Policy::Preferred,
             listen_port: 0,
+            dht_port: None,
         }
     }
 }
@@ -171,6 +182,11 @@ pub enum SwarmEvent {
         /// The info dictionary's bytes.
         info: Vec<u8>,
     },
+    /// A peer runs a DHT node at `addr` (its `port` message, BEP 5).
+    DhtNode {
+        /// The node's address.
+        addr: SocketAddr,
+    },
     /// A peer of a torrent went away.
     PeerDisconnected {
         /// Torrent id.
@@ -195,8 +211,9 @@ pub struct Stats {
     pub peers_sending: u32,
     /// Peers we send to (we unchoked them, and they want ours).
     pub peers_receiving: u32,
-    /// Connected peers by source: incoming, tracker, cache, pex.
-    pub peers_from: [u32; 4],
+    /// Connected peers by source: incoming, tracker, cache, pex, dht
+    /// (indexed by [`Source`]).
+    pub peers_from: [u32; 5],
     /// Payload bytes received in this run.
     pub downloaded: u64,
     /// Payload bytes sent in this run.
@@ -416,6 +433,11 @@ impl Swarm {
         info!("torrent {id}: session stopped");
     }
 
+    /// Torrent `id`'s info hash, if its session runs.
+    pub fn info_hash(&self, id: u64) -> Option<[u8; 20]> {
+        self.sessions.get(&id).map(|s| s.info_hash)
+    }
+
     /// Where torrent `id`'s session is, if it runs.
     pub fn stage(&self, id: u64) -> Option<Stage> {
         self.sessions.get(&id).map(Session::stage)
@@ -611,6 +633,7 @@ impl Swarm {
         let id = *id;
         let (addr, source) = s.next_candidate()?;
         let info_hash = s.info_hash;
+        let private = s.private;
         let link = match self.manners.encryption {
             Policy::Tolerated => Link::plain(),
             Policy::Preferred if self.plain_only.contains(&addr) => Link::plain(),
@@ -623,7 +646,7 @@ impl Swarm {
             },
         };
         let transport = Transport::Tcp;
-        let conn = PeerConn::outgoing(self.our_handshake(info_hash), now);
+        let conn = PeerConn::outgoing(self.our_handshake(info_hash, private), now);
         let mut peer = Peer::new(conn, link, addr, transport, now);
         peer.listen = Some(addr);
         peer.torrent = Some(id);
@@ -642,9 +665,9 @@ impl Swarm {
     }
 
     /// Our handshake for a torrent: the extension protocol offered.
-    fn our_handshake(&self, info_hash: [u8; 20]) -> Handshake {
+    fn our_handshake(&self, info_hash: [u8; 20], private: bool) -> Handshake {
         Handshake {
-            reserved: our_reserved(),
+            reserved: our_reserved(self.manners.dht_port.is_some() && !private),
             info_hash,
             peer_id: self.peer_id,
         }
@@ -786,6 +809,7 @@ impl Swarm {
         };
         let mut effects = session::Effects::default();
         let mut extended = Vec::new();
+        let mut dht_nodes = Vec::new();
         while let Some(msg) = p.conn.poll_message()? {
             if let Message::Extended { id, payload } = msg {
                 // Bounded by the largest message a peer may send.
@@ -794,6 +818,11 @@ impl Swarm {
             }
             if let Message::HaveAll | Message::HaveNone | Message::RejectRequest(_) = msg {
                 debug!("peer {}: {msg:?}", p.addr);
+            }
+            if let Message::Port(port) = msg {
+                if port != 0 && self.manners.dht_port.is_some() && !s.private {
+                    dht_nodes.push(SocketAddr::new(p.addr.ip(), port));
+                }
             }
             s.handle(
                 PeerKey(key),
@@ -819,6 +848,9 @@ impl Swarm {
         );
         let both_seeds = s.is_complete() && p.conn.peer_is_seed();
         self.apply(id, effects, now);
+        for addr in dht_nodes {
+            self.events.push_back(SwarmEvent::DhtNode { addr });
+        }
         for (ext, payload) in extended {
             self.extended(key, id, ext, &payload, now);
         }
@@ -1146,8 +1178,9 @@ impl Swarm {
                 if s.peers.len() >= self.limits.max_peers_per_torrent {
                     return Err(PeerError::OutOfRange("peers of this torrent (limit)"));
                 }
+                let dht = self.manners.dht_port.is_some() && !s.private;
                 p.conn.accept(Handshake {
-                    reserved: our_reserved(),
+                    reserved: our_reserved(dht),
                     info_hash: h.info_hash,
                     peer_id: self.peer_id,
                 })?;
@@ -1179,6 +1212,12 @@ impl Swarm {
         if h.reserved[EXTENSION_BIT.0] & EXTENSION_BIT.1 != 0 {
             let ours = extension_handshake(s, &self.manners);
             p.conn.extended(HANDSHAKE_EXT_ID, &ours, now);
+        }
+        // BEP 5: both run a DHT node: tell it where ours is.
+        if let Some(port) = self.manners.dht_port.filter(|_| !s.private) {
+            if h.reserved[DHT_BIT.0] & DHT_BIT.1 != 0 {
+                p.conn.port(port, now);
+            }
         }
         let how = if p.link.is_encrypted() {
             "encrypted"

@@ -23,6 +23,8 @@ pub enum Source {
     Cache,
     /// Peer exchange.
     Pex,
+    /// The DHT.
+    Dht,
 }
 
 /// How a peer's bytes travel: a property of each peer, chosen when it is

@@ -61,6 +61,14 @@ impl Daemon {
         if !args.contains(&"--announce") {
             cmd.args(["--announce", "false"]);
         }
+        // The DHT's default routers are on the Internet: none unless a
+        // test gives its own.
+        if !args
+            .iter()
+            .any(|a| a.starts_with("--dht") || *a == "--no-dht")
+        {
+            cmd.arg("--no-dht");
+        }
         let mut child = cmd
             .args(args)
             .env("RUST_LOG", "debug")

@@ -93,6 +93,12 @@ struct Args {
     /// Disable peer exchange
     #[arg(short = 'E', long = "disable-pex", num_args = 0, default_missing_value = "", action = ArgAction::Append)]
     disable_pex: Vec<String>,
+    /// Enable the DHT (tripcd's `dht` key)
+    #[arg(short = 'o', long = "dht", num_args = 0, default_missing_value = "", action = ArgAction::Append)]
+    enable_dht: Vec<String>,
+    /// Disable the DHT
+    #[arg(short = 'O', long = "no-dht", num_args = 0, default_missing_value = "", action = ArgAction::Append)]
+    disable_dht: Vec<String>,
     /// Enable automatic port mapping
     #[arg(short = 'm', long = "port-mapping", num_args = 0, default_missing_value = "", action = ArgAction::Append)]
     port_mapping: Vec<String>,
@@ -152,6 +158,8 @@ fn actions(args: &Args, m: &clap::ArgMatches) -> Result<Vec<Action>, String> {
         ("upload_unlimited", Action::UpLimit(None)),
         ("enable_pex", Action::Pex(true)),
         ("disable_pex", Action::Pex(false)),
+        ("enable_dht", Action::Dht(true)),
+        ("disable_dht", Action::Dht(false)),
         ("port_mapping", Action::Automap(true)),
         ("no_port_mapping", Action::Automap(false)),
         ("quit", Action::Quit),

@@ -62,6 +62,8 @@ pub enum Action {
     UpLimit(Option<i64>),
     /// Enable or disable peer exchange.
     Pex(bool),
+    /// Enable or disable the DHT.
+    Dht(bool),
     /// Enable or disable automatic port mapping.
     Automap(bool),
     /// Set the default download folder for new torrents.
@@ -235,6 +237,10 @@ fn run_one(
         Action::Pex(on) => {
             client.request("pex", &Value::Int((*on).into()))?;
             done(format!("peer exchange {}", on_off(*on)), out)?;
+        }
+        Action::Dht(on) => {
+            client.request("dht", &Value::Int((*on).into()))?;
+            done(format!("DHT {}", on_off(*on)), out)?;
         }
         Action::Automap(on) => {
             client.request("automap", &Value::Int((*on).into()))?;
