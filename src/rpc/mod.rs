@@ -58,6 +58,9 @@ pub const MAX_REPLY_BYTES: usize = 64 << 20;
 pub struct RpcReply {
     /// The JSON response.
     pub body: Vec<u8>,
+    /// The request's tag, for [`failed`] when a held reply must be
+    /// rewritten.
+    pub tag: Option<i64>,
     /// The method changed the registry: hold the reply until the turn's
     /// commit, and if that fails send [`failed`] with its reason instead.
     pub durable: bool,
@@ -229,6 +232,7 @@ fn run(
     let reg = svc.registry();
     Handled::Reply(RpcReply {
         body: out.into_bytes(),
+        tag,
         durable: reg.changes() != before.0,
         rebinds: reg.settings().port != before.1,
         reannounce,
@@ -250,6 +254,7 @@ fn refusal(tag: Option<i64>, why: &str) -> RpcReply {
     out.close_object();
     RpcReply {
         body: out.into_bytes(),
+        tag,
         durable: false,
         rebinds: false,
         reannounce: Vec::new(),
