@@ -130,6 +130,18 @@ pub fn state_name(phase: Phase) -> &'static str {
     }
 }
 
+/// What is wrong with a torrent, as the protocol's code (`io-*`,
+/// `tracker-error`, `tracker-warning`) and a message: a data error stops
+/// the torrent and comes first; a tracker's complaint is shown while the
+/// torrent goes on. Shared by the IPC's `error` fields and the RPC's.
+pub fn complaint(t: &Torrent) -> Option<(&'static str, &str)> {
+    match (&t.error, &t.transfer.tracker_message) {
+        (Some(e), _) => Some((e.code, e.message.as_str())),
+        (None, Some((code, m))) => Some((code, m.as_str())),
+        (None, None) => None,
+    }
+}
+
 /// The value of one status type, or `None` for an unknown type. Traffic
 /// figures are the engine's last report (zero while it does not run).
 pub fn status_field(t: &Torrent, ty: &str) -> Option<Value> {
@@ -165,18 +177,8 @@ pub fn status_field(t: &Torrent, ty: &str) -> Option<Value> {
         "scrape-seeders" => Value::Int(x.scrape[0]),
         "scrape-leechers" => Value::Int(x.scrape[1]),
         "scrape-completed" => Value::Int(x.scrape[2]),
-        // A data error stops the torrent and comes first; a tracker's
-        // complaint is shown while the torrent goes on.
-        "error" => Value::str(match (&t.error, &x.tracker_message) {
-            (Some(e), _) => e.code,
-            (None, Some((code, _))) => code,
-            (None, None) => "",
-        }),
-        "error-message" => Value::str(match (&t.error, &x.tracker_message) {
-            (Some(e), _) => e.message.as_str(),
-            (None, Some((_, m))) => m.as_str(),
-            (None, None) => "",
-        }),
+        "error" => Value::str(complaint(t).map_or("", |(code, _)| code)),
+        "error-message" => Value::str(complaint(t).map_or("", |(_, m)| m)),
         "running" => Value::Int(t.running.into()),
         "state" => Value::str(if !t.running && x.stopping {
             "stopping"

@@ -22,6 +22,7 @@ use super::json::Out;
 use crate::registry::magnet::Magnet;
 use crate::registry::metainfo::Tracker;
 use crate::registry::{Phase, Torrent};
+use crate::status::complaint;
 
 /// What a field's value is read from besides the torrent.
 pub struct Row<'a> {
@@ -191,22 +192,19 @@ pub fn status(t: &Torrent) -> i64 {
     }
 }
 
-/// 0 none, 1 a tracker's warning, 2 a tracker's error, 3 a local error.
+/// 0 none, 1 a tracker's warning, 2 a tracker's error, 3 a local error
+/// (the IPC's complaint, numbered).
 fn error_code(t: &Torrent) -> i64 {
-    match (&t.error, &t.transfer.tracker_message) {
-        (Some(_), _) => 3,
-        (None, Some(("tracker-warning", _))) => 1,
-        (None, Some(_)) => 2,
-        (None, None) => 0,
+    match complaint(t) {
+        None => 0,
+        Some(("tracker-warning", _)) => 1,
+        Some(("tracker-error", _)) => 2,
+        Some(_) => 3,
     }
 }
 
 fn error_string(t: &Torrent) -> &str {
-    match (&t.error, &t.transfer.tracker_message) {
-        (Some(e), _) => &e.message,
-        (None, Some((_, m))) => m,
-        (None, None) => "",
-    }
+    complaint(t).map_or("", |(_, m)| m)
 }
 
 /// Seconds to completion while downloading, else -1 (not available).

@@ -47,10 +47,10 @@ use json::{Args, Out};
 /// The HTTP layer's body limit is the same.
 pub const MAX_REQUEST_BYTES: usize = 48 << 20;
 
-/// The largest reply written, in bytes. The web interface's full list of
-/// 10,000 torrents (every field it polls, trackers included) is about
-/// 10 MB; this is six times that. A reply that would be larger is
-/// refused, with a result saying to ask for less.
+/// The largest reply written, in bytes. The web interface's fullest poll
+/// of 10,000 torrents (the 46 fields of its list and inspector, two
+/// trackers' stats each) is about 16 MB; this is four times that. A reply
+/// that would be larger is refused, with a result saying to ask for less.
 pub const MAX_REPLY_BYTES: usize = 64 << 20;
 
 /// A reply, and what the front must do with it.
@@ -58,6 +58,9 @@ pub const MAX_REPLY_BYTES: usize = 64 << 20;
 pub struct RpcReply {
     /// The JSON response.
     pub body: Vec<u8>,
+    /// The request's tag, for [`failed`] when a held reply must be
+    /// rewritten.
+    pub tag: Option<i64>,
     /// The method changed the registry: hold the reply until the turn's
     /// commit, and if that fails send [`failed`] with its reason instead.
     pub durable: bool,
@@ -229,6 +232,7 @@ fn run(
     let reg = svc.registry();
     Handled::Reply(RpcReply {
         body: out.into_bytes(),
+        tag,
         durable: reg.changes() != before.0,
         rebinds: reg.settings().port != before.1,
         reannounce,
@@ -250,6 +254,7 @@ fn refusal(tag: Option<i64>, why: &str) -> RpcReply {
     out.close_object();
     RpcReply {
         body: out.into_bytes(),
+        tag,
         durable: false,
         rebinds: false,
         reannounce: Vec::new(),

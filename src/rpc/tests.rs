@@ -829,6 +829,7 @@ fn actions_change_the_registry_and_their_replies_wait_for_the_commit() {
     fx.commit();
     let r = fx.call(r#"{"method":"torrent-start","arguments":{"ids":[1]},"tag":1}"#);
     assert!(r.durable && !r.rebinds);
+    assert_eq!(r.tag, Some(1));
     assert_eq!(
         String::from_utf8(r.body).unwrap(),
         r#"{"arguments":{},"result":"success","tag":1}"#
