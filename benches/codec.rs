@@ -72,7 +72,9 @@ fn dispatch(c: &mut Criterion) {
     let reg = Registry::open(dir.path(), Settings::defaults("/tmp".into())).unwrap();
     let mut server = Server::new(Service::new(reg), Config::default());
     let now = std::time::Instant::now();
-    let id = server.connect(tripcd::front::FrontKind::Ipc, now);
+    let id = server
+        .connect(tripcd::front::FrontKind::Ipc, None, now)
+        .expect("the IPC front is always served");
     server.receive(id, &tripcd::client::version_frame(1, 2), now);
     let n = server.output(id).len();
     server.consume_output(id, n);

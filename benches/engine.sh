@@ -60,7 +60,7 @@ seeding() { tripc --socket "$1" -l | grep -q seeding; }
 encryption_of() { case "$1" in tripcd-rc4) echo required ;; *) echo tolerated ;; esac; }
 start_tripcd() { # name data-dir encryption -> sets pid_, sock_
   mkdir -p "$work/$1"
-  RUST_LOG=warn "$bin/tripcd" --state-dir "$work/$1" --download-dir "$2" --peer-bind 127.0.0.1 --no-dht \
+  RUST_LOG=warn "$bin/tripcd" --state-dir "$work/$1" --download-dir "$2" --peer-bind 127.0.0.1 --no-dht --no-rpc \
     --idle-timeout 0 2>"$work/$1.log" &
   pids+=($!)
   pid_=$!

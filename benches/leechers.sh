@@ -24,7 +24,7 @@ head -c "$((size_mib << 20))" /dev/urandom > seed/data.bin
 port=$(free_port)
 # Room for every leecher on the one torrent (the defaults are 240 and 60).
 RUST_LOG=warn "$bin/tripcd" --state-dir "$work/state" --download-dir "$work/seed" \
-  --peer-bind 127.0.0.1 --announce false --no-dht --idle-timeout 0 \
+  --peer-bind 127.0.0.1 --announce false --no-dht --no-rpc --idle-timeout 0 \
   --max-peers $((conns + 40)) --max-peers-per-torrent $((conns + 10)) 2>"$work/tripcd.log" &
 pids+=($!)
 pid=$!

@@ -92,6 +92,7 @@ impl Server {
                 "--announce",
                 "false",
                 "--no-dht",
+                "--no-rpc",
                 "--peer-bind",
                 "127.0.0.1",
             ])

@@ -52,7 +52,7 @@ pids+=($!)
 
 start_tripcd() { # name data-dir [RUST_LOG] -> sets pid_, sock_
   mkdir -p "$1"
-  RUST_LOG="${3:-warn}" "$bin/tripcd" --state-dir "$work/$1" --download-dir "$2" --peer-bind 127.0.0.1 --no-dht \
+  RUST_LOG="${3:-warn}" "$bin/tripcd" --state-dir "$work/$1" --download-dir "$2" --peer-bind 127.0.0.1 --no-dht --no-rpc \
     --idle-timeout 0 2>"$work/$1.log" &
   pids+=($!)
   pid_=$!

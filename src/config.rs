@@ -99,6 +99,52 @@ pub struct Config {
     #[arg(long = "dht-bootstrap", value_name = "HOST:PORT", value_parser = parse_host_port,
           default_values = DHT_ROUTERS)]
     pub dht_bootstrap: Vec<HostPort>,
+    /// Serve Transmission's JSON RPC and the web interface on this address
+    #[arg(
+        long = "rpc-bind",
+        value_name = "ADDR:PORT",
+        default_value = "127.0.0.1:9091"
+    )]
+    pub rpc_bind: std::net::SocketAddr,
+    /// Serve the JSON RPC (the default)
+    #[arg(long = "rpc", overrides_with = "no_rpc")]
+    pub rpc_on: bool,
+    /// No JSON RPC server (the IPC socket only)
+    #[arg(long = "no-rpc", overrides_with = "rpc_on")]
+    pub no_rpc: bool,
+    /// The RPC's path prefix: the RPC answers at <URL>rpc, the web
+    /// interface at <URL>web/
+    #[arg(long = "rpc-url", value_name = "URL", default_value = "/transmission/")]
+    pub rpc_url: String,
+    /// RPC user name; with --rpc-password-file every RPC request must
+    /// authenticate (HTTP Basic)
+    #[arg(long = "rpc-username", value_name = "USER", default_value = "")]
+    pub rpc_username: String,
+    /// File holding the RPC password, or its hash as `tripcd
+    /// --hash-password` prints it (or Transmission's settings.json stores
+    /// it); read at start, never logged
+    #[arg(long = "rpc-password-file", value_name = "FILE")]
+    pub rpc_password_file: Option<PathBuf>,
+    /// RPC client addresses allowed, comma-separated, `*` matching
+    /// anything (`192.168.*.*`); `*` lets everyone in
+    #[arg(
+        long = "rpc-whitelist",
+        value_name = "LIST",
+        default_value = "127.0.0.1,::1"
+    )]
+    pub rpc_whitelist: String,
+    /// Host names RPC requests may name besides localhost and IP literals,
+    /// against DNS rebinding; `*` turns the check off
+    #[arg(long = "rpc-host-whitelist", value_name = "LIST", default_value = "")]
+    pub rpc_host_whitelist: String,
+    /// Refuse every RPC request after this many failed logins in a row,
+    /// until restart (0 = never; failed logins are rate-limited anyway)
+    #[arg(long = "rpc-lockout", value_name = "N", default_value_t = 0)]
+    pub rpc_lockout: u32,
+    /// The web interface's files (Transmission's web folder)
+    /// [default: /usr/share/transmission/web if it exists]
+    #[arg(long = "web-dir", value_name = "DIR", env = "TRANSMISSION_WEB_HOME")]
+    pub web_dir: Option<PathBuf>,
     /// Directory of *.rhai scripts [default: <state-dir>/scripts, if it exists]
     #[arg(long, value_name = "DIR")]
     pub scripts: Option<PathBuf>,
@@ -178,7 +224,22 @@ fn seconds(n: u64) -> Option<Duration> {
     (n > 0).then(|| Duration::from_secs(n))
 }
 
+/// Where Debian's `transmission-common` installs the web interface.
+pub const SYSTEM_WEB_DIR: &str = "/usr/share/transmission/web";
+
 impl Config {
+    /// The web interface's directory: `--web-dir` (or
+    /// `TRANSMISSION_WEB_HOME`), else the system's if installed.
+    pub fn web_dir(&self) -> Option<PathBuf> {
+        self.web_dir.clone().or_else(|| {
+            let system = Path::new(SYSTEM_WEB_DIR);
+            system
+                .join("index.html")
+                .is_file()
+                .then(|| system.to_path_buf())
+        })
+    }
+
     /// Whether the DHT may run (`--no-dht` not given).
     pub fn dht(&self) -> bool {
         !self.no_dht

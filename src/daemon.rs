@@ -15,7 +15,11 @@ use nix::sys::stat::{umask, Mode};
 
 use crate::access::Policy;
 pub use crate::config::Config;
+use crate::config::SYSTEM_WEB_DIR;
+use crate::front::rpc::{RpcFront, RpcOptions};
 use crate::front::FrontKind;
+use crate::http::guard::parse_list;
+use crate::http::{GuardConfig, Limits, PasswordHash};
 use crate::notify::Notifier;
 use crate::reactor::{Admit, Exit, FrontListener, ListenSocket, Reactor};
 use crate::registry::{Registry, Settings};
@@ -72,7 +76,7 @@ pub fn run(config: &Config) -> Result<Exit, DaemonError> {
     // Passed sockets belong to the manager: their paths, modes and groups
     // are the .socket unit's, and they are never removed here.
     let own_socket = activated.is_empty();
-    let listeners = if own_socket {
+    let mut listeners = if own_socket {
         let group = config.socket_group.as_deref().map(group_id).transpose()?;
         vec![FrontListener {
             socket: ListenSocket::Unix(bind(&socket, config.socket_mode, group)?),
@@ -83,16 +87,23 @@ pub fn run(config: &Config) -> Result<Exit, DaemonError> {
     } else {
         activated
             .into_iter()
-            .map(|a| front_of(a, &access))
+            .map(|a| front_of(a, &access, config))
             .collect::<Result<_, _>>()?
     };
+    if own_socket && !config.no_rpc {
+        listeners.extend(bind_rpc(config)?);
+    }
     let serving: Vec<String> = listeners
         .iter()
         .map(|l| match l.kind {
             FrontKind::Ipc => l.description.clone(),
+            FrontKind::Rpc => format!("{} (RPC and web interface)", l.description),
         })
         .collect();
-    let server = Server::new(svc, config.clone());
+    let mut server = Server::new(svc, config.clone());
+    if let Some(l) = listeners.iter().find(|l| l.kind == FrontKind::Rpc) {
+        server.set_rpc(rpc_front(config, rpc_port(l))?);
+    }
     let result = Reactor::new(listeners, server, max_clients).and_then(|mut reactor| {
         // Only now are signals handled: "ready" means SIGTERM is safe.
         info!(
@@ -119,8 +130,8 @@ pub fn run(config: &Config) -> Result<Exit, DaemonError> {
 }
 
 /// The front a passed socket serves, by its kind: a Unix socket is the
-/// IPC's. A TCP socket has no front yet.
-fn front_of(a: Activated, access: &Policy) -> Result<FrontListener, DaemonError> {
+/// IPC's, a TCP socket the RPC's.
+fn front_of(a: Activated, access: &Policy, config: &Config) -> Result<FrontListener, DaemonError> {
     match a.socket {
         ActivatedSocket::Unix(l) => Ok(FrontListener {
             socket: ListenSocket::Unix(mio::net::UnixListener::from_std(l)),
@@ -128,11 +139,110 @@ fn front_of(a: Activated, access: &Policy) -> Result<FrontListener, DaemonError>
             admit: Admit::Credentials(access.clone()),
             description: a.description,
         }),
-        ActivatedSocket::Tcp(_) => Err(DaemonError(format!(
-            "{} is a TCP socket: tripcd serves only its Unix-socket IPC from passed sockets",
+        ActivatedSocket::Tcp(_) if config.no_rpc => Err(DaemonError(format!(
+            "{} is a TCP socket for the RPC, but --no-rpc was given",
             a.description
         ))),
+        ActivatedSocket::Tcp(l) => Ok(FrontListener {
+            socket: ListenSocket::Tcp(mio::net::TcpListener::from_std(l)),
+            kind: FrontKind::Rpc,
+            admit: Admit::Anyone,
+            description: a.description,
+        }),
     }
+}
+
+/// The RPC's listening socket at `--rpc-bind`. The address given by
+/// default is best effort (another daemon may hold 9091: the IPC still
+/// serves, and the log says why the RPC does not); one given explicitly
+/// must bind.
+fn bind_rpc(config: &Config) -> Result<Option<FrontListener>, DaemonError> {
+    let addr = config.rpc_bind;
+    match mio::net::TcpListener::bind(addr) {
+        Ok(l) => {
+            let description = l.local_addr().map_or(addr, |a| a).to_string();
+            Ok(Some(FrontListener {
+                socket: ListenSocket::Tcp(l),
+                kind: FrontKind::Rpc,
+                admit: Admit::Anyone,
+                description,
+            }))
+        }
+        Err(e) if addr == crate::config::defaults().rpc_bind => {
+            warn!("RPC: cannot listen on {addr}: {e}; serving the IPC only (see --rpc-bind, --no-rpc)");
+            Ok(None)
+        }
+        Err(e) => Err(err(format!("cannot listen for RPC clients on {addr}"), e)),
+    }
+}
+
+/// The port an RPC listener is bound to.
+fn rpc_port(l: &FrontListener) -> u16 {
+    match &l.socket {
+        ListenSocket::Tcp(t) => t.local_addr().map_or(0, |a| a.port()),
+        ListenSocket::Unix(_) => 0,
+    }
+}
+
+/// The RPC front of `config`: its guards (with the password read from
+/// its file) and the web interface's folder.
+fn rpc_front(config: &Config, port: u16) -> Result<RpcFront, DaemonError> {
+    let mut seed = [0u8; 8];
+    getrandom::getrandom(&mut seed).map_err(|e| err("no system randomness for the RPC", e))?;
+    let mut rng = fastrand::Rng::with_seed(u64::from_le_bytes(seed));
+    let password = match &config.rpc_password_file {
+        Some(path) => Some(read_password(path, &mut rng)?),
+        None => None,
+    };
+    let list = |text: &str| parse_list(text);
+    let web_dir = config.web_dir();
+    let looked_in = match &web_dir {
+        Some(d) => d.display().to_string(),
+        None => format!(
+            "{} (give --web-dir or TRANSMISSION_WEB_HOME)",
+            SYSTEM_WEB_DIR
+        ),
+    };
+    let options = RpcOptions {
+        guard: GuardConfig {
+            rpc_url: config.rpc_url.clone(),
+            username: config.rpc_username.clone(),
+            password,
+            host_whitelist: Some(list(&config.rpc_host_whitelist)),
+            address_whitelist: Some(list(&config.rpc_whitelist)),
+            lockout_after: (config.rpc_lockout > 0).then_some(config.rpc_lockout),
+        },
+        web_dir,
+        web_looked_in: looked_in,
+        limits: Limits::default(),
+        port,
+    };
+    Ok(RpcFront::new(options, &mut rng, std::time::Instant::now()))
+}
+
+/// The RPC password from `path`: a stored hash, or a password in clear
+/// (hashed now, with a warning saying how to store a hash instead).
+fn read_password(path: &Path, rng: &mut fastrand::Rng) -> Result<PasswordHash, DaemonError> {
+    let text = fs::read_to_string(path).map_err(|e| {
+        err(
+            format!("cannot read --rpc-password-file {}", path.display()),
+            e,
+        )
+    })?;
+    let value = text.trim_end_matches(['\n', '\r']);
+    if value.is_empty() {
+        return Err(DaemonError(format!(
+            "--rpc-password-file {} is empty",
+            path.display()
+        )));
+    }
+    if value.parse::<PasswordHash>().is_err() {
+        warn!(
+            "RPC: {} holds a password in clear; store its hash instead (tripcd --hash-password < {0})",
+            path.display()
+        );
+    }
+    Ok(PasswordHash::from_setting(value, rng))
 }
 
 fn load_scripts(config: &Config, svc: &mut Service) -> Result<(), DaemonError> {

@@ -74,7 +74,7 @@ start_tripcd() {
   port=$(free_port)
   mkdir -p "$name" "$data"
   RUST_LOG="${TRIPCD_LOG:-info}" "$bin/tripcd" --state-dir "$work/$name" --download-dir "$data" \
-    --peer-bind 127.0.0.1 ${TRIPCD_DHT:---no-dht} 2>"$work/$name.log" &
+    --peer-bind 127.0.0.1 ${TRIPCD_DHT:---no-dht} --no-rpc 2>"$work/$name.log" &
   pids+=($!)
   tripcd_sock="$work/$name/socket"
   wait_for "[ -S '$tripcd_sock' ]" 10 || fail "$name did not start"

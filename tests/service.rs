@@ -6,6 +6,7 @@
 mod common;
 
 use std::fs::File;
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
@@ -35,6 +36,7 @@ fn daemon_args(cmd: &mut Command, state: &Path) {
             "--announce",
             "false",
             "--no-dht",
+            "--no-rpc",
         ])
         .env("RUST_LOG", "debug")
         .stdin(Stdio::null())
@@ -222,14 +224,6 @@ fn anything_but_a_listening_unix_stream_socket_at_fd_3_is_refused() {
         error_line(&out)
     );
 
-    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let (out, _) = refused(tcp.as_raw_fd(), "1");
-    assert!(
-        error_line(&out).contains("is a TCP socket: tripcd serves only its Unix-socket IPC"),
-        "{}",
-        error_line(&out)
-    );
-
     let (a, _b) = UnixStream::pair().unwrap();
     let (out, _) = refused(a.as_raw_fd(), "1");
     assert!(
@@ -249,6 +243,45 @@ fn anything_but_a_listening_unix_stream_socket_at_fd_3_is_refused() {
     let (out, _) = refused(listener.as_raw_fd(), "one");
     assert!(
         error_line(&out).contains("LISTEN_FDS=\"one\" is not a number"),
+        "{}",
+        error_line(&out)
+    );
+}
+
+#[test]
+fn a_passed_tcp_socket_is_the_rpcs_and_refused_with_no_rpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let ipc = dir.path().join("ipc.sock");
+    let unix = UnixListener::bind(&ipc).unwrap();
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let mut cmd = activated_fds(&state, &[unix.as_raw_fd(), tcp.as_raw_fd()], "2");
+    cmd.arg("--rpc");
+    let mut d = spawn(cmd, &state, &ipc);
+    let ready = d.wait_for_log(" ready on ").expect("tripcd did not start");
+    assert!(ready.contains("(RPC and web interface)"), "{ready}");
+    answers(&ipc);
+    // The RPC's CSRF guard answers first.
+    let mut http = std::net::TcpStream::connect(addr).unwrap();
+    http.write_all(
+        b"POST /transmission/rpc HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}",
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    http.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 409");
+    d.signal(Signal::SIGTERM);
+    assert!(d.wait().success());
+
+    // daemon_args gives --no-rpc.
+    let out = activated(&state, tcp.as_raw_fd(), "1")
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run tripcd");
+    assert!(!out.status.success());
+    assert!(
+        error_line(&out).contains("is a TCP socket for the RPC, but --no-rpc was given"),
         "{}",
         error_line(&out)
     );

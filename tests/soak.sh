@@ -15,7 +15,7 @@ cargo build --release --bin tripcd --bin tripcd-bench
 state="$(mktemp -d)"
 trap 'kill "$daemon" 2>/dev/null || true; wait "$daemon" 2>/dev/null || true; rm -rf "$state"' EXIT
 # Errors only: the garbage makes a warning a frame.
-RUST_LOG=error target/release/tripcd --state-dir "$state" --download-dir "$state/dl" --peer-bind 127.0.0.1 --announce false --no-dht \
+RUST_LOG=error target/release/tripcd --state-dir "$state" --download-dir "$state/dl" --peer-bind 127.0.0.1 --announce false --no-dht --no-rpc \
   2>"$state/log" &
 daemon=$!
 while ! grep -q " ready on " "$state/log" 2>/dev/null && [ ! -S "$state/socket" ]; do

@@ -223,7 +223,7 @@ pub fn feed(s: &mut Swarm, key: usize, held: &mut Vec<u8>, chunk: &[u8], now: In
 pub fn end_round(s: &mut Swarm, now: Instant) -> Vec<usize> {
     let mut writer = tripcd::engine::disk::PieceWriter::new();
     while let Some(req) = s.poll_disk() {
-        if let Some(done) = writer.handle(req) {
+        if let Some(tripcd::engine::disk::DiskDone::Piece(done)) = writer.handle(req) {
             s.disk_done(done, now);
         }
     }

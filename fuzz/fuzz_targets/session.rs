@@ -40,14 +40,16 @@ fuzz_target!(|data: &[u8]| {
         let (_, server) = &mut *cell.borrow_mut();
         server.service_mut().control.quit = false;
         let now = std::time::Instant::now();
-        let id = server.connect(tripcd::front::FrontKind::Ipc, now);
+        let id = server
+            .connect(tripcd::front::FrontKind::Ipc, None, now)
+            .expect("the IPC front is always served");
         let mut out = Vec::new();
         for piece in [&stream[..cut], &stream[cut..]] {
             server.receive(id, piece, now);
             loop {
                 server.end_turn(now);
                 if let Some(port) = server.poll_bind() {
-                    server.bind_result(port, Ok(()));
+                    server.bind_result(port, Ok(()), now);
                 }
                 out.extend_from_slice(server.output(id));
                 let n = server.output(id).len();

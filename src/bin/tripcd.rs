@@ -19,6 +19,10 @@ struct Args {
     /// Print this manual page (roff) and exit; packaging uses it
     #[arg(long, hide = true)]
     generate_man: bool,
+    /// Read a password from standard input, print its hash for
+    /// --rpc-password-file, and exit
+    #[arg(long)]
+    hash_password: bool,
 }
 
 /// The syslog priority journald reads from a `<N>` line prefix
@@ -61,6 +65,9 @@ fn main() -> ExitCode {
             }
         };
     }
+    if args.hash_password {
+        return hash_password();
+    }
     let mut config = args.config;
     if let Some(home) = std::env::var_os("HOME") {
         config = config.with_home(&PathBuf::from(home));
@@ -73,4 +80,27 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--hash-password`: one line of standard input (the password, without
+/// its line end) to the stored form `--rpc-password-file` takes.
+fn hash_password() -> ExitCode {
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut line) {
+        eprintln!("tripcd: cannot read the password: {e}");
+        return ExitCode::FAILURE;
+    }
+    let password = line.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        eprintln!("tripcd: no password given on standard input");
+        return ExitCode::FAILURE;
+    }
+    let mut seed = [0u8; 8];
+    if let Err(e) = getrandom::getrandom(&mut seed) {
+        eprintln!("tripcd: no system randomness: {e}");
+        return ExitCode::FAILURE;
+    }
+    let mut rng = fastrand::Rng::with_seed(u64::from_le_bytes(seed));
+    println!("{}", tripcd::http::PasswordHash::new(password, &mut rng));
+    ExitCode::SUCCESS
 }

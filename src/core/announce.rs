@@ -106,6 +106,11 @@ impl Announcing {
         self.trackers.completed(id, now);
     }
 
+    /// A user asked torrent `id` to announce now.
+    pub fn announce_now(&mut self, id: u64, now: Instant) {
+        self.trackers.announce_now(id, now);
+    }
+
     /// Whether announces or scrapes are due (they need fresh totals).
     pub fn due(&self, now: Instant) -> bool {
         self.trackers.due(now)

@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, trace, warn};
 
-use crate::engine::disk::{DiskRequest, PieceDone};
+use crate::engine::disk::{DiskDone, DiskRequest};
+use crate::engine::tree::DataTree;
 use crate::peer::mse::Policy;
 use crate::registry::{Encryption, Phase, Registry, Settings as State, Torrent, TorrentError};
 use crate::swarm::{self, Dial, Stage, Swarm, SwarmEvent, Transport};
@@ -106,6 +107,13 @@ pub enum CoreEvent {
         /// Its address.
         addr: SocketAddr,
     },
+    /// A [`Core::delete_data`] is done, or why not all of it.
+    DataDeleted {
+        /// As given.
+        ticket: u64,
+        /// What could not be deleted.
+        result: Result<(), String>,
+    },
 }
 
 /// The torrent core.
@@ -126,6 +134,8 @@ pub struct Core {
     /// then, so the bound on pauses is visible in the log).
     longest_slice: Duration,
     events: VecDeque<CoreEvent>,
+    /// File deletions for the disk thread, after the swarm's requests.
+    deletions: VecDeque<DiskRequest>,
     /// Datagrams on the peer port, by kind.
     datagrams: DatagramStats,
     /// The DHT.
@@ -155,6 +165,7 @@ impl Core {
             next_progress_save: None,
             longest_slice: Duration::ZERO,
             events: VecDeque::new(),
+            deletions: VecDeque::new(),
             datagrams: DatagramStats::default(),
         }
     }
@@ -394,13 +405,42 @@ impl Core {
     /// a session's files to close); its answers go to
     /// [`Core::handle_disk_done`].
     pub fn poll_disk(&mut self) -> Option<DiskRequest> {
-        self.swarm.poll_disk()
+        // The swarm's first: a stopped torrent's last pieces and its
+        // forget go before the deletion of its files.
+        self.swarm
+            .poll_disk()
+            .or_else(|| self.deletions.pop_front())
     }
 
-    /// The disk thread checked (and maybe wrote) a piece.
-    pub fn handle_disk_done(&mut self, done: PieceDone, now: Instant) {
-        self.swarm.disk_done(done, now);
-        self.drain_swarm(now);
+    /// What the disk thread finished: a piece checked (and maybe
+    /// written), or files deleted.
+    pub fn handle_disk_done(&mut self, done: DiskDone, now: Instant) {
+        match done {
+            DiskDone::Piece(piece) => {
+                self.swarm.disk_done(piece, now);
+                self.drain_swarm(now);
+            }
+            DiskDone::Deleted { ticket, result } => {
+                self.events
+                    .push_back(CoreEvent::DataDeleted { ticket, result });
+            }
+        }
+    }
+
+    /// A user asked torrent `id` to announce to its trackers now (the
+    /// RPC's `torrent-reannounce`); stopped torrents do not.
+    pub fn announce_now(&mut self, id: u64, now: Instant) {
+        self.announcing.announce_now(id, now);
+    }
+
+    /// Deletes the files of `tree`, a removed torrent's, on the disk
+    /// thread after whatever is queued there already (so after the
+    /// pieces of the torrent's stopped session); the outcome comes back
+    /// as [`CoreEvent::DataDeleted`] with `ticket`. Call it after the
+    /// [`Core::sync`] that saw the removal.
+    pub fn delete_data(&mut self, ticket: u64, tree: DataTree) {
+        self.deletions
+            .push_back(DiskRequest::Delete { ticket, tree });
     }
 
     /// Runs verification for at most the configured slice, in steps of

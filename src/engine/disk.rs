@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use sha1::{Digest, Sha1};
 
 use super::storage::{AlignedBuf, Layout, Storage, StorageError};
+use super::tree::DataTree;
 
 /// Where a torrent's data lives: shared, read-only, by the session and the
 /// jobs it sends.
@@ -87,6 +88,29 @@ pub enum DiskRequest {
         /// The session.
         session: u64,
     },
+    /// Delete a removed torrent's files. Sent after its session's
+    /// [`DiskRequest::Forget`], it runs after every piece queued before,
+    /// so no late write brings a file back.
+    Delete {
+        /// The caller's id for it, returned with the outcome.
+        ticket: u64,
+        /// The files.
+        tree: DataTree,
+    },
+}
+
+/// What the disk side finished.
+#[derive(Debug)]
+pub enum DiskDone {
+    /// A piece checked (and written if good).
+    Piece(PieceDone),
+    /// A [`DiskRequest::Delete`] done, or why not all of it.
+    Deleted {
+        /// As in the request.
+        ticket: u64,
+        /// What could not be deleted.
+        result: Result<(), String>,
+    },
 }
 
 /// Sessions whose file handles a [`PieceWriter`] keeps at once; past it the
@@ -109,14 +133,18 @@ impl PieceWriter {
         PieceWriter::default()
     }
 
-    /// Carries out `req`: a piece's outcome, or `None` for a forget.
-    pub fn handle(&mut self, req: DiskRequest) -> Option<PieceDone> {
+    /// Carries out `req`: what it finished, or `None` for a forget.
+    pub fn handle(&mut self, req: DiskRequest) -> Option<DiskDone> {
         match req {
-            DiskRequest::Piece(job) => Some(self.run(job)),
+            DiskRequest::Piece(job) => Some(DiskDone::Piece(self.run(job))),
             DiskRequest::Forget { session } => {
                 self.storages.retain(|(s, _)| *s != session);
                 None
             }
+            DiskRequest::Delete { ticket, tree } => Some(DiskDone::Deleted {
+                ticket,
+                result: tree.delete(),
+            }),
         }
     }
 
@@ -190,9 +218,9 @@ pub const FINISH_WAIT: Duration = Duration::from_secs(10);
 /// loop woken for each.
 pub struct DiskWorker {
     requests: Option<Sender<DiskRequest>>,
-    done: Receiver<PieceDone>,
+    done: Receiver<DiskDone>,
     thread: Option<thread::JoinHandle<()>>,
-    /// Pieces sent and not yet taken back.
+    /// Requests with an answer sent and not yet taken back.
     in_flight: usize,
 }
 
@@ -227,19 +255,19 @@ impl DiskWorker {
     }
 
     /// Queues `req`. If the thread is gone (it never exits on its own, so
-    /// only after a panic) the piece comes back at once as failed.
-    pub fn submit(&mut self, req: DiskRequest) -> Option<PieceDone> {
-        let is_piece = matches!(req, DiskRequest::Piece(_));
+    /// only after a panic) the request comes back at once as failed.
+    pub fn submit(&mut self, req: DiskRequest) -> Option<DiskDone> {
+        let answered = !matches!(req, DiskRequest::Forget { .. });
         let sent = match &self.requests {
             Some(tx) => tx.send(req).map_err(|e| e.0),
             None => Err(req),
         };
         match sent {
             Ok(()) => {
-                self.in_flight += usize::from(is_piece);
+                self.in_flight += usize::from(answered);
                 None
             }
-            Err(DiskRequest::Piece(job)) => Some(PieceDone {
+            Err(DiskRequest::Piece(job)) => Some(DiskDone::Piece(PieceDone {
                 session: job.session,
                 piece: job.piece,
                 outcome: Outcome::Failed(StorageError {
@@ -247,13 +275,17 @@ impl DiskWorker {
                     source: io::Error::other("the disk thread is gone"),
                 }),
                 data: job.data,
+            })),
+            Err(DiskRequest::Delete { ticket, .. }) => Some(DiskDone::Deleted {
+                ticket,
+                result: Err("the disk thread is gone".into()),
             }),
             Err(DiskRequest::Forget { .. }) => None,
         }
     }
 
-    /// A finished piece, if one is ready.
-    pub fn try_recv(&mut self) -> Option<PieceDone> {
+    /// A finished request, if one is ready.
+    pub fn try_recv(&mut self) -> Option<DiskDone> {
         let d = self.done.try_recv().ok()?;
         self.in_flight = self.in_flight.saturating_sub(1);
         Some(d)
@@ -268,7 +300,7 @@ impl DiskWorker {
     /// `wait` for the queued ones and returns what finished, so that their
     /// pieces can still be recorded. A disk stuck for longer is left to the
     /// process's exit.
-    pub fn finish(&mut self, wait: Duration) -> Vec<PieceDone> {
+    pub fn finish(&mut self, wait: Duration) -> Vec<DiskDone> {
         drop(self.requests.take());
         let deadline = Instant::now() + wait;
         let mut out = Vec::new();
@@ -407,16 +439,18 @@ mod tests {
         assert_eq!(w.in_flight(), 2);
         let done = w.finish(Duration::from_secs(60));
         let got: Vec<_> = done
-            .iter()
+            .into_iter()
+            .map(piece)
             .map(|d| (d.piece, matches!(d.outcome, Outcome::Written)))
             .collect();
         assert_eq!(got, [(0, true), (1, false)]);
         assert_eq!(wakes.load(Ordering::SeqCst), 2);
         assert_eq!(w.in_flight(), 0);
         // After finishing, a piece comes back failed at once.
-        let late = w
-            .submit(DiskRequest::Piece(job(&f, 0, b"abcd", 1)))
-            .unwrap();
+        let late = piece(
+            w.submit(DiskRequest::Piece(job(&f, 0, b"abcd", 1)))
+                .unwrap(),
+        );
         assert!(matches!(late.outcome, Outcome::Failed(_)));
     }
 
@@ -429,8 +463,55 @@ mod tests {
         assert!(w.try_recv().is_none());
         w.submit(DiskRequest::Piece(job(&f, 0, b"abcd", 7)));
         rx.recv().unwrap();
-        let d = w.try_recv().unwrap();
+        let d = piece(w.try_recv().unwrap());
         assert_eq!((d.session, d.piece), (7, 0));
         assert_eq!(w.in_flight(), 0);
+    }
+
+    fn piece(d: DiskDone) -> PieceDone {
+        match d {
+            DiskDone::Piece(p) => p,
+            other => panic!("not a piece: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_deletion_runs_after_the_pieces_queued_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = files(dir.path());
+        let mut w = DiskWorker::spawn(|| Ok(())).unwrap();
+        w.submit(DiskRequest::Piece(job(&f, 0, b"abcd", 1)));
+        w.submit(DiskRequest::Forget { session: 1 });
+        let tree = DataTree::new(
+            dir.path().to_path_buf(),
+            f.paths
+                .iter()
+                .map(|p| {
+                    p.strip_prefix(dir.path())
+                        .unwrap()
+                        .iter()
+                        .map(|c| c.as_encoded_bytes().to_vec())
+                        .collect()
+                })
+                .collect(),
+        );
+        w.submit(DiskRequest::Delete { ticket: 9, tree });
+        let done = w.finish(Duration::from_secs(60));
+        assert!(
+            matches!(
+                &done[..],
+                [
+                    DiskDone::Piece(_),
+                    DiskDone::Deleted {
+                        ticket: 9,
+                        result: Ok(())
+                    }
+                ]
+            ),
+            "{done:?}"
+        );
+        for p in &f.paths {
+            assert!(!p.exists(), "{} written after its deletion", p.display());
+        }
     }
 }

@@ -12,3 +12,4 @@ pub mod geometry;
 pub mod picker;
 pub mod rate;
 pub mod storage;
+pub mod tree;

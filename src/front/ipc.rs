@@ -1,10 +1,7 @@
 //! The IPC front: one Unix-socket client of Transmission's bencoded
 //! protocol, its [`Session`] running messages against the command service.
 
-use std::time::Instant;
-
-use super::FrontConn;
-use crate::service::Service;
+use super::{Env, FrontConn};
 use crate::session::Session;
 
 /// One IPC client.
@@ -23,8 +20,10 @@ impl IpcConn {
 }
 
 impl FrontConn for IpcConn {
-    fn receive(&mut self, bytes: &[u8], svc: &mut Service, _now: Instant) -> Result<(), String> {
-        self.session.receive(bytes, svc).map_err(|e| e.to_string())
+    fn receive(&mut self, bytes: &[u8], env: &mut Env<'_>) -> Result<(), String> {
+        self.session
+            .receive(bytes, env.svc)
+            .map_err(|e| e.to_string())
     }
 
     fn output(&self) -> &[u8] {

@@ -325,6 +325,12 @@ impl HttpConn {
         Some(request)
     }
 
+    /// A complete request waits to be polled (after a response made room
+    /// for a pipelined one, say).
+    pub fn has_request(&self) -> bool {
+        !self.discard && !self.ready.is_empty()
+    }
+
     /// Answers the oldest polled request not yet answered. Its bytes go
     /// out once every earlier response has. `NoRequest` when every
     /// polled request is already answered (the owner's mistake; nothing

@@ -3,6 +3,7 @@
 //! moving bytes between the streams and the server.
 
 use std::io::{self, Read, Write};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, trace, warn};
@@ -272,14 +273,14 @@ impl Clients {
                 return;
             };
             let accepted = match &l.socket {
-                ListenSocket::Unix(s) => s.accept().map(|(c, _)| ClientStream::Unix(c)),
-                ListenSocket::Tcp(s) => s.accept().map(|(c, _)| ClientStream::Tcp(c)),
+                ListenSocket::Unix(s) => s.accept().map(|(c, _)| (ClientStream::Unix(c), None)),
+                ListenSocket::Tcp(s) => s.accept().map(|(c, a)| (ClientStream::Tcp(c), Some(a))),
             };
             match accepted {
-                Ok(stream) => {
+                Ok((stream, peer)) => {
                     let kind = l.kind;
                     if self.admit(server, &l.admit, &stream) {
-                        self.add_client(kind, stream, poll, server, now);
+                        self.add_client(kind, stream, peer, poll, server, now);
                     } // else dropping the stream closes it
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -299,6 +300,7 @@ impl Clients {
         &mut self,
         kind: FrontKind,
         mut stream: ClientStream,
+        peer: Option<SocketAddr>,
         poll: &Poll,
         server: &mut Server,
         now: Instant,
@@ -306,7 +308,10 @@ impl Clients {
         if let ClientStream::Tcp(s) = &stream {
             let _ = s.set_nodelay(true);
         }
-        let id = server.connect(kind, now);
+        let Some(id) = server.connect(kind, peer, now) else {
+            warn!("refused a {} client: that front is not served", kind.name());
+            return;
+        };
         if let Err(e) = poll
             .registry()
             .register(&mut stream, Token(id), Interest::READABLE)

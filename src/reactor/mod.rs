@@ -16,7 +16,7 @@ mod port;
 mod tokens;
 
 use std::io;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use log::{debug, info, warn};
 use mio::{Events, Interest, Poll};
@@ -146,6 +146,7 @@ impl Reactor {
             return Err(e);
         }
         let now = Instant::now();
+        self.server.set_wall_clock(SystemTime::now());
         let mut exit = None;
         for event in events.iter() {
             match tokens::owner(event.token()) {
@@ -222,7 +223,7 @@ impl Reactor {
         self.server.end_turn(now);
         // Replies that moved the peer port wait for its bind: bind before
         // writing this turn's output.
-        self.port.follow(&self.poll, &mut self.server);
+        self.port.follow(&self.poll, &mut self.server, now);
         for &id in &dirty {
             self.clients.flush(id, &self.poll, &mut self.server);
         }
@@ -231,7 +232,10 @@ impl Reactor {
         self.server.handle_timeout(now);
         let t_timers = Instant::now();
         self.peer_turn(now);
-        self.server.run_core_hooks();
+        self.server.run_core_hooks(now);
+        for id in self.server.take_touched() {
+            self.clients.flush(id, &self.poll, &mut self.server);
+        }
         while let Some(id) = self.server.poll_close() {
             self.clients.close(id, &self.poll, &mut self.server);
         }
@@ -257,7 +261,7 @@ impl Reactor {
     fn peer_turn(&mut self, now: Instant) {
         self.peers.read(&mut self.server, now);
         self.disk_turn(now);
-        self.port.follow(&self.poll, &mut self.server);
+        self.port.follow(&self.poll, &mut self.server, now);
         self.trackers_turn(now);
         self.port.exchange(&mut self.server, now);
         self.peers.write(&self.poll, &mut self.server, now);
@@ -279,9 +283,9 @@ impl Reactor {
     /// Tracker traffic that goes through the worker: jobs out, results in.
     fn trackers_turn(&mut self, now: Instant) {
         while let Some(r) = self.trackers.try_recv() {
-            self.server.core_mut().handle_tracker_result(r, now);
+            self.server.handle_tracker_result(r, now);
         }
-        while let Some(job) = self.server.core_mut().poll_tracker_job(now) {
+        while let Some(job) = self.server.poll_tracker_job(now) {
             self.trackers.submit(job);
         }
     }

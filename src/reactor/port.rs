@@ -88,7 +88,7 @@ impl PeerPort {
 
     /// Binds the peer port to the `port` setting when it changed (TCP
     /// listener and UDP sockets), and tells the server how that went.
-    pub fn follow(&mut self, poll: &Poll, server: &mut Server) {
+    pub fn follow(&mut self, poll: &Poll, server: &mut Server, now: Instant) {
         let Some(wanted) = server.poll_bind() else {
             return;
         };
@@ -120,11 +120,11 @@ impl PeerPort {
             Ok(socket) => {
                 info!("listening for peers on {addr} (TCP and UDP)");
                 self.listener = Some(PeerListener { socket, addr });
-                server.bind_result(wanted, Ok(()));
+                server.bind_result(wanted, Ok(()), now);
             }
             Err(e) => {
                 error!("cannot listen for peers on {addr}: {e}");
-                server.bind_result(wanted, Err(e.to_string()));
+                server.bind_result(wanted, Err(e.to_string()), now);
             }
         }
     }

@@ -110,7 +110,7 @@ fn step(
 fn run_disk(s: &mut Swarm, now: Instant) {
     let mut writer = crate::engine::disk::PieceWriter::new();
     while let Some(req) = s.poll_disk() {
-        if let Some(done) = writer.handle(req) {
+        if let Some(crate::engine::disk::DiskDone::Piece(done)) = writer.handle(req) {
             s.disk_done(done, now);
         }
     }

@@ -221,10 +221,21 @@ pub fn resolve_location(base: &HttpUrl, location: &str) -> Result<HttpUrl, Track
 
 /// Appends the `GET` request for `url`.
 pub fn write_request(out: &mut Vec<u8>, url: &HttpUrl) {
+    write_get(out, url, None);
+}
+
+/// Appends the `GET` request for `url`, with a `Cookie` header when
+/// `cookie` is given (control characters dropped, so it cannot end the
+/// header early).
+pub fn write_get(out: &mut Vec<u8>, url: &HttpUrl, cookie: Option<&str>) {
     out.extend_from_slice(b"GET ");
     out.extend_from_slice(url.path_and_query.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
     out.extend_from_slice(url.authority().as_bytes());
+    if let Some(cookie) = cookie {
+        out.extend_from_slice(b"\r\nCookie: ");
+        out.extend(cookie.bytes().filter(|b| !b.is_ascii_control()));
+    }
     out.extend_from_slice(
         b"\r\nUser-Agent: tripcd/0.1\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n",
     );
@@ -305,6 +316,8 @@ pub struct ResponseParser {
     body: Vec<u8>,
     interim: u8,
     trailer_lines: usize,
+    /// Largest body accepted.
+    max_body: usize,
 }
 
 impl Default for ResponseParser {
@@ -415,15 +428,15 @@ impl Headers {
     }
 
     /// Where the body of a response with `status` ends.
-    fn framing(&self, status: u16) -> Result<Framing, TrackerError> {
+    fn framing(&self, status: u16, max_body: usize) -> Result<Framing, TrackerError> {
         Ok(if status == 204 || status == 304 {
             Framing::Length(0)
         } else if self.chunked {
             // RFC 9112: chunked wins over Content-Length.
             Framing::Chunked
         } else if let Some(n) = self.content_length {
-            if n > MAX_BODY {
-                return Err(TrackerError::TooLarge("body", MAX_BODY));
+            if n > max_body {
+                return Err(TrackerError::TooLarge("body", max_body));
             }
             Framing::Length(n)
         } else {
@@ -435,6 +448,11 @@ impl Headers {
 impl ResponseParser {
     /// A parser for the response to a `GET`.
     pub fn new() -> Self {
+        Self::with_limit(MAX_BODY)
+    }
+
+    /// A parser accepting bodies of up to `max_body` bytes.
+    pub fn with_limit(max_body: usize) -> Self {
         ResponseParser {
             state: State::Head,
             line: Vec::new(),
@@ -444,6 +462,7 @@ impl ResponseParser {
             body: Vec::new(),
             interim: 0,
             trailer_lines: 0,
+            max_body,
         }
     }
 
@@ -498,8 +517,8 @@ impl ResponseParser {
                     return Ok(Progress::NeedMore);
                 }
                 State::UntilClose => {
-                    if self.body.len() + data.len() > MAX_BODY {
-                        return Err(TrackerError::TooLarge("body", MAX_BODY));
+                    if self.body.len() + data.len() > self.max_body {
+                        return Err(TrackerError::TooLarge("body", self.max_body));
                     }
                     self.body.extend_from_slice(data);
                     return Ok(Progress::NeedMore);
@@ -572,8 +591,8 @@ impl ResponseParser {
                 }
                 let size = usize::from_str_radix(size_text, 16)
                     .map_err(|_| bad(format!("bad chunk size {size_text:?}")))?;
-                if size > MAX_BODY.saturating_sub(self.body.len()) {
-                    return Err(TrackerError::TooLarge("body", MAX_BODY));
+                if size > self.max_body.saturating_sub(self.body.len()) {
+                    return Err(TrackerError::TooLarge("body", self.max_body));
                 }
                 self.state = if size == 0 {
                     State::Trailer
@@ -621,7 +640,7 @@ impl ResponseParser {
         }
         self.status = status;
         self.reason = reason;
-        self.state = match headers.framing(status)? {
+        self.state = match headers.framing(status, self.max_body)? {
             Framing::Length(n) => State::Length(n),
             Framing::Chunked => State::ChunkSize,
             Framing::UntilClose => State::UntilClose,

@@ -145,6 +145,20 @@ impl Announcer {
         }
     }
 
+    /// A user asked for an announce now (Transmission's "ask the tracker
+    /// for more peers"): due at once, but no sooner than the tracker's
+    /// `min interval` after the last success, which trackers enforce.
+    pub fn announce_now(&mut self, now: Instant) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        let earliest = self
+            .last_success
+            .and_then(|t| t.checked_add(self.min_interval.unwrap_or(Duration::ZERO)))
+            .unwrap_or(now);
+        self.due = Some(now.max(earliest));
+    }
+
     /// The event the next announce carries.
     fn next_event(&self) -> Option<AnnounceEvent> {
         match self.phase {

@@ -291,6 +291,14 @@ impl Trackers {
         }
     }
 
+    /// A user asked torrent `id` to announce now (see
+    /// [`Announcer::announce_now`]).
+    pub fn announce_now(&mut self, id: u64, now: Instant) {
+        if let Some(t) = self.torrents.get_mut(&id) {
+            t.schedule.announce_now(now);
+        }
+    }
+
     /// Torrent `id` has trackers and announces, or still owes `stopped`.
     pub fn busy(&self, id: u64) -> bool {
         self.torrents.get(&id).is_some_and(|t| !t.idle())

@@ -30,7 +30,7 @@ use rustls::{CertificateError, ClientConfig, ClientConnection, RootCertStore, St
 
 use super::announce::{failure_reason, TrackerError};
 use super::http::{
-    parse_url, resolve_location, write_request, HttpUrl, Progress, Response, ResponseParser,
+    parse_url, resolve_location, write_get, HttpUrl, Progress, Response, ResponseParser, MAX_BODY,
     MAX_REDIRECTS,
 };
 
@@ -45,6 +45,16 @@ const MAX_ADDRS: usize = 8;
 pub enum JobKind {
     /// GET this URL (an HTTP(S) announce or scrape), following redirects.
     Fetch(String),
+    /// GET a file (a `.torrent` a remote client named): only a success
+    /// status gives the body.
+    Download {
+        /// What to fetch.
+        url: String,
+        /// A `Cookie` header value to send.
+        cookies: Option<String>,
+        /// Largest body accepted.
+        max_bytes: usize,
+    },
     /// Resolve this host name (a UDP tracker's), for this port.
     Resolve(String, u16),
 }
@@ -239,6 +249,19 @@ fn run(job: &Job, shutdown: &AtomicBool) -> Result<JobOutput, TrackerError> {
             log::debug!("tracker job {}: GET {url}", job.id);
             fetch(url, job.timeout, shutdown, &Tls::Native).map(JobOutput::Body)
         }
+        JobKind::Download {
+            url,
+            cookies,
+            max_bytes,
+        } => {
+            log::debug!("tracker job {}: download {url}", job.id);
+            let get = Get {
+                cookie: cookies.as_deref(),
+                max_body: *max_bytes,
+                tracker: false,
+            };
+            fetch_with(url, &get, job.timeout, shutdown, &Tls::Native).map(JobOutput::Body)
+        }
         JobKind::Resolve(host, port) => {
             log::debug!("tracker job {}: resolve {host}", job.id);
             let deadline = start
@@ -260,6 +283,33 @@ pub fn fetch(
     shutdown: &AtomicBool,
     tls: &Tls,
 ) -> Result<Vec<u8>, TrackerError> {
+    let get = Get {
+        cookie: None,
+        max_body: MAX_BODY,
+        tracker: true,
+    };
+    fetch_with(url, &get, timeout, shutdown, tls)
+}
+
+/// How to fetch.
+pub struct Get<'a> {
+    /// A `Cookie` header value.
+    pub cookie: Option<&'a str>,
+    /// Largest body accepted.
+    pub max_body: usize,
+    /// A tracker's reply: an error status with a bencoded `failure
+    /// reason` counts as a body.
+    pub tracker: bool,
+}
+
+/// [`fetch`] as `get` says.
+pub fn fetch_with(
+    url: &str,
+    get: &Get<'_>,
+    timeout: Duration,
+    shutdown: &AtomicBool,
+    tls: &Tls,
+) -> Result<Vec<u8>, TrackerError> {
     let start = Instant::now();
     let deadline = start
         .checked_add(timeout)
@@ -269,7 +319,7 @@ pub fn fetch(
         if shutdown.load(Ordering::SeqCst) {
             return Err(TrackerError::WorkerGone);
         }
-        let response = request(&url, deadline, tls)?;
+        let response = request(&url, get, deadline, tls)?;
         if response.is_redirect() {
             let location = response
                 .location
@@ -278,7 +328,7 @@ pub fn fetch(
             url = resolve_location(&url, location)?;
             continue;
         }
-        if response.is_success() || failure_reason(&response.body).is_some() {
+        if response.is_success() || (get.tracker && failure_reason(&response.body).is_some()) {
             return Ok(response.body);
         }
         return Err(TrackerError::Http(response.status, response.reason));
@@ -303,15 +353,20 @@ fn io_error(e: &io::Error) -> TrackerError {
 }
 
 /// One request and its response.
-fn request(url: &HttpUrl, deadline: Instant, tls: &Tls) -> Result<Response, TrackerError> {
+fn request(
+    url: &HttpUrl,
+    get: &Get<'_>,
+    deadline: Instant,
+    tls: &Tls,
+) -> Result<Response, TrackerError> {
     let mut stream = Transport::open(url, deadline, tls)?;
     let mut out = Vec::with_capacity(512);
-    write_request(&mut out, url);
+    write_get(&mut out, url, get.cookie);
     stream
         .write_all(&out)
         .and_then(|()| stream.flush())
         .map_err(|e| io_error(&e))?;
-    let mut parser = ResponseParser::new();
+    let mut parser = ResponseParser::with_limit(get.max_body);
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         // Every socket call inside is bounded by the deadline (see

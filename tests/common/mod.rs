@@ -69,6 +69,14 @@ impl Daemon {
         {
             cmd.arg("--no-dht");
         }
+        // Tests run side by side: none takes the RPC's default port
+        // unless it gives its own address.
+        if !args
+            .iter()
+            .any(|a| a.starts_with("--rpc") || *a == "--no-rpc")
+        {
+            cmd.arg("--no-rpc");
+        }
         let mut child = cmd
             .args(args)
             .env("RUST_LOG", "debug")
@@ -391,7 +399,9 @@ impl Core {
         let svc = tripcd::service::Service::new(reg);
         let mut server = tripcd::server::Server::new(svc, tripcd::config::Config::default());
         let now = std::time::Instant::now();
-        let id = server.connect(tripcd::front::FrontKind::Ipc, now);
+        let id = server
+            .connect(tripcd::front::FrontKind::Ipc, None, now)
+            .unwrap();
         let greeting = server.output(id).to_vec();
         assert_eq!(greeting, tripcd::session::greeting());
         server.consume_output(id, greeting.len());
@@ -412,7 +422,7 @@ impl Core {
         loop {
             s.end_turn(now);
             if let Some(port) = s.poll_bind() {
-                s.bind_result(port, Ok(())); // no socket: every bind works
+                s.bind_result(port, Ok(()), now); // no socket: every bind works
             }
             let o = s.output(self.id).to_vec();
             s.consume_output(self.id, o.len());

@@ -25,15 +25,21 @@
 //! 6. the reactor closes what [`Server::poll_close`] names: the one safe
 //!    point for closing.
 
-use std::time::{Duration, Instant};
+mod errands;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{debug, info, warn};
 use slab::Slab;
 
 use crate::config::Config;
 use crate::core::{self, Core, CoreEvent};
-use crate::front::{self, FrontConn, FrontKind};
+use crate::front::rpc::RpcFront;
+use crate::front::{Conn, Effect, Env, Facts, FrontKind};
 use crate::service::Service;
+use crate::tracker::worker::{Job, JobOutput, JobResult};
+use errands::{Errands, Owner};
 
 /// A client's handle: stable while it is connected, reused after.
 pub type ClientId = usize;
@@ -43,13 +49,15 @@ pub type ClientId = usize;
 const COMMIT_RETRY: Duration = Duration::from_secs(1);
 
 struct Client {
-    conn: Box<dyn FrontConn>,
+    conn: Conn,
     kind: FrontKind,
     serial: u64,
     connected_at: Instant,
     last_active: Instant,
     /// No more input; close once output is written.
     closing: bool,
+    /// Listed in `Server::touched`.
+    touched: bool,
 }
 
 /// What the reactor should do with a client after writing its output.
@@ -74,6 +82,8 @@ struct Commit {
     retry: Option<Instant>,
     /// The peer port last bound (or tried).
     bound_port: Option<u16>,
+    /// Whether that bind succeeded.
+    bound: bool,
     /// Clients whose replies wait for the peer port's bind, and the
     /// commit's outcome they also carry.
     awaiting_bind: Vec<ClientId>,
@@ -91,6 +101,26 @@ pub struct Server {
     to_close: Vec<ClientId>,
     next_serial: u64,
     next_sweep: Option<Instant>,
+    /// The RPC front's daemon-wide state, when it is served.
+    rpc: Option<RpcFront>,
+    /// Work the fronts asked for, in flight.
+    errands: Errands,
+    /// Clients given output outside their own turn (a fetch or deletion
+    /// done, a held reply released late), for the reactor to write.
+    touched: Vec<ClientId>,
+    /// The wall clock at the start of the turn.
+    wall: SystemTime,
+    started: Instant,
+}
+
+/// What the fronts may report of the daemon now.
+fn facts(config: &Config, commit: &Commit, started: Instant) -> Facts {
+    Facts {
+        started,
+        peer_port_bound: commit.bound,
+        peer_limit_global: config.max_peers,
+        peer_limit_per_torrent: config.max_peers_per_torrent,
+    }
 }
 
 /// The core's settings from the daemon's configuration.
@@ -139,7 +169,32 @@ impl Server {
             to_close: Vec::new(),
             next_serial: 1,
             next_sweep: None,
+            rpc: None,
+            errands: Errands::default(),
+            touched: Vec::new(),
+            wall: UNIX_EPOCH,
+            started: Instant::now(),
         }
+    }
+
+    /// Serves the JSON RPC front with `front`'s guards and files.
+    pub fn set_rpc(&mut self, front: RpcFront) {
+        self.rpc = Some(front);
+    }
+
+    /// The RPC front, if served.
+    pub fn rpc(&self) -> Option<&RpcFront> {
+        self.rpc.as_ref()
+    }
+
+    /// The wall clock now, once per turn before any input: for dates
+    /// (the registry's, HTTP's).
+    pub fn set_wall_clock(&mut self, wall: SystemTime) {
+        self.wall = wall;
+        let secs = wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.svc
+            .registry_mut()
+            .set_wall_clock(i64::try_from(secs).unwrap_or(i64::MAX));
     }
 
     /// The command service (state, scripts).
@@ -178,22 +233,18 @@ impl Server {
         self.svc.control.quit
     }
 
-    /// A new client of front `kind`. Its output already holds whatever the
-    /// protocol sends first (the IPC's version message).
-    pub fn connect(&mut self, kind: FrontKind, now: Instant) -> ClientId {
-        let serial = self.next_serial;
-        let conn = front::open(kind, serial, self.config.max_message());
-        self.connect_conn(kind, conn, now)
-    }
-
-    /// A new client on a connection made by the caller (tests of fronts).
-    pub fn connect_conn(
+    /// A new client of front `kind`, from `peer` when its socket has an
+    /// address. Its output already holds whatever the protocol sends
+    /// first (the IPC's version message). `None`: the front is not served.
+    pub fn connect(
         &mut self,
         kind: FrontKind,
-        conn: Box<dyn FrontConn>,
+        peer: Option<SocketAddr>,
         now: Instant,
-    ) -> ClientId {
+    ) -> Option<ClientId> {
         let serial = self.next_serial;
+        let max = self.config.max_message();
+        let conn = Conn::open(kind, serial, max, peer, self.rpc.as_ref(), now)?;
         self.next_serial += 1;
         debug!("client {serial}: connected ({})", kind.name());
         let id = self.clients.insert(Client {
@@ -203,12 +254,13 @@ impl Server {
             connected_at: now,
             last_active: now,
             closing: false,
+            touched: false,
         });
         self.svc.client_event(serial, true);
         if let (None, Some(period)) = (self.next_sweep, self.sweep_period()) {
             self.next_sweep = Some(now + period);
         }
-        id
+        Some(id)
     }
 
     /// Bytes from client `id` (none: go on with input already buffered).
@@ -224,13 +276,131 @@ impl Server {
         if !bytes.is_empty() {
             c.last_active = now;
         }
-        if let Err(e) = c.conn.receive(bytes, &mut self.svc, now) {
+        let facts = facts(&self.config, &self.commit, self.started);
+        let mut env = Env {
+            svc: &mut self.svc,
+            rpc: self.rpc.as_mut(),
+            facts: &facts,
+            now,
+            wall: self.wall,
+        };
+        if let Err(e) = c.conn.front_mut().receive(bytes, &mut env) {
             warn!("client {}: protocol error: {e}; closing", c.serial);
             c.closing = true;
         }
-        if c.conn.is_held() && !self.commit.held.contains(&id) {
+        self.after_conn(id, now);
+    }
+
+    /// After a connection ran: its replies held for the commit are
+    /// noted, and the work it asked for is taken.
+    fn after_conn(&mut self, id: ClientId, now: Instant) {
+        let Some(c) = self.clients.get_mut(id) else {
+            return;
+        };
+        let serial = c.serial;
+        if c.conn.front().is_held() && !self.commit.held.contains(&id) {
             self.commit.held.push(id);
         }
+        while let Some(effect) = c.conn.front_mut().poll_effect() {
+            match effect {
+                Effect::Fetch {
+                    ticket,
+                    url,
+                    cookies,
+                    max_bytes,
+                } => {
+                    let owner = Owner {
+                        client: id,
+                        serial,
+                        ticket,
+                    };
+                    self.errands.fetch(owner, url, cookies, max_bytes);
+                }
+                Effect::DeleteData { ticket, tree } => {
+                    let owner = Owner {
+                        client: id,
+                        serial,
+                        ticket,
+                    };
+                    self.errands.delete(owner, tree);
+                }
+                Effect::Reannounce(ids) => {
+                    for torrent in ids {
+                        self.core.announce_now(torrent, now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Notes that client `id` may have output the reactor has not been
+    /// told of.
+    fn touch(&mut self, id: ClientId) {
+        if let Some(c) = self.clients.get_mut(id) {
+            if !c.touched {
+                c.touched = true;
+                self.touched.push(id);
+            }
+        }
+    }
+
+    /// Clients given output outside their own reads (write them).
+    pub fn take_touched(&mut self) -> Vec<ClientId> {
+        let ids = std::mem::take(&mut self.touched);
+        for &id in &ids {
+            if let Some(c) = self.clients.get_mut(id) {
+                c.touched = false;
+            }
+        }
+        ids
+    }
+
+    /// The client `owner` names, if it is still the one connected.
+    fn owner_conn(&mut self, owner: Owner) -> Option<&mut Client> {
+        self.clients
+            .get_mut(owner.client)
+            .filter(|c| c.serial == owner.serial)
+    }
+
+    /// The next job for the tracker worker: the core's (announces,
+    /// names to resolve), then the fronts' (`.torrent` downloads).
+    pub fn poll_tracker_job(&mut self, now: Instant) -> Option<Job> {
+        self.core
+            .poll_tracker_job(now)
+            .or_else(|| self.errands.poll_job())
+    }
+
+    /// What the tracker worker did with a job, to whoever asked.
+    pub fn handle_tracker_result(&mut self, r: JobResult, now: Instant) {
+        // Ours carry errands::JOB_BIT, which the core's never do.
+        let Some(owner) = self.errands.fetched(r.id) else {
+            self.core.handle_tracker_result(r, now);
+            return;
+        };
+        let result = match r.result {
+            Ok(JobOutput::Body(body)) => Ok(body),
+            Ok(JobOutput::Addrs(_)) => Err("the worker answered a download with addresses".into()),
+            Err(e) => Err(e.to_string()),
+        };
+        let facts = facts(&self.config, &self.commit, self.started);
+        let wall = self.wall;
+        let Some(c) = self
+            .clients
+            .get_mut(owner.client)
+            .filter(|c| c.serial == owner.serial)
+        else {
+            return;
+        };
+        let mut env = Env {
+            svc: &mut self.svc,
+            rpc: self.rpc.as_mut(),
+            facts: &facts,
+            now,
+            wall,
+        };
+        c.conn.front_mut().fetched(owner.ticket, result, &mut env);
+        self.after_conn(owner.client, now);
+        self.touch(owner.client);
     }
 
     /// The client hung up (or its socket failed): no more input. What it
@@ -239,6 +409,7 @@ impl Server {
         if let Some(c) = self.clients.get_mut(id) {
             debug!("client {}: hung up", c.serial);
             c.closing = true;
+            c.conn.front_mut().end_of_input();
         }
     }
 
@@ -246,7 +417,7 @@ impl Server {
     pub fn wants_input(&self, id: ClientId) -> bool {
         self.clients
             .get(id)
-            .is_some_and(|c| !c.closing && !c.conn.is_backpressured())
+            .is_some_and(|c| !c.closing && !c.conn.front().is_backpressured())
             && !self.quit_requested()
     }
 
@@ -265,17 +436,30 @@ impl Server {
                 self.commit.awaiting_bind.extend(held);
                 self.commit.bind_commit = Some(result);
             } else {
-                self.release(held, &result, None);
+                self.release(held, &result, None, now);
             }
         }
         self.svc.run_hooks();
         self.core.sync(now);
+        // The sync stopped the removed torrents: their files may go,
+        // after their queued writes.
+        for (ticket, tree) in self.errands.take_due() {
+            self.core.delete_data(ticket, tree);
+        }
     }
 
-    fn release(&mut self, held: Vec<ClientId>, commit: &Result<(), String>, bind: Option<&str>) {
+    fn release(
+        &mut self,
+        held: Vec<ClientId>,
+        commit: &Result<(), String>,
+        bind: Option<&str>,
+        now: Instant,
+    ) {
         for id in held {
             if let Some(c) = self.clients.get_mut(id) {
-                c.conn.release(commit, bind);
+                c.conn.front_mut().release(commit, bind);
+                self.after_conn(id, now);
+                self.touch(id);
             }
         }
     }
@@ -291,19 +475,20 @@ impl Server {
     /// The outcome of binding `port`: replies that moved the port are
     /// sent now, `failed` with the reason if it could not be bound (the
     /// setting stays; the next change of it tries again).
-    pub fn bind_result(&mut self, port: u16, result: Result<(), String>) {
+    pub fn bind_result(&mut self, port: u16, result: Result<(), String>, now: Instant) {
         self.commit.bound_port = Some(port);
+        self.commit.bound = result.is_ok();
         let held = std::mem::take(&mut self.commit.awaiting_bind);
         let commit = self.commit.bind_commit.take().unwrap_or(Ok(()));
         let bind = result
             .err()
             .map(|e| format!("cannot listen for peers on port {port}: {e}"));
-        self.release(held, &commit, bind.as_deref());
+        self.release(held, &commit, bind.as_deref(), now);
     }
 
     /// Runs the hooks of what the core reported (peers come and gone):
     /// after the turn's peer part, so no script runs inside it.
-    pub fn run_core_hooks(&mut self) {
+    pub fn run_core_hooks(&mut self, now: Instant) {
         while let Some(e) = self.core.poll_event() {
             match e {
                 CoreEvent::PeerConnected { torrent, addr } => {
@@ -312,19 +497,31 @@ impl Server {
                 CoreEvent::PeerDisconnected { torrent, addr } => {
                     self.svc.peer_event(torrent, &addr.to_string(), false)
                 }
+                CoreEvent::DataDeleted { ticket, result } => {
+                    let Some(owner) = self.errands.deleted(ticket) else {
+                        continue;
+                    };
+                    if let Some(c) = self.owner_conn(owner) {
+                        c.conn.front_mut().deleted(owner.ticket, result);
+                        self.after_conn(owner.client, now);
+                        self.touch(owner.client);
+                    }
+                }
             }
         }
     }
 
     /// Output waiting for client `id`.
     pub fn output(&self, id: ClientId) -> &[u8] {
-        self.clients.get(id).map_or(&[], |c| c.conn.output())
+        self.clients
+            .get(id)
+            .map_or(&[], |c| c.conn.front().output())
     }
 
     /// `n` bytes of [`Server::output`] were written.
     pub fn consume_output(&mut self, id: ClientId, n: usize) {
         if let Some(c) = self.clients.get_mut(id) {
-            c.conn.consume_output(n);
+            c.conn.front_mut().consume_output(n);
         }
     }
 
@@ -339,30 +536,31 @@ impl Server {
         let Some(c) = self.clients.get(id) else {
             return done;
         };
-        let pending_output = !c.conn.output().is_empty();
-        let finished = c.closing || c.conn.close_after_output();
-        if finished && !pending_output && !c.conn.is_held() {
+        let conn = c.conn.front();
+        let pending_output = !conn.output().is_empty();
+        let finished = c.closing || conn.close_after_output();
+        if finished && !pending_output && !conn.is_held() {
             self.to_close.push(id);
             return done;
         }
         // Input stops being read past the soft limit; this catches a
         // client that asked for more than the hard limit and reads none.
-        if c.conn.queued_output() > self.config.max_output() {
+        if conn.queued_output() > self.config.max_output() {
             warn!(
                 "client {}: {} bytes of replies unread, over --max-output {}: disconnecting",
                 c.serial,
-                c.conn.queued_output(),
+                conn.queued_output(),
                 self.config.max_output()
             );
             self.to_close.push(id);
             return done;
         }
         // After `quit` nothing more is read: the reactor ends the loop.
-        let wants_input = !finished && !c.conn.is_backpressured() && !self.quit_requested();
+        let wants_input = !finished && !conn.is_backpressured() && !self.quit_requested();
         Flushed {
             pending_output,
             wants_input,
-            more_input: wants_input && c.conn.has_pending_input(),
+            more_input: wants_input && conn.has_pending_input(),
         }
     }
 
@@ -376,7 +574,7 @@ impl Server {
         let fronts = self
             .clients
             .iter()
-            .filter_map(|(_, c)| c.conn.poll_timeout());
+            .filter_map(|(_, c)| c.conn.front().poll_timeout());
         [
             self.next_sweep,
             self.commit.retry,
@@ -395,7 +593,8 @@ impl Server {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.core.handle_timeout(now);
         for (id, c) in self.clients.iter_mut() {
-            if c.conn.poll_timeout().is_some_and(|t| now >= t) && c.conn.handle_timeout(now) {
+            let conn = c.conn.front_mut();
+            if conn.poll_timeout().is_some_and(|t| now >= t) && conn.handle_timeout(now) {
                 self.to_close.push(id);
             }
         }
@@ -409,8 +608,8 @@ impl Server {
         let idle = self.config.idle_timeout();
         let handshake = self.config.handshake_timeout();
         for (id, c) in self.clients.iter() {
-            if let Some(t) =
-                handshake.filter(|t| !c.conn.greeted() && now.duration_since(c.connected_at) >= *t)
+            if let Some(t) = handshake
+                .filter(|t| !c.conn.front().greeted() && now.duration_since(c.connected_at) >= *t)
             {
                 info!(
                     "client {}: no version after {} ms, closing",
@@ -466,7 +665,7 @@ impl Server {
         }
         let mut held = std::mem::take(&mut self.commit.held);
         held.append(&mut self.commit.awaiting_bind);
-        self.release(held, &result, None);
+        self.release(held, &result, None, now);
     }
 
     /// One line on what the daemon is doing, for a service manager's
@@ -531,7 +730,7 @@ mod tests {
     fn end(s: &mut Server, now: Instant) {
         s.end_turn(now);
         if let Some(port) = s.poll_bind() {
-            s.bind_result(port, Ok(()));
+            s.bind_result(port, Ok(()), now);
         }
     }
 
@@ -559,7 +758,7 @@ mod tests {
     }
 
     fn connect(s: &mut Server, now: Instant) -> ClientId {
-        let id = s.connect(FrontKind::Ipc, now);
+        let id = s.connect(FrontKind::Ipc, None, now).unwrap();
         s.receive(id, &hello(), now);
         take(s, id); // the greeting
         id
@@ -719,7 +918,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = server(dir.path());
         let t0 = Instant::now();
-        let quiet = s.connect(FrontKind::Ipc, t0); // never sends its version
+        let quiet = s.connect(FrontKind::Ipc, None, t0).unwrap(); // never sends its version
         let talker = connect(&mut s, t0);
         end(&mut s, t0);
         let deadline = s.poll_timeout(t0).unwrap();
@@ -776,92 +975,142 @@ mod tests {
         assert!(s.core().swarm().is_running(1));
     }
 
-    /// A front of another kind, for the seam: one text line per request
-    /// (`port 7`), answered `ok` or `failed: why` once the change is
-    /// durable, through the same command table and commit as the IPC.
-    struct LineFront {
-        input: Vec<u8>,
-        output: Vec<u8>,
-        held: usize,
+    /// A server serving the RPC front too, at its defaults.
+    fn with_rpc(dir: &std::path::Path) -> Server {
+        use crate::front::rpc::RpcOptions;
+        let mut s = server(dir);
+        let options = RpcOptions {
+            guard: crate::http::GuardConfig::default(),
+            web_dir: None,
+            web_looked_in: "nowhere".into(),
+            limits: crate::http::Limits::default(),
+            port: 9091,
+        };
+        let front = RpcFront::new(options, &mut fastrand::Rng::with_seed(7), Instant::now());
+        s.set_rpc(front);
+        s
     }
 
-    impl FrontConn for LineFront {
-        fn receive(&mut self, bytes: &[u8], svc: &mut Service, _: Instant) -> Result<(), String> {
-            use crate::reply::Dispatch;
-            self.input.extend_from_slice(bytes);
-            while let Some(nl) = self.input.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.input.drain(..=nl).collect();
-                let text = String::from_utf8_lossy(&line[..nl]).into_owned();
-                let (key, n) = text.split_once(' ').ok_or("no value")?;
-                let value = Value::Int(n.parse().map_err(|_| "not a number")?);
-                let done = svc.dispatch(2, key.as_bytes(), &value, true);
-                if done.durable {
-                    self.held += 1;
-                } else {
-                    self.output.extend_from_slice(b"ok\n");
-                }
-            }
-            Ok(())
-        }
-        fn output(&self) -> &[u8] {
-            &self.output
-        }
-        fn consume_output(&mut self, n: usize) {
-            self.output.drain(..n);
-        }
-        fn queued_output(&self) -> usize {
-            self.output.len()
-        }
-        fn is_held(&self) -> bool {
-            self.held > 0
-        }
-        fn release(&mut self, commit: &Result<(), String>, _bind: Option<&str>) {
-            for _ in 0..std::mem::take(&mut self.held) {
-                match commit {
-                    Ok(()) => self.output.extend_from_slice(b"ok\n"),
-                    Err(e) => self
-                        .output
-                        .extend_from_slice(format!("failed: {e}\n").as_bytes()),
-                }
-            }
-        }
-        fn is_backpressured(&self) -> bool {
-            false
-        }
-        fn has_pending_input(&self) -> bool {
-            self.input.contains(&b'\n')
-        }
-        fn greeted(&self) -> bool {
-            true
-        }
+    /// An RPC call's bytes.
+    fn post(session_id: &str, body: &str) -> Vec<u8> {
+        format!(
+            "POST /transmission/rpc HTTP/1.1\r\nHost: localhost:9091\r\n\
+             X-Transmission-Session-Id: {session_id}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    /// Takes an HTTP client's output as text.
+    fn take_text(s: &mut Server, id: ClientId) -> String {
+        let out = s.output(id).to_vec();
+        s.consume_output(id, out.len());
+        String::from_utf8(out).unwrap()
+    }
+
+    /// An RPC client past the CSRF guard: its session id.
+    fn rpc_client(s: &mut Server, now: Instant) -> (ClientId, String) {
+        let id = s.connect(FrontKind::Rpc, None, now).unwrap();
+        s.receive(id, &post("", "{}"), now);
+        let text = take_text(s, id);
+        assert!(text.starts_with("HTTP/1.1 409"), "{text}");
+        let sid = text
+            .lines()
+            .find_map(|l| l.strip_prefix("X-Transmission-Session-Id: "))
+            .unwrap()
+            .trim()
+            .to_string();
+        (id, sid)
     }
 
     #[test]
     fn two_fronts_of_different_kinds_are_served_in_one_turn_with_one_commit() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = server(dir.path());
+        let mut s = with_rpc(dir.path());
         let t0 = Instant::now();
         let ipc = connect(&mut s, t0);
-        let line = s.connect_conn(
-            FrontKind::Ipc,
-            Box::new(LineFront {
-                input: Vec::new(),
-                output: Vec::new(),
-                held: 0,
-            }),
-            t0,
-        );
+        let (rpc, sid) = rpc_client(&mut s, t0);
         end(&mut s, t0);
         let before = s.service().registry().commits();
-        s.receive(ipc, &frame("uplimit", &Value::Int(70), Some(1)), t0);
-        s.receive(line, b"downlimit 80\n", t0);
+        s.receive(ipc, &frame("downlimit", &Value::Int(70), Some(1)), t0);
+        let set = r#"{"method":"session-set","arguments":{"speed-limit-up":80,"speed-limit-up-enabled":true},"tag":5}"#;
+        s.receive(rpc, &post(&sid, set), t0);
         assert!(take(&mut s, ipc).is_empty(), "held for the commit");
-        assert!(s.output(line).is_empty(), "held for the commit");
+        assert!(s.output(rpc).is_empty(), "held for the commit");
         end(&mut s, t0);
         assert_eq!(s.service().registry().commits(), before + 1, "one commit");
         assert_eq!(take(&mut s, ipc), ["00000012l9:succeeded0:i1ee"]);
-        assert_eq!(s.output(line), b"ok\n");
+        let text = take_text(&mut s, rpc);
+        assert!(
+            text.starts_with("HTTP/1.1 200")
+                && text.ends_with(r#"{"arguments":{},"result":"success","tag":5}"#),
+            "{text}"
+        );
         let reg = Registry::open(dir.path(), Settings::defaults("/d".into())).unwrap();
-        assert_eq!((reg.settings().uplimit, reg.settings().downlimit), (70, 80));
+        assert_eq!((reg.settings().downlimit, reg.settings().uplimit), (70, 80));
+        // Each front sees the other's change in the same state.
+        s.receive(ipc, &frame("get-uplimit", &Value::empty(), Some(2)), t0);
+        assert_eq!(take(&mut s, ipc), ["00000012l7:uplimiti80ei2ee"]);
+        let get = r#"{"method":"session-get","arguments":{"fields":["speed-limit-down"]}}"#;
+        s.receive(rpc, &post(&sid, get), t0);
+        assert!(take_text(&mut s, rpc).contains(r#""speed-limit-down":70"#));
+    }
+
+    #[test]
+    fn a_failed_commit_fails_the_rpc_reply_and_undoes_the_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = with_rpc(dir.path());
+        let t0 = Instant::now();
+        let (rpc, sid) = rpc_client(&mut s, t0);
+        std::fs::create_dir(dir.path().join(".settings.benc.tmp")).unwrap();
+        let set = r#"{"method":"session-set","arguments":{"peer-port":7000},"tag":9}"#;
+        s.receive(rpc, &post(&sid, set), t0);
+        end(&mut s, t0);
+        let text = take_text(&mut s, rpc);
+        assert!(
+            text.contains(r#""result":"cannot save state"#) && text.contains(r#""tag":9"#),
+            "{text}"
+        );
+        assert_ne!(s.service().registry().settings().port, 7000, "undone");
+    }
+
+    #[test]
+    fn removing_with_local_data_answers_once_the_disk_thread_deleted_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        std::fs::write(data.path().join("hello.txt"), b"hello").unwrap();
+        let mut s = with_rpc(dir.path());
+        let torrent = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/fixtures/hello.torrent"
+        ))
+        .unwrap();
+        s.service_mut()
+            .registry_mut()
+            .add(torrent, Some(data.path().to_path_buf()), Some(true))
+            .unwrap();
+        let t0 = Instant::now();
+        end(&mut s, t0);
+        let (rpc, sid) = rpc_client(&mut s, t0);
+        let remove = r#"{"method":"torrent-remove","arguments":{"ids":[1],"delete-local-data":true},"tag":3}"#;
+        s.receive(rpc, &post(&sid, remove), t0);
+        end(&mut s, t0);
+        assert!(s.output(rpc).is_empty(), "waits for the deletion");
+        assert!(data.path().join("hello.txt").exists());
+        // The disk thread's part, done here in order.
+        let mut writer = crate::engine::disk::PieceWriter::new();
+        while let Some(req) = s.core_mut().poll_disk() {
+            if let Some(done) = writer.handle(req) {
+                s.core_mut().handle_disk_done(done, t0);
+            }
+        }
+        s.run_core_hooks(t0);
+        assert_eq!(s.take_touched(), [rpc]);
+        assert!(!data.path().join("hello.txt").exists(), "deleted");
+        let text = take_text(&mut s, rpc);
+        assert!(
+            text.ends_with(r#"{"arguments":{},"result":"success","tag":3}"#),
+            "{text}"
+        );
     }
 }
